@@ -1,0 +1,6 @@
+"""TabTransformer for SageMaker: train from `/opt/ml` channels, serve at `/invocations`."""
+
+from tabtransformer.artifacts import Predictor, load_model
+
+__all__ = ["Predictor", "load_model"]
+__version__ = "0.1.0"

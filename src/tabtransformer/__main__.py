@@ -1,0 +1,5 @@
+import sys
+
+from tabtransformer.cli import main
+
+sys.exit(main())

@@ -1,0 +1,154 @@
+"""The model artifact: save it atomically, load it safely, predict with it.
+
+`model/` holds `model.safetensors` (weights: no pickle), `model_config.json` (network
+shape), `preprocessing.json` (vocabularies, quantiles, target encoding, schema),
+`hyperparameters.json` (the values used) and `metrics.json`. `load_model` takes that folder
+or a `model.tar.gz` of it, as SageMaker writes it to S3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from safetensors.torch import load_file, save_file
+
+from tabtransformer.errors import UserError
+from tabtransformer.model import TabTransformer, TabTransformerConfig
+from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
+from tabtransformer.training import Encoded, predict_raw, to_prediction
+
+WEIGHTS = "model.safetensors"
+CONFIG = "model_config.json"
+PREPROCESSING = "preprocessing.json"
+METRICS = "metrics.json"
+HYPERPARAMETERS = "hyperparameters.json"
+
+
+class Predictor:
+    """A trained TabTransformer with its preprocessing: `predict(DataFrame)`."""
+
+    def __init__(
+        self,
+        model: TabTransformer,
+        preprocessor: TablePreprocessor,
+        target: TargetEncoder,
+        header: bool,
+        metrics: dict[str, Any] | None = None,
+    ):
+        self.device = next(model.parameters()).device
+        self.model = model.eval()
+        self.preprocessor = preprocessor
+        self.target = target
+        self.header = header
+        self.metrics = metrics or {}
+
+    @property
+    def task(self) -> str:
+        return self.target.task
+
+    @property
+    def classes(self) -> list[Any] | None:
+        return self.target.classes
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.preprocessor.feature_names
+
+    def align(self, features: pd.DataFrame) -> pd.DataFrame:
+        """Columns by name when they match the training names, otherwise by position."""
+        names = self.feature_names
+        if set(names).issubset(map(str, features.columns)):
+            return features.rename(columns=str)[names]
+        if features.shape[1] != len(names):
+            raise UserError(f"Expected {len(names)} feature columns but got {features.shape[1]}.")
+        return features.set_axis(names, axis=1)
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        """Class probabilities (N, C) or regression predictions (N,) in target units."""
+        codes, numbers = self.preprocessor.transform(self.align(features))
+        data = Encoded(torch.from_numpy(codes), torch.from_numpy(numbers))
+        return to_prediction(predict_raw(self.model, data, self.device), self.target)
+
+    def predict_labels(self, probabilities: np.ndarray) -> list[Any]:
+        """The most probable original label of each row."""
+        return [self.classes[i] for i in probabilities.argmax(axis=1)]
+
+
+def save_artifact(
+    model_dir: Path,
+    model: TabTransformer,
+    preprocessor: TablePreprocessor,
+    target: TargetEncoder,
+    header: bool,
+    hyperparameters: dict[str, Any],
+    metrics: dict[str, Any],
+) -> None:
+    """Write every file into a scratch folder first, then move them in: never half-written."""
+    model_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=model_dir))
+    try:
+        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(state, scratch / WEIGHTS)
+        _write_json(scratch / CONFIG, model.config.to_dict())
+        _write_json(
+            scratch / PREPROCESSING,
+            {
+                "header": header,
+                "features": preprocessor.to_dict(),
+                "target": target.to_dict(),
+            },
+        )
+        _write_json(scratch / HYPERPARAMETERS, hyperparameters)
+        _write_json(scratch / METRICS, metrics)
+        for path in scratch.iterdir():
+            os.replace(path, model_dir / path.name)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2, allow_nan=True))
+
+
+def load_model(path: str | os.PathLike) -> Predictor:
+    """Load a model folder or a `model.tar.gz` (also a folder holding only the tarball)."""
+    path = Path(path)
+    if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model.tar.gz").exists():
+        path = path / "model.tar.gz"
+    if path.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                with tarfile.open(path) as tar:
+                    tar.extractall(tmp, filter="data")
+            except tarfile.TarError as e:
+                raise UserError(f"{path} is not a readable model.tar.gz: {e}") from None
+            return _load_folder(Path(tmp))
+    return _load_folder(path)
+
+
+def _load_folder(folder: Path) -> Predictor:
+    missing = [n for n in (WEIGHTS, CONFIG, PREPROCESSING) if not (folder / n).is_file()]
+    if missing:
+        raise UserError(f"{folder} is not a TabTransformer model: it lacks {missing}.")
+    config = TabTransformerConfig(**json.loads((folder / CONFIG).read_text()))
+    model = TabTransformer(config)
+    model.load_state_dict(load_file(folder / WEIGHTS))
+    prep = json.loads((folder / PREPROCESSING).read_text())
+    metrics_path = folder / METRICS
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+    return Predictor(
+        model,
+        TablePreprocessor.from_dict(prep["features"]),
+        TargetEncoder.from_dict(prep["target"]),
+        prep["header"],
+        metrics,
+    )

@@ -1,0 +1,259 @@
+"""Reading SageMaker input channels into pandas tables, with errors that name the file.
+
+Layouts accepted in a channel folder (`input/data/<channel>/`):
+- CSV files directly in the folder, or in a `train/` / `training/` / `validation/` subfolder;
+  several files are concatenated in name order;
+- gzip-compressed CSV (detected by content, not by name) and Parquet (likewise);
+- without a header row (JumpStart layout: target in column 0) or, when the
+  `target_column` hyperparameter is set, with a header row naming the columns;
+- an optional `categorical_index.json` `{"cat_index_list": [1, 4]}` naming the
+  categorical columns by their index in the file (the target is column 0).
+
+Every table comes back with a `(file, line)` MultiIndex so that later checks can name the
+file and line of a bad value.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from tabtransformer.errors import UserError
+
+CATEGORICAL_INDEX_FILE = "categorical_index.json"
+SUBFOLDERS = ("train", "training", "validation", "unlabeled")
+GZIP_MAGIC = b"\x1f\x8b"
+PARQUET_MAGIC = b"PAR1"
+
+
+@dataclass
+class LabelledTable:
+    """Features and target of a labelled channel; both indexed by (file, line)."""
+
+    features: pd.DataFrame
+    target: pd.Series
+    categorical_columns: list[str] | None  # from categorical_index.json, else None
+
+
+def headerless_names(n_features: int) -> list[str]:
+    """Feature names of a table without header: `c<i>` for file column i (target is 0)."""
+    return [f"c{i}" for i in range(1, n_features + 1)]
+
+
+def channel_files(directory: Path) -> list[Path]:
+    """The data files of a channel, in name order; raise UserError when there are none."""
+    if not directory.is_dir():
+        raise UserError(f"Channel folder {directory} does not exist.")
+    candidates = [directory] + [directory / s for s in SUBFOLDERS if (directory / s).is_dir()]
+    files = sorted(
+        path
+        for folder in candidates
+        for path in folder.iterdir()
+        if path.is_file()
+        and not path.name.startswith((".", "_"))
+        and not path.name.endswith((".json", ".manifest"))
+    )
+    if not files:
+        raise UserError(
+            f"Channel folder {directory} has no data files. Put CSV (optionally gzip) or "
+            "Parquet files directly in it or in a train/ or training/ subfolder."
+        )
+    return files
+
+
+def read_categorical_index(
+    directory: Path, n_file_columns: int, target_index: int
+) -> list[int] | None:
+    """File-column indexes from `categorical_index.json`, validated, or None if absent."""
+    found = [
+        p
+        for p in [directory, *(directory / s for s in SUBFOLDERS)]
+        if (p / CATEGORICAL_INDEX_FILE).is_file()
+    ]
+    if not found:
+        return None
+    path = found[0] / CATEGORICAL_INDEX_FILE
+    try:
+        content = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(
+            f'{path} is not valid JSON ({e}). Expected {{"cat_index_list": [1, 4, ...]}}.'
+        ) from None
+    indexes = content.get("cat_index_list") if isinstance(content, dict) else None
+    if not isinstance(indexes, list) or not all(
+        isinstance(i, int) and not isinstance(i, bool) for i in indexes
+    ):
+        raise UserError(
+            f'{path} must be {{"cat_index_list": [1, 4, ...]}}: a list of '
+            f"integer column indexes; got {json.dumps(content)[:200]}."
+        )
+    bad = [i for i in indexes if not 0 <= i < n_file_columns or i == target_index]
+    if bad:
+        raise UserError(
+            f"{path} lists column index(es) {bad} that are not feature columns: indexes must "
+            f"be between 0 and {n_file_columns - 1} and not {target_index}, the target's "
+            "column."
+        )
+    return sorted(set(indexes))
+
+
+def _open_text_head(path: Path) -> str:
+    opener = gzip.open if _magic(path, 2) == GZIP_MAGIC else open
+    with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as f:
+        return f.readline()
+
+
+def _magic(path: Path, n: int) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(n)
+
+
+def read_file(path: Path, header: bool) -> pd.DataFrame:
+    """Read one CSV/gzip/Parquet file as strings (Parquet keeps its types).
+
+    Returns a frame indexed by the 1-based line number in the file (header counted).
+    Without a header, columns are named by their 0-based file index ("0", "1", ...).
+    """
+    if _magic(path, 4) == PARQUET_MAGIC:
+        try:
+            frame = pq.read_table(path).to_pandas()
+        except pa.ArrowException as e:
+            raise UserError(f"Cannot read Parquet file {path}: {e}") from None
+        if not header:
+            frame.columns = [str(i) for i in range(frame.shape[1])]
+        frame.index = pd.RangeIndex(1, len(frame) + 1, name="line")
+        return frame
+    first = _open_text_head(path)
+    if not first.strip():
+        raise UserError(
+            f"File {path} is empty (its first line is blank). Remove it from the "
+            "channel or fill it with rows."
+        )
+    names = next(csv.reader(io.StringIO(first)))
+    if not header:
+        names = [str(i) for i in range(len(names))]
+    elif len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"File {path} has duplicate column names in its header: {dupes}.")
+    bad_rows: list[pacsv.InvalidRow] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad_rows.append(row)
+        return "skip"
+
+    try:
+        compression = "gzip" if _magic(path, 2) == GZIP_MAGIC else None
+        table = pacsv.read_csv(
+            pa.input_stream(str(path), compression=compression),
+            read_options=pacsv.ReadOptions(
+                column_names=names, skip_rows=1 if header else 0, use_threads=False
+            ),
+            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in names}, strings_can_be_null=True
+            ),
+        )
+    except pa.ArrowException as e:
+        raise UserError(f"Cannot parse CSV file {path}: {e}") from None
+    if bad_rows:
+        row = bad_rows[0]
+        line = row.number if row.number is not None else "?"
+        raise UserError(
+            f"File {path}, line {line}: expected {row.expected_columns} columns but found "
+            f"{row.actual_columns} ({len(bad_rows)} such line(s) in this file). Every row "
+            f"must have the same number of columns as the first. Line text: {row.text[:200]!r}"
+        )
+    frame = table.to_pandas()
+    start = 2 if header else 1
+    frame.index = pd.RangeIndex(start, start + len(frame), name="line")
+    return frame
+
+
+def read_files(files: list[Path], header: bool) -> pd.DataFrame:
+    """Read and concatenate files that must share one column layout."""
+    frames = []
+    for path in files:
+        frame = read_file(path, header)
+        if frames and list(frame.columns) != list(frames[0].columns):
+            raise UserError(
+                f"File {path} has {frame.shape[1]} columns {_describe(frame, header)} but "
+                f"{files[0]} has {frames[0].shape[1]} {_describe(frames[0], header)}: all "
+                "files of a channel must share one column layout."
+            )
+        frames.append(frame)
+    table = pd.concat(frames, keys=[p.name for p in files], names=["file", "line"])
+    if table.empty:
+        raise UserError(f"The files {[p.name for p in files]} contain no data rows.")
+    return table
+
+
+def _describe(frame: pd.DataFrame, header: bool) -> str:
+    return f"({', '.join(map(str, frame.columns))})" if header else ""
+
+
+def read_labelled(directory: Path, target_column: str) -> LabelledTable:
+    """Read a labelled channel (training or validation)."""
+    header = bool(target_column)
+    table = read_files(channel_files(directory), header)
+    file_columns = list(table.columns)
+    if header:
+        if target_column not in table.columns:
+            raise UserError(
+                f"Target column '{target_column}' (hyperparameter target_column) is not in "
+                f"the header of the files in {directory}. Columns found: "
+                f"{', '.join(map(str, table.columns))}."
+            )
+        target = table[target_column]
+        features = table.drop(columns=[target_column])
+    else:
+        if table.shape[1] < 2:
+            raise UserError(
+                f"Files in {directory} have a single column: the JumpStart layout needs the "
+                "target in column 0 followed by at least one feature column."
+            )
+        target = table.iloc[:, 0]
+        features = table.iloc[:, 1:]
+        features.columns = headerless_names(features.shape[1])
+    missing = target.isna()
+    if missing.any():
+        file, line = target.index[missing.argmax()]
+        raise UserError(
+            f"File {file}, line {line}: the target ({target_column or 'column 0'}) is empty. "
+            f"{int(missing.sum())} row(s) have no target; remove them or fill them in."
+        )
+    target_index = file_columns.index(target_column) if header else 0
+    cat_index = read_categorical_index(directory, len(file_columns), target_index)
+    categorical = None
+    if cat_index is not None:
+        categorical = [file_columns[i] if header else f"c{i}" for i in cat_index]
+    return LabelledTable(features=features, target=target, categorical_columns=categorical)
+
+
+def read_unlabelled(directory: Path, feature_names: list[str], header: bool) -> pd.DataFrame:
+    """Read the `unlabeled` channel: feature columns only, in training order."""
+    table = read_files(channel_files(directory), header)
+    if header:
+        missing = [n for n in feature_names if n not in table.columns]
+        if missing:
+            raise UserError(
+                f"Files in {directory} lack the feature column(s) {missing} that "
+                "the training data has."
+            )
+        return table[feature_names]
+    if table.shape[1] != len(feature_names):
+        raise UserError(
+            f"Files in {directory} have {table.shape[1]} columns but the training data has "
+            f"{len(feature_names)} feature columns: unlabeled rows hold the features only, "
+            "in the same order, without the target."
+        )
+    table.columns = feature_names
+    return table

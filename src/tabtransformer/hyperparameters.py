@@ -1,0 +1,299 @@
+"""One declarative hyperparameter schema: names, types, ranges, defaults and help.
+
+The same table validates `hyperparameters.json`, fills in defaults, writes the
+repository's `hyperparameters.json` and generates the README's table
+(`python -m tabtransformer hyperparameters --markdown`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tabtransformer.errors import UserError
+
+PLATFORM_KEY_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One entry of the schema. `low`/`high` bound numbers (inclusive unless `*_open`)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    choices: tuple[Any, ...] | None = None
+    jumpstart_default: Any = None
+
+    def allowed(self) -> str:
+        """Human-readable description of the allowed values."""
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        kind = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+        text = kind[self.type]
+        if self.low is not None and self.high is not None:
+            left = "(" if self.low_open else "["
+            text += f" in {left}{_fmt(self.low)}, {_fmt(self.high)}]"
+        elif self.low is not None:
+            text += f" {'>' if self.low_open else '>='} {_fmt(self.low)}"
+        return text
+
+    def parse(self, raw: Any) -> Any:
+        """Convert a decoded JSON value to this parameter's type, or raise UserError."""
+        value = self._convert(raw)
+        if self.choices is not None and value not in self.choices:
+            raise self._error(raw)
+        if self.type in (int, float):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise self._error(raw)
+            too_low = self.low is not None and (
+                value <= self.low if self.low_open else value < self.low
+            )
+            too_high = self.high is not None and value > self.high
+            if too_low or too_high:
+                raise self._error(raw)
+        return value
+
+    def _convert(self, raw: Any) -> Any:
+        if self.type is bool:
+            if isinstance(raw, bool):
+                return raw
+            if str(raw).strip().lower() in ("true", "1", "yes"):
+                return True
+            if str(raw).strip().lower() in ("false", "0", "no"):
+                return False
+            raise self._error(raw)
+        if self.type is int:
+            try:
+                number = float(raw)
+            except (TypeError, ValueError):
+                raise self._error(raw) from None
+            if not number.is_integer():
+                raise self._error(raw)
+            return int(number)
+        if self.type is float:
+            try:
+                return float(raw)
+            except (TypeError, ValueError):
+                raise self._error(raw) from None
+        return str(raw)
+
+    def _error(self, raw: Any) -> UserError:
+        return UserError(
+            f"Hyperparameter '{self.name}' has the invalid value {raw!r}: "
+            f"it must be {self.allowed()}."
+        )
+
+
+def _fmt(number: float) -> str:
+    return f"{number:g}"
+
+
+SCHEMA: tuple[Hyperparameter, ...] = (
+    # --- JumpStart names, same meaning -------------------------------------------------
+    Hyperparameter(
+        "n_epochs",
+        int,
+        100,
+        "Maximum number of fine-tuning epochs; early stopping usually ends training sooner.",
+        low=1,
+        high=100000,
+        jumpstart_default=5,
+    ),
+    Hyperparameter(
+        "patience",
+        int,
+        15,
+        "Stop when the validation metric has not improved for this many epochs (paper: 15).",
+        low=1,
+        high=1000,
+        jumpstart_default=10,
+    ),
+    Hyperparameter(
+        "learning_rate",
+        float,
+        1e-3,
+        "AdamW learning rate.",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        jumpstart_default=1e-3,
+    ),
+    Hyperparameter(
+        "batch_size",
+        int,
+        256,
+        "Rows per optimisation step.",
+        low=1,
+        high=65536,
+        jumpstart_default=256,
+    ),
+    Hyperparameter(
+        "input_dim",
+        int,
+        32,
+        "Embedding size d of each categorical column (paper: 32).",
+        choices=(8, 16, 32, 64, 128, 256, 512),
+        jumpstart_default=32,
+    ),
+    Hyperparameter(
+        "n_blocks",
+        int,
+        6,
+        "Number of Transformer encoder blocks (paper: 6).",
+        low=1,
+        high=24,
+        jumpstart_default=4,
+    ),
+    Hyperparameter(
+        "attn_dropout",
+        float,
+        0.1,
+        "Dropout on the attention weights.",
+        low=0.0,
+        high=0.9,
+        jumpstart_default=0.2,
+    ),
+    Hyperparameter(
+        "mlp_dropout",
+        float,
+        0.1,
+        "Dropout in the Transformer feed-forward layers and the final MLP.",
+        low=0.0,
+        high=0.9,
+        jumpstart_default=0.1,
+    ),
+    Hyperparameter(
+        "frac_shared_embed",
+        float,
+        0.125,
+        "Fraction of each embedding that is shared by all values of a column (paper: 1/8).",
+        low=0.0,
+        high=0.5,
+        jumpstart_default=0.25,
+    ),
+    # --- this project's own ----------------------------------------------------------
+    Hyperparameter(
+        "n_heads",
+        int,
+        8,
+        "Attention heads per block (paper: 8); must divide input_dim.",
+        low=1,
+        high=64,
+    ),
+    Hyperparameter("weight_decay", float, 1e-4, "AdamW weight decay.", low=0.0, high=1.0),
+    Hyperparameter(
+        "seed",
+        int,
+        0,
+        "Random seed for the hold-out split, initialisation and batching.",
+        low=0,
+        high=2**31 - 1,
+    ),
+    Hyperparameter(
+        "task",
+        str,
+        "auto",
+        "Learning task; 'auto' detects it like JumpStart: "
+        "integer or text labels with at most `max_classes` distinct values are "
+        "classes, anything else is regression.",
+        choices=("auto", "binary", "multiclass", "regression"),
+    ),
+    Hyperparameter(
+        "max_classes",
+        int,
+        20,
+        "With task=auto, the most distinct integer labels that still count as classes.",
+        low=2,
+        high=10000,
+    ),
+    Hyperparameter(
+        "target_column",
+        str,
+        "",
+        "Name of the target column. Empty: files have "
+        "no header row and the target is column 0 (JumpStart layout). Set: every "
+        "CSV file has a header row naming its columns.",
+    ),
+    Hyperparameter(
+        "validation_fraction",
+        float,
+        0.2,
+        "Share of training rows held out for early stopping when there is no `validation` channel.",
+        low=0.0,
+        high=0.5,
+        low_open=True,
+    ),
+    Hyperparameter(
+        "eval_metric",
+        str,
+        "auto",
+        "Validation metric for early stopping and "
+        "model selection. auto: auc (binary), log_loss (multiclass), rmse "
+        "(regression).",
+        choices=("auto", "auc", "log_loss", "accuracy", "f1", "rmse", "mae", "r2"),
+    ),
+)
+
+BY_NAME: dict[str, Hyperparameter] = {p.name: p for p in SCHEMA}
+
+
+def defaults() -> dict[str, Any]:
+    """Every hyperparameter at its default value."""
+    return {p.name: p.default for p in SCHEMA}
+
+
+def _decode(raw: Any) -> Any:
+    """SageMaker passes strings, and the Python SDK JSON-encodes them once more."""
+    if not isinstance(raw, str):
+        return raw
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return raw
+
+
+def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a hyperparameter map as SageMaker writes it and fill in defaults."""
+    values = defaults()
+    unknown = []
+    for key, raw_value in raw.items():
+        if key.startswith(PLATFORM_KEY_PREFIXES):
+            continue
+        if key not in BY_NAME:
+            unknown.append(key)
+            continue
+        values[key] = BY_NAME[key].parse(_decode(raw_value))
+    if unknown:
+        raise UserError(
+            f"Unknown hyperparameter(s): {', '.join(sorted(unknown))}. "
+            f"Valid names: {', '.join(sorted(BY_NAME))}."
+        )
+    if values["input_dim"] % values["n_heads"]:
+        raise UserError(
+            f"Hyperparameter 'n_heads' ({values['n_heads']}) must divide 'input_dim' "
+            f"({values['input_dim']})."
+        )
+    return values
+
+
+def markdown_table() -> str:
+    """The README's hyperparameter table, generated from the schema."""
+    lines = [
+        "| name | type | default | JumpStart default | allowed | meaning |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in SCHEMA:
+        js = "" if p.jumpstart_default is None else f"`{p.jumpstart_default}`"
+        lines.append(
+            f"| `{p.name}` | {p.type.__name__} | `{p.default!r}` | {js} | {p.allowed()} "
+            f"| {p.help} |"
+        )
+    return "\n".join(lines)

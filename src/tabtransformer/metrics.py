@@ -1,0 +1,134 @@
+"""One metric registry: how each metric is computed, logged and read back by SageMaker.
+
+Each epoch logs `validation_<name>=<value>`; the end of training logs the JumpStart-style
+`metrics={'<name>': <value>}` line. The regexes SageMaker uses to read both come from the
+same `Metric` objects (`metric_definitions()`), so log format and tuning regex cannot drift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from sklearn import metrics as skm
+
+NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A validation metric. `compute(y, out)`: y = class indexes or targets, out = the
+    class probabilities (N, C) or the predictions (N,) in the target's own units."""
+
+    name: str
+    tasks: tuple[str, ...]
+    higher_is_better: bool
+    compute: Callable[[np.ndarray, np.ndarray], float]
+    help: str
+
+    def epoch_field(self, value: float) -> str:
+        return f"validation_{self.name}={value:.6g}"
+
+    @property
+    def epoch_regex(self) -> str:
+        return rf"validation_{self.name}={NUMBER}"
+
+    def final_line(self, value: float) -> str:
+        return f"metrics={{'{self.name}': {value:.6g}}}"
+
+    @property
+    def final_regex(self) -> str:
+        return rf"metrics=\{{'{self.name}': {NUMBER}\}}"
+
+    def is_better(self, value: float, best: float | None) -> bool:
+        if math.isnan(value):
+            return best is None
+        if best is None or math.isnan(best):
+            return True
+        return value > best if self.higher_is_better else value < best
+
+
+def _safe(
+    fn: Callable[[np.ndarray, np.ndarray], float],
+) -> Callable[[np.ndarray, np.ndarray], float]:
+    def wrapped(y: np.ndarray, out: np.ndarray) -> float:
+        try:
+            return float(fn(y, out))
+        except ValueError:  # e.g. AUC with a single class present
+            return float("nan")
+
+    return wrapped
+
+
+def _labels(out: np.ndarray) -> np.ndarray:
+    return out.argmax(axis=1)
+
+
+CLASSIFICATION = ("binary", "multiclass")
+REGISTRY: tuple[Metric, ...] = (
+    Metric(
+        "f1",
+        CLASSIFICATION,
+        True,
+        _safe(
+            lambda y, p: skm.f1_score(
+                y, _labels(p), average="binary" if p.shape[1] == 2 else "macro", zero_division=0
+            )
+        ),
+        "F1 of the second class (binary) or macro F1 (multiclass), argmax decision",
+    ),
+    Metric(
+        "accuracy",
+        CLASSIFICATION,
+        True,
+        _safe(lambda y, p: skm.accuracy_score(y, _labels(p))),
+        "share of correct labels",
+    ),
+    Metric(
+        "auc",
+        ("binary",),
+        True,
+        _safe(lambda y, p: skm.roc_auc_score(y, p[:, 1])),
+        "area under the ROC curve",
+    ),
+    Metric(
+        "log_loss",
+        CLASSIFICATION,
+        False,
+        _safe(lambda y, p: skm.log_loss(y, p, labels=np.arange(p.shape[1]))),
+        "cross-entropy of the predicted probabilities",
+    ),
+    Metric("r2", ("regression",), True, _safe(skm.r2_score), "coefficient of determination"),
+    Metric(
+        "rmse",
+        ("regression",),
+        False,
+        _safe(lambda y, p: math.sqrt(skm.mean_squared_error(y, p))),
+        "root mean squared error",
+    ),
+    Metric("mae", ("regression",), False, _safe(skm.mean_absolute_error), "mean absolute error"),
+)
+BY_NAME = {m.name: m for m in REGISTRY}
+# The metric JumpStart's TabTransformer reports for each task (its tuning objective).
+JUMPSTART_OBJECTIVE = {"binary": "f1", "multiclass": "accuracy", "regression": "r2"}
+DEFAULT_EVAL_METRIC = {"binary": "auc", "multiclass": "log_loss", "regression": "rmse"}
+
+
+def for_task(task: str) -> list[Metric]:
+    """The metrics reported for a task, JumpStart's objective first."""
+    first = BY_NAME[JUMPSTART_OBJECTIVE[task]]
+    return [first] + [m for m in REGISTRY if task in m.tasks and m is not first]
+
+
+def compute_all(task: str, y: np.ndarray, out: np.ndarray) -> dict[str, float]:
+    return {m.name: m.compute(y, out) for m in for_task(task)}
+
+
+def metric_definitions(task: str | None = None) -> list[dict[str, str]]:
+    """SageMaker `MetricDefinitions`: final metrics and per-epoch validation series."""
+    chosen = for_task(task) if task else list(REGISTRY)
+    final = [{"Name": m.name, "Regex": m.final_regex} for m in chosen]
+    epoch = [{"Name": f"validation:{m.name}", "Regex": m.epoch_regex} for m in chosen]
+    return final + epoch

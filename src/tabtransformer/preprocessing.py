@@ -1,0 +1,279 @@
+"""Fitted preprocessing: category vocabularies, numeric transforms and target encoding.
+
+Small scikit-learn-style objects (`fit`, `transform`) whose fitted state is plain data
+(`to_dict` / `from_dict`), saved as JSON in the model artifact.
+
+Categorical codes: 0 = missing (also the MLM mask token), 1 = unseen at training time,
+2.. = the training categories. Numeric columns are mapped through their empirical
+quantiles onto a standard normal (robust to skew and outliers); missing numbers become 0,
+the median.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy.special import ndtri
+
+from tabtransformer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+MISSING_CODE = 0
+UNSEEN_CODE = 1
+N_SPECIAL_CODES = 2
+MAX_QUANTILES = 1000
+TASKS = ("binary", "multiclass", "regression")
+
+
+def where(label: Any) -> str:
+    """Describe a row index label: `(file, line)` from a channel, or a request row number."""
+    if isinstance(label, tuple):
+        return f"file {label[0]}, line {label[1]}"
+    return f"row {label}"
+
+
+def to_numbers(values: pd.Series, column: str) -> np.ndarray:
+    """Parse a column as float64 (missing = NaN); a non-number raises UserError naming it."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return values.astype("float64").to_numpy()
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = numbers.isna() & values.notna()
+    if bad.any():
+        label = values.index[bad.to_numpy().argmax()]
+        raise UserError(
+            f"{where(label)}, column '{column}': {values[label]!r} is not a number, and "
+            f"'{column}' is a numeric column ({int(bad.sum())} such value(s)). Send a number "
+            "or an empty cell for missing."
+        )
+    return numbers.to_numpy(dtype="float64")
+
+
+def to_tokens(values: pd.Series) -> pd.Series:
+    """Category tokens as strings: numbers lose a trailing '.0', text is stripped."""
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+
+        def fmt(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+        return values.map(lambda v: fmt(v) if pd.notna(v) else np.nan)
+    return values.map(_token, na_action="ignore")
+
+
+def _token(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (int, float)):
+        return str(int(value)) if float(value).is_integer() else repr(float(value))
+    return str(value).strip()
+
+
+def _is_numeric_column(values: pd.Series) -> bool:
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return False
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        return True
+    present = values.dropna()
+    return bool(pd.to_numeric(present, errors="coerce").notna().all())
+
+
+@dataclass
+class CategoricalColumn:
+    """A categorical column's vocabulary: category i has code i + 2."""
+
+    name: str
+    categories: list[str]
+
+    @property
+    def cardinality(self) -> int:
+        return len(self.categories) + N_SPECIAL_CODES
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        tokens = to_tokens(values)
+        codes = pd.Categorical(tokens, categories=self.categories).codes.astype(np.int64)
+        present = tokens.notna().to_numpy()
+        return np.where(
+            codes >= 0, codes + N_SPECIAL_CODES, np.where(present, UNSEEN_CODE, MISSING_CODE)
+        )
+
+
+@dataclass
+class NumericColumn:
+    """A numeric column's quantile map onto N(0, 1); `median` is the raw imputed value."""
+
+    name: str
+    quantiles: list[float]
+    median: float
+
+    def encode(self, values: pd.Series) -> np.ndarray:
+        x = to_numbers(values, self.name)
+        q = np.asarray(self.quantiles)
+        if len(q) < 2:
+            return np.zeros(len(x), dtype=np.float32)
+        ref = np.linspace(0.0, 1.0, len(q))
+        # Averaging the forward and backward interpolation maps ties to their middle rank.
+        u = 0.5 * (np.interp(x, q, ref) - np.interp(-x, -q[::-1], -ref[::-1]))
+        z = ndtri(np.clip(u, 1e-4, 1 - 1e-4))
+        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+
+
+@dataclass
+class TablePreprocessor:
+    """Maps a feature table to (categorical codes, numeric floats) and back to a schema."""
+
+    feature_names: list[str]
+    categorical: list[CategoricalColumn]
+    numeric: list[NumericColumn]
+
+    @classmethod
+    def fit(cls, features: pd.DataFrame, categorical: list[str] | None) -> TablePreprocessor:
+        """Learn vocabularies and quantiles. `categorical=None`: text columns are categorical."""
+        names = [str(c) for c in features.columns]
+        if categorical is None:
+            categorical = [n for n in names if not _is_numeric_column(features[n])]
+        cat_cols, num_cols = [], []
+        for name in names:
+            values = features[name]
+            if name in categorical:
+                counts = to_tokens(values).value_counts(dropna=True)
+                ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+                cat_cols.append(CategoricalColumn(name, [str(k) for k, _ in ordered]))
+            else:
+                x = to_numbers(values, name)
+                present = x[~np.isnan(x)]
+                n_missing = len(x) - len(present)
+                median = float(np.median(present)) if len(present) else 0.0
+                if n_missing:
+                    log.info(
+                        "column '%s': %d missing value(s) imputed with the median %g",
+                        name,
+                        n_missing,
+                        median,
+                    )
+                n_q = min(MAX_QUANTILES, len(present))
+                quantiles = np.quantile(present, np.linspace(0, 1, n_q)) if n_q else []
+                num_cols.append(NumericColumn(name, [float(v) for v in quantiles], median))
+        return cls(names, cat_cols, num_cols)
+
+    def transform(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Encode a frame whose columns are `feature_names` into int64 codes and float32."""
+        n = len(features)
+        codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        for j, col in enumerate(self.categorical):
+            codes[:, j] = col.encode(features[col.name])
+        numbers = np.zeros((n, len(self.numeric)), dtype=np.float32)
+        for j, col in enumerate(self.numeric):
+            numbers[:, j] = col.encode(features[col.name])
+        return codes, numbers
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [c.cardinality for c in self.categorical]
+
+    def describe(self) -> str:
+        cats = ", ".join(f"{c.name}({len(c.categories)})" for c in self.categorical) or "none"
+        nums = ", ".join(c.name for c in self.numeric) or "none"
+        return f"categorical columns (categories): {cats}; numeric columns: {nums}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature_names": self.feature_names,
+            "categorical": [asdict(c) for c in self.categorical],
+            "numeric": [asdict(c) for c in self.numeric],
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TablePreprocessor:
+        return cls(
+            data["feature_names"],
+            [CategoricalColumn(**c) for c in data["categorical"]],
+            [NumericColumn(**c) for c in data["numeric"]],
+        )
+
+
+@dataclass
+class TargetEncoder:
+    """Detects the task and encodes labels: class indexes, or a standardised number."""
+
+    task: str
+    classes: list[Any] | None = None
+    mean: float = 0.0
+    std: float = 1.0
+
+    @classmethod
+    def fit(cls, target: pd.Series, task: str, max_classes: int) -> TargetEncoder:
+        """Detect (task='auto') or check the task and learn the classes or the scaling."""
+        numeric = _is_numeric_column(target)
+        if task == "auto":
+            if numeric:
+                x = to_numbers(target, "target")
+                is_int = bool(np.all(np.mod(x, 1) == 0))
+                n_unique = len(np.unique(x))
+                classes = is_int and n_unique <= max_classes
+                task = ("binary" if n_unique == 2 else "multiclass") if classes else "regression"
+            else:
+                task = "binary" if target.nunique() == 2 else "multiclass"
+        if task == "regression":
+            x = to_numbers(target, "target")
+            std = float(np.std(x))
+            return cls("regression", None, float(np.mean(x)), std if std > 0 else 1.0)
+        labels = _labels(target, numeric)
+        classes = sorted(set(labels), key=lambda v: (isinstance(v, str), v))
+        if len(classes) < 2:
+            raise UserError(
+                f"The target has a single value ({classes[0]!r}): classification "
+                "needs at least two classes."
+            )
+        if task == "binary" and len(classes) != 2:
+            raise UserError(
+                f"task=binary needs exactly 2 classes but the target has "
+                f"{len(classes)}: {classes[:10]}. Use task=multiclass."
+            )
+        return cls(task, classes)
+
+    @property
+    def n_outputs(self) -> int:
+        return 1 if self.task == "regression" else len(self.classes)
+
+    def encode(self, target: pd.Series) -> np.ndarray:
+        """Labels to class indexes (int64) or to the standardised target (float32)."""
+        if self.task == "regression":
+            x = to_numbers(target, "target")
+            return ((x - self.mean) / self.std).astype(np.float32)  # a fresh, writable array
+        labels = pd.Series(
+            _labels(target, _is_numeric_column(target)), index=target.index, dtype=object
+        )
+        index = {c: i for i, c in enumerate(self.classes)}
+        codes = labels.map(index)
+        unknown = codes.isna()
+        if unknown.any():
+            label = target.index[unknown.to_numpy().argmax()]
+            raise UserError(
+                f"{where(label)}: label {labels[label]!r} is not among the "
+                f"training classes {self.classes[:20]}."
+            )
+        return codes.to_numpy(dtype=np.int64, copy=True)
+
+    def decode_regression(self, standardised: np.ndarray) -> np.ndarray:
+        return standardised * self.std + self.mean
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TargetEncoder:
+        return cls(**data)
+
+
+def _labels(target: pd.Series, numeric: bool) -> list[Any]:
+    """Class labels as JSON-friendly Python values: ints for integer labels, else strings."""
+    if numeric:
+        x = to_numbers(target, "target")
+        if np.all(np.mod(x, 1) == 0):
+            return [int(v) for v in x]
+        return [float(v) for v in x]
+    return [str(v).strip() for v in target]

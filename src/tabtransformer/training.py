@@ -1,0 +1,201 @@
+"""Supervised training loop: AdamW, early stopping on a validation metric, best weights kept.
+
+The whole table is encoded once into tensors; batches are index slices of those tensors,
+so the loop has no per-row Python. Uses CUDA with bf16 autocast when available.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tabtransformer import metrics
+from tabtransformer.model import TabTransformer
+from tabtransformer.preprocessing import TargetEncoder
+
+log = logging.getLogger(__name__)
+EVAL_BATCH_ROWS = 8192
+
+
+@dataclass
+class Encoded:
+    """A table as tensors: categorical codes (N, m), numbers (N, c), target (N,) or None."""
+
+    codes: torch.Tensor
+    numbers: torch.Tensor
+    target: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return self.codes.shape[0]
+
+    def rows(self, index: torch.Tensor | slice) -> Encoded:
+        target = self.target[index] if self.target is not None else None
+        return Encoded(self.codes[index], self.numbers[index], target)
+
+    def to(self, device: torch.device) -> Encoded:
+        target = self.target.to(device) if self.target is not None else None
+        return Encoded(self.codes.to(device), self.numbers.to(device), target)
+
+
+def select_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on GPUs that support it, nothing elsewhere."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def batches(n_rows: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Shuffled row indexes, one tensor per batch."""
+    order = torch.randperm(n_rows, generator=generator)
+    yield from order.split(batch_size)
+
+
+def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if task == "regression":
+        return lambda out, y: F.mse_loss(out[:, 0].float(), y)
+    return lambda out, y: F.cross_entropy(out.float(), y)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+@torch.inference_mode()
+def predict_raw(model: TabTransformer, data: Encoded, device: torch.device) -> torch.Tensor:
+    """Model outputs (N, n_outputs) as float32 on the CPU, in evaluation mode."""
+    was_training = model.training
+    model.eval()
+    outs = []
+    for start in range(0, len(data), EVAL_BATCH_ROWS):
+        part = data.rows(slice(start, start + EVAL_BATCH_ROWS)).to(device)
+        with autocast(device):
+            outs.append(model(part.codes, part.numbers).float().cpu())
+    model.train(was_training)
+    return torch.cat(outs) if outs else torch.zeros(0, model.config.n_outputs)
+
+
+def to_prediction(raw: torch.Tensor, target: TargetEncoder) -> np.ndarray:
+    """Probabilities (N, C), or regression predictions in target units (N,)."""
+    if target.task == "regression":
+        return target.decode_regression(raw[:, 0].double().numpy())
+    return torch.softmax(raw.double(), dim=1).numpy()
+
+
+def evaluate(
+    model: TabTransformer, data: Encoded, target: TargetEncoder, device: torch.device
+) -> dict[str, float]:
+    """Loss and every registered metric of the task on a labelled table."""
+    raw = predict_raw(model, data, device)
+    result = {"loss": float(loss_fn(target.task)(raw, data.target))}
+    y = data.target.numpy()
+    if target.task == "regression":
+        y = target.decode_regression(y.astype(np.float64))
+    result.update(metrics.compute_all(target.task, y, to_prediction(raw, target)))
+    return result
+
+
+def fit(
+    model: TabTransformer,
+    train: Encoded,
+    valid: Encoded,
+    target: TargetEncoder,
+    hp: dict[str, Any],
+    device: torch.device,
+) -> tuple[list[dict[str, float]], int]:
+    """Train with early stopping on `hp['eval_metric']`; leaves the best weights in `model`.
+
+    Returns the per-epoch history (train loss and validation metrics) and the best epoch.
+    """
+    eval_name = hp["eval_metric"]
+    if eval_name == "auto":
+        eval_name = metrics.DEFAULT_EVAL_METRIC[target.task]
+    eval_metric = metrics.BY_NAME[eval_name]
+    generator = torch.Generator().manual_seed(hp["seed"])
+    model.to(device).train()
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"]
+    )
+    criterion = loss_fn(target.task)
+    train_on_device = train.to(device)
+    best, best_epoch, best_state = None, 0, None
+    history: list[dict[str, float]] = []
+    started = time.perf_counter()
+    n_epochs = hp["n_epochs"]
+    for epoch in range(1, n_epochs + 1):
+        epoch_start = time.perf_counter()
+        total, seen = 0.0, 0
+        for index in batches(len(train), hp["batch_size"], generator):
+            batch = train_on_device.rows(index.to(device))
+            with autocast(device):
+                out = model(batch.codes, batch.numbers)
+            loss = criterion(out, batch.target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(index)
+            seen += len(index)
+        train_loss = total / seen
+        scores = evaluate(model, valid, target, device)
+        elapsed = time.perf_counter() - epoch_start
+        value = scores[eval_name]
+        if eval_metric.is_better(value, best):
+            best, best_epoch = value, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                **{f"validation_{k}": v for k, v in scores.items()},
+            }
+        )
+        stop = epoch - best_epoch >= hp["patience"]
+        remaining = 0 if stop else (n_epochs - epoch) * (time.perf_counter() - started) / epoch
+        fields = " ".join(
+            metrics.BY_NAME[k].epoch_field(v) if k in metrics.BY_NAME else f"validation_{k}={v:.6g}"
+            for k, v in scores.items()
+        )
+        log.info(
+            "epoch %d/%d train_loss=%.6g %s rows/s=%.0f epoch_time=%s time_left<=%s "
+            "best_%s=%.6g@%d",
+            epoch,
+            n_epochs,
+            train_loss,
+            fields,
+            seen / elapsed,
+            format_duration(elapsed),
+            format_duration(remaining),
+            eval_name,
+            best,
+            best_epoch,
+        )
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"train loss became {train_loss} in epoch {epoch}; try a lower learning_rate"
+            )
+        if stop:
+            log.info(
+                "early stopping: validation_%s has not improved for %d epochs",
+                eval_name,
+                hp["patience"],
+            )
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    log.info("restored the weights of epoch %d (validation_%s=%.6g)", best_epoch, eval_name, best)
+    return history, best_epoch

@@ -1,0 +1,254 @@
+"""The training container contract, checked by running the real `train` entry point."""
+
+from __future__ import annotations
+
+import gzip
+import json
+
+import pandas as pd
+import pytest
+from conftest import FAST, Job, make_table
+
+from tabtransformer import load_model
+from tabtransformer.errors import ALGORITHM_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE
+
+
+def trained(job: Job) -> dict:
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (job.base / "output" / "failure").exists()
+    return json.loads((job.model / "metrics.json").read_text())
+
+
+def test_binary_headerless_with_text_labels(job: Job):
+    table = make_table("binary")
+    job.channel("training", table)
+    report = trained(job)
+    assert report["task"] == "binary"
+    log = job.train().stdout
+    assert "metrics={'f1': " in log and "metrics={'auc': " in log
+    assert "epoch 1/4 train_loss=" in log and "rows/s=" in log and "time_left<=" in log
+    predictor = load_model(job.model)
+    assert predictor.classes == ["no", "yes"]
+    probabilities = predictor.predict(table.drop(columns="label").head(7))
+    assert probabilities.shape == (7, 2)
+    assert abs(probabilities.sum(axis=1) - 1).max() < 1e-9
+    assert (job.base / "output" / "data" / "training_history.csv").is_file()
+
+
+def test_multiclass_with_integer_labels(job: Job):
+    job.channel("training", make_table("multiclass", n=300))
+    job.hyperparameters({**FAST, "n_epochs": "10"})
+    report = trained(job)
+    assert report["task"] == "multiclass"
+    assert load_model(job.model).classes == [0, 1, 2]
+    assert report["validation"]["accuracy"] > 0.5  # three classes: chance is about 0.33
+
+
+def test_regression_predicts_in_target_units(job: Job):
+    table = make_table("regression", n=300)
+    job.channel("training", table)
+    job.hyperparameters({**FAST, "n_epochs": "10"})
+    report = trained(job)
+    assert report["task"] == "regression"
+    predictions = load_model(job.model).predict(table.drop(columns="label"))
+    assert predictions.shape == (300,)
+    assert abs(predictions.mean() - table["label"].mean()) < 0.5 * table["label"].std()
+    assert report["validation"]["r2"] > 0.2
+
+
+def test_header_csv_with_target_column_and_validation_channel(job: Job):
+    table = make_table("binary")
+    shuffled = table[["color", "label", "size", "shape", "weight"]]
+    job.channel("training", shuffled.iloc[:180], header=True)
+    job.channel("validation", shuffled.iloc[180:], header=True)
+    job.hyperparameters({**FAST, "target_column": "label"})
+    trained(job)
+    predictor = load_model(job.model)
+    assert predictor.feature_names == ["color", "size", "shape", "weight"]
+    by_name = predictor.predict(table[["weight", "shape", "size", "color"]].head(3))
+    by_position = predictor.predict(table[["color", "size", "shape", "weight"]].head(3))
+    assert (by_name == by_position).all()
+
+
+def test_train_subfolder_several_files_and_categorical_index(job: Job):
+    table = make_table("binary")
+    job.channel("training", table.iloc[:120], subfolder="train", filename="part-0.csv")
+    job.channel("training", table.iloc[120:], subfolder="train", filename="part-1.csv")
+    # Column 3 ("size") holds numbers but is declared categorical.
+    (job.data / "training" / "categorical_index.json").write_text('{"cat_index_list": [1, 3]}')
+    trained(job)
+    prep = json.loads((job.model / "preprocessing.json").read_text())["features"]
+    assert [c["name"] for c in prep["categorical"]] == ["c1", "c3"]
+    assert [c["name"] for c in prep["numeric"]] == ["c2", "c4"]
+
+
+def test_gzip_csv_and_parquet_are_read(job: Job, tmp_path):
+    table = make_table("binary")
+    path = job.channel("training", table.iloc[:120], filename="part-0")
+    path.write_bytes(gzip.compress(path.read_bytes()))  # gzip detected by content
+    job.channel("training", table.iloc[120:], filename="part-1.parquet")
+    job.hyperparameters({**FAST, "n_epochs": "1"})
+    trained(job)
+
+
+def test_json_encoded_hyperparameters_and_platform_keys(job: Job):
+    job.channel("training", make_table("binary"))
+    job.hyperparameters(
+        {
+            "n_epochs": '"2"',
+            "n_blocks": '"1"',
+            "learning_rate": '"0.002"',
+            "input_dim": '"16"',
+            "task": '"binary"',
+            "sagemaker_program": '"x.py"',
+            "_tuning_objective_metric": "auc",
+        }
+    )
+    trained(job)
+    used = json.loads((job.model / "hyperparameters.json").read_text())
+    assert used["n_epochs"] == 2 and used["learning_rate"] == 0.002 and used["input_dim"] == 16
+
+
+def test_same_seed_same_model(job: Job, tmp_path):
+    table = make_table("binary")
+    job.channel("training", table)
+    trained(job)
+    first = load_model(job.model).predict(table.drop(columns="label"))
+    other = Job(tmp_path / "other")
+    other.channel("training", table)
+    trained(other)
+    second = load_model(other.model).predict(table.drop(columns="label"))
+    assert (first == second).all()
+
+
+def test_model_without_categorical_or_without_numeric_columns(job: Job, tmp_path):
+    table = make_table("binary")
+    job.channel("training", table[["label", "size", "weight"]])
+    trained(job)
+    only_cats = Job(tmp_path / "cats")
+    only_cats.channel("training", table[["label", "color", "shape"]])
+    trained(only_cats)
+    assert load_model(only_cats.model).predict(table[["color", "shape"]]).shape == (240, 2)
+
+
+# --- user errors: a short reason in output/failure, exit code 1, no traceback -------------
+
+
+def failed(job: Job, *words: str) -> str:
+    result = job.train()
+    assert result.returncode == USER_ERROR_EXIT_CODE, result.stdout + result.stderr
+    reason = job.failure
+    assert reason.startswith("ClientError: ")
+    assert "Traceback" not in reason and len(reason) < 1024
+    for word in words:
+        assert word in reason, reason
+    assert not list(job.model.glob("*")) if job.model.exists() else True
+    return reason
+
+
+def test_missing_training_channel(job: Job):
+    failed(job, "'training' channel is required")
+
+
+def test_empty_file(job: Job):
+    (job.data / "training").mkdir(parents=True)
+    (job.data / "training" / "empty.csv").write_text("")
+    failed(job, "empty.csv", "empty")
+
+
+def test_wrong_column_count_names_file_and_line(job: Job):
+    path = job.channel("training", make_table("binary"))
+    lines = path.read_text().splitlines()
+    lines[6] += ",extra"
+    path.write_text("\n".join(lines) + "\n")
+    failed(job, "data.csv", "line 7", "expected 5 columns but found 6")
+
+
+def test_missing_target_value_names_the_line(job: Job):
+    table = make_table("binary")
+    table.loc[9, "label"] = None
+    job.channel("training", table)
+    failed(job, "data.csv, line 10", "target")
+
+
+def test_target_column_not_in_header(job: Job):
+    job.channel("training", make_table("binary"), header=True)
+    job.hyperparameters({**FAST, "target_column": "churn"})
+    failed(job, "'churn'", "label, color, size, shape, weight")
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ('{"cat_index_list": [0, 2]}', ["[0]", "between 0 and 4"]),
+        ('{"cat_index_list": [9]}', ["[9]"]),
+        ('{"categorical": [1]}', ["cat_index_list"]),
+        ("not json", ["not valid JSON"]),
+    ],
+)
+def test_bad_categorical_index(job: Job, content: str, words: list[str]):
+    job.channel("training", make_table("binary"))
+    (job.data / "training" / "categorical_index.json").write_text(content)
+    failed(job, "categorical_index.json", *words)
+
+
+def test_text_in_a_declared_numeric_column(job: Job):
+    table = make_table("binary")
+    table["size"] = table["size"].astype(object)
+    table.loc[4, "size"] = "big"
+    job.channel("training", table)
+    (job.data / "training" / "categorical_index.json").write_text('{"cat_index_list": [1]}')
+    failed(job, "line 5", "'c2'", "'big' is not a number")
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ({"n_epochs": "0"}, ["'n_epochs'", "[1, 100000]"]),
+        ({"learning_rate": "fast"}, ["'learning_rate'", "'fast'"]),
+        ({"input_dim": '"30"'}, ["'input_dim'", "one of 8, 16, 32"]),
+        ({"task": "ranking"}, ["'task'", "'binary'"]),
+        ({"n_epoch": "3"}, ["Unknown hyperparameter(s): n_epoch", "n_epochs"]),
+        ({"n_heads": "3"}, ["'n_heads' (3) must divide 'input_dim' (32)"]),
+    ],
+)
+def test_bad_hyperparameter(job: Job, values: dict, words: list[str]):
+    job.channel("training", make_table("binary"))
+    job.hyperparameters(values)
+    failed(job, *words)
+
+
+def test_unknown_channel_in_input_data_config(job: Job):
+    job.channel("training", make_table("binary"))
+    (job.config / "inputdataconfig.json").write_text(
+        json.dumps({"training": {"ContentType": "text/csv"}, "test": {"ContentType": "text/csv"}})
+    )
+    failed(job, "Unknown channel(s) ['test']")
+
+
+def test_algorithm_error_keeps_the_traceback(job: Job):
+    # A categorical column whose vocabulary is valid but whose model cannot be built is
+    # hard to provoke from data; a corrupt weights file in `model/` stands in for a bug:
+    # the job must still report an algorithm error with a traceback and exit 2.
+    job.channel("training", make_table("binary"))
+    job.model.mkdir(parents=True)
+    (job.model / "model.safetensors").mkdir()  # a folder where the weights file must go
+    result = job.train()
+    assert result.returncode == ALGORITHM_ERROR_EXIT_CODE, result.stdout + result.stderr
+    assert job.failure.startswith("AlgorithmError") and "Traceback" in job.failure
+
+
+def test_labels_in_validation_must_be_known(job: Job):
+    table = make_table("binary")
+    job.channel("training", table.iloc[:200])
+    bad = table.iloc[200:].copy()
+    bad.iloc[3, 0] = "maybe"
+    job.channel("validation", bad)
+    failed(job, "line 4", "'maybe'", "['no', 'yes']")
+
+
+def test_header_only_frame_is_an_error(job: Job):
+    job.channel("training", pd.DataFrame({"label": [], "x": []}), header=True)
+    job.hyperparameters({**FAST, "target_column": "label"})
+    failed(job, "no data rows")
