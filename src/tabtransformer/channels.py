@@ -19,6 +19,7 @@ import csv
 import gzip
 import io
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,6 +145,26 @@ def read_file(path: Path, header: bool) -> pd.DataFrame:
     elif len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise UserError(f"File {path} has duplicate column names in its header: {dupes}.")
+    compression = "gzip" if _magic(path, 2) == GZIP_MAGIC else None
+    frame = parse_csv(
+        pa.input_stream(str(path), compression=compression),
+        names,
+        skip_rows=1 if header else 0,
+        locate=lambda line: f"File {path}, line {line}",
+    )
+    start = 2 if header else 1
+    frame.index = pd.RangeIndex(start, start + len(frame), name="line")
+    return frame
+
+
+def parse_csv(
+    source: pa.NativeFile, names: list[str], skip_rows: int, locate: Callable[[int | str], str]
+) -> pd.DataFrame:
+    """Parse CSV into a frame of strings (empty and NA-like cells are missing).
+
+    Every row must have `len(names)` fields; the first that does not raises a UserError
+    that `locate(line_number)` places ("File x.csv, line 7" or "row 7").
+    """
     bad_rows: list[pacsv.InvalidRow] = []
 
     def on_invalid(row: pacsv.InvalidRow) -> str:
@@ -151,11 +172,10 @@ def read_file(path: Path, header: bool) -> pd.DataFrame:
         return "skip"
 
     try:
-        compression = "gzip" if _magic(path, 2) == GZIP_MAGIC else None
         table = pacsv.read_csv(
-            pa.input_stream(str(path), compression=compression),
+            source,
             read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=1 if header else 0, use_threads=False
+                column_names=names, skip_rows=skip_rows, use_threads=False
             ),
             parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
             convert_options=pacsv.ConvertOptions(
@@ -163,19 +183,16 @@ def read_file(path: Path, header: bool) -> pd.DataFrame:
             ),
         )
     except pa.ArrowException as e:
-        raise UserError(f"Cannot parse CSV file {path}: {e}") from None
+        raise UserError(f"{locate('?')}: cannot parse the CSV: {e}") from None
     if bad_rows:
         row = bad_rows[0]
-        line = row.number if row.number is not None else "?"
         raise UserError(
-            f"File {path}, line {line}: expected {row.expected_columns} columns but found "
-            f"{row.actual_columns} ({len(bad_rows)} such line(s) in this file). Every row "
-            f"must have the same number of columns as the first. Line text: {row.text[:200]!r}"
+            f"{locate(row.number if row.number is not None else '?')}: expected "
+            f"{row.expected_columns} columns but found {row.actual_columns} "
+            f"({len(bad_rows)} such row(s)). Every row must have {len(names)} columns. "
+            f"Row text: {row.text[:200]!r}"
         )
-    frame = table.to_pandas()
-    start = 2 if header else 1
-    frame.index = pd.RangeIndex(start, start + len(frame), name="line")
-    return frame
+    return table.to_pandas()
 
 
 def read_files(files: list[Path], header: bool) -> pd.DataFrame:

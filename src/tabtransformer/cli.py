@@ -8,7 +8,7 @@ import logging
 import sys
 
 from tabtransformer import hyperparameters, metrics
-from tabtransformer.errors import failure_reason, write_failure
+from tabtransformer.errors import USER_ERROR_EXIT_CODE, UserError, failure_reason, write_failure
 from tabtransformer.paths import SageMakerPaths
 
 log = logging.getLogger("tabtransformer")
@@ -43,7 +43,11 @@ def serve() -> int:
     from tabtransformer.serving.server import run_server
 
     setup_logging()
-    return run_server()
+    try:
+        return run_server()
+    except UserError as error:
+        log.error("cannot serve: %s", error)
+        return USER_ERROR_EXIT_CODE
 
 
 def main(argv: list[str] | None = None) -> int:

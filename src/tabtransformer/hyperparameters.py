@@ -119,7 +119,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
     Hyperparameter(
         "learning_rate",
         float,
-        1e-3,
+        3e-4,
         "AdamW learning rate.",
         low=0.0,
         high=1.0,
@@ -155,7 +155,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
     Hyperparameter(
         "attn_dropout",
         float,
-        0.1,
+        0.3,
         "Dropout on the attention weights.",
         low=0.0,
         high=0.9,
@@ -164,7 +164,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
     Hyperparameter(
         "mlp_dropout",
         float,
-        0.1,
+        0.3,
         "Dropout in the Transformer feed-forward layers and the final MLP.",
         low=0.0,
         high=0.9,
@@ -187,6 +187,16 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "Attention heads per block (paper: 8); must divide input_dim.",
         low=1,
         high=64,
+    ),
+    Hyperparameter(
+        "continuous_norm",
+        str,
+        "none",
+        "Normalisation of the continuous "
+        "features before the MLP. 'layer': the paper's per-row LayerNorm. 'none': "
+        "each column is already quantile-normalised, and per-row LayerNorm erases "
+        "each row's mean and spread across columns (see README).",
+        choices=("none", "layer"),
     ),
     Hyperparameter("weight_decay", float, 1e-4, "AdamW weight decay.", low=0.0, high=1.0),
     Hyperparameter(

