@@ -50,7 +50,7 @@ class LocalServer:
             **env,
         }
         # A file, not a pipe: nobody reads a pipe while serving, and a full one blocks workers.
-        self.log = tempfile.TemporaryFile(mode="w+")
+        self.log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(
             [sys.executable, str(entry)],
             env=full_env,
