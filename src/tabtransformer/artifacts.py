@@ -13,6 +13,7 @@ import os
 import shutil
 import tarfile
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,32 +84,36 @@ class Predictor:
         return [self.classes[i] for i in probabilities.argmax(axis=1)]
 
 
-def save_artifact(
-    model_dir: Path,
-    model: TabTransformer,
-    preprocessor: TablePreprocessor,
-    target: TargetEncoder,
-    header: bool,
-    hyperparameters: dict[str, Any],
-    metrics: dict[str, Any],
-) -> None:
+@dataclass
+class Artifact:
+    """Everything in a model folder. `target` is None for a pretraining-only artifact."""
+
+    model: TabTransformer
+    preprocessor: TablePreprocessor
+    target: TargetEncoder | None
+    header: bool
+    metrics: dict[str, Any]
+
+
+def save_artifact(model_dir: Path, artifact: Artifact, hyperparameters: dict[str, Any]) -> None:
     """Write every file into a scratch folder first, then move them in: never half-written."""
     model_dir.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=".partial-", dir=model_dir))
     try:
-        state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in artifact.model.state_dict().items()}
         save_file(state, scratch / WEIGHTS)
-        _write_json(scratch / CONFIG, model.config.to_dict())
+        _write_json(scratch / CONFIG, artifact.model.config.to_dict())
+        target = artifact.target.to_dict() if artifact.target is not None else None
         _write_json(
             scratch / PREPROCESSING,
             {
-                "header": header,
-                "features": preprocessor.to_dict(),
-                "target": target.to_dict(),
+                "header": artifact.header,
+                "features": artifact.preprocessor.to_dict(),
+                "target": target,
             },
         )
         _write_json(scratch / HYPERPARAMETERS, hyperparameters)
-        _write_json(scratch / METRICS, metrics)
+        _write_json(scratch / METRICS, artifact.metrics)
         for path in scratch.iterdir():
             os.replace(path, model_dir / path.name)
     finally:
@@ -119,8 +124,8 @@ def _write_json(path: Path, data: Any) -> None:
     path.write_text(json.dumps(data, indent=2, allow_nan=True))
 
 
-def load_model(path: str | os.PathLike) -> Predictor:
-    """Load a model folder or a `model.tar.gz` (also a folder holding only the tarball)."""
+def read_artifact(path: str | os.PathLike) -> Artifact:
+    """Read a model folder or a `model.tar.gz` (also a folder holding only the tarball)."""
     path = Path(path)
     if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model.tar.gz").exists():
         path = path / "model.tar.gz"
@@ -131,11 +136,24 @@ def load_model(path: str | os.PathLike) -> Predictor:
                     tar.extractall(tmp, filter="data")
             except tarfile.TarError as e:
                 raise UserError(f"{path} is not a readable model.tar.gz: {e}") from None
-            return _load_folder(Path(tmp))
-    return _load_folder(path)
+            return _read_folder(Path(tmp))
+    return _read_folder(path)
 
 
-def _load_folder(folder: Path) -> Predictor:
+def load_model(path: str | os.PathLike) -> Predictor:
+    """Load a trained model (folder or `model.tar.gz`) ready to `predict`."""
+    artifact = read_artifact(path)
+    if artifact.target is None:
+        raise UserError(
+            f"{path} holds a pretrained model without a prediction head: fine-tune it first "
+            "(a training job with this artifact in its 'model' channel)."
+        )
+    return Predictor(
+        artifact.model, artifact.preprocessor, artifact.target, artifact.header, artifact.metrics
+    )
+
+
+def _read_folder(folder: Path) -> Artifact:
     missing = [n for n in (WEIGHTS, CONFIG, PREPROCESSING) if not (folder / n).is_file()]
     if missing:
         raise UserError(f"{folder} is not a TabTransformer model: it lacks {missing}.")
@@ -145,10 +163,7 @@ def _load_folder(folder: Path) -> Predictor:
     prep = json.loads((folder / PREPROCESSING).read_text())
     metrics_path = folder / METRICS
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    return Predictor(
-        model,
-        TablePreprocessor.from_dict(prep["features"]),
-        TargetEncoder.from_dict(prep["target"]),
-        prep["header"],
-        metrics,
+    target = TargetEncoder.from_dict(prep["target"]) if prep["target"] else None
+    return Artifact(
+        model.eval(), TablePreprocessor.from_dict(prep["features"]), target, prep["header"], metrics
     )

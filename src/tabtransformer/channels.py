@@ -255,22 +255,38 @@ def read_labelled(directory: Path, target_column: str) -> LabelledTable:
     return LabelledTable(features=features, target=target, categorical_columns=categorical)
 
 
-def read_unlabelled(directory: Path, feature_names: list[str], header: bool) -> pd.DataFrame:
-    """Read the `unlabeled` channel: feature columns only, in training order."""
+def read_unlabelled(
+    directory: Path, header: bool, feature_names: list[str] | None
+) -> tuple[pd.DataFrame, list[str] | None]:
+    """Read the `unlabeled` channel: feature columns only, in training order.
+
+    `feature_names` are the training features the rows must match; None (a pretraining-only
+    job) takes them from the files. Returns the features and, when the channel has a
+    `categorical_index.json` (numbered as in training files, target = column 0), the
+    categorical column names.
+    """
     table = read_files(channel_files(directory), header)
+    if not header:
+        table.columns = headerless_names(table.shape[1])
+    names = feature_names if feature_names is not None else list(table.columns)
     if header:
-        missing = [n for n in feature_names if n not in table.columns]
+        missing = [n for n in names if n not in table.columns]
         if missing:
             raise UserError(
-                f"Files in {directory} lack the feature column(s) {missing} that "
-                "the training data has."
+                f"Files in {directory} lack the feature column(s) {missing} that the "
+                "training data has."
             )
-        return table[feature_names]
-    if table.shape[1] != len(feature_names):
+        table = table[names]
+    elif table.shape[1] != len(names):
         raise UserError(
             f"Files in {directory} have {table.shape[1]} columns but the training data has "
-            f"{len(feature_names)} feature columns: unlabeled rows hold the features only, "
-            "in the same order, without the target."
+            f"{len(names)} feature columns: unlabeled rows hold the features only, in the "
+            "same order, without the target."
         )
-    table.columns = feature_names
-    return table
+    if header:
+        cat_index = read_categorical_index(directory, len(names), target_index=-1)
+        categorical = [names[i] for i in cat_index] if cat_index is not None else None
+    else:
+        cat_index = read_categorical_index(directory, len(names) + 1, target_index=0)
+        categorical = [f"c{i}" for i in cat_index] if cat_index is not None else None
+    return table, categorical

@@ -250,6 +250,61 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "(regression).",
         choices=("auto", "auc", "log_loss", "accuracy", "f1", "rmse", "mae", "r2"),
     ),
+    # --- semi-supervised pretraining (paper section 3.2) ----------------------------------
+    Hyperparameter(
+        "pretrain_objective",
+        str,
+        "auto",
+        "Pretraining on unlabeled rows before fine-tuning: 'mlm' (masked language "
+        "modelling), 'rtd' (replaced token detection) or 'none'. auto: rtd when there is an "
+        "'unlabeled' channel (or pretrain_only is set) and no 'model' channel, else none.",
+        choices=("auto", "none", "mlm", "rtd"),
+    ),
+    Hyperparameter(
+        "pretrain_only",
+        bool,
+        False,
+        "Only pretrain and write a pretrained artifact, to be fine-tuned by later jobs "
+        "through their 'model' channel. Implied when there is no 'training' channel.",
+    ),
+    Hyperparameter("pretrain_epochs", int, 30, "Maximum pretraining epochs.", low=1, high=10000),
+    Hyperparameter(
+        "pretrain_patience",
+        int,
+        3,
+        "Stop pretraining when the loss on held-out unlabeled rows has not improved for "
+        "this many epochs.",
+        low=1,
+        high=1000,
+    ),
+    Hyperparameter(
+        "pretrain_learning_rate",
+        float,
+        1e-3,
+        "AdamW learning rate for pretraining.",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+    ),
+    Hyperparameter(
+        "corruption_rate",
+        float,
+        0.3,
+        "Share k of the cells corrupted in each row by MLM or RTD (paper: 0.3).",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+    ),
+    Hyperparameter(
+        "continuous_bins",
+        int,
+        0,
+        "0: continuous columns bypass the Transformer (paper). n > 0: each continuous column "
+        "also enters the Transformer as a token (its quantile bin of n), so pretraining "
+        "corrupts and predicts it like a categorical cell (an extension).",
+        low=0,
+        high=256,
+    ),
 )
 
 BY_NAME: dict[str, Hyperparameter] = {p.name: p for p in SCHEMA}
@@ -286,6 +341,8 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
             f"Unknown hyperparameter(s): {', '.join(sorted(unknown))}. "
             f"Valid names: {', '.join(sorted(BY_NAME))}."
         )
+    if values["continuous_bins"] == 1:
+        raise UserError("Hyperparameter 'continuous_bins' must be 0 (off) or at least 2.")
     if values["input_dim"] % values["n_heads"]:
         raise UserError(
             f"Hyperparameter 'n_heads' ({values['n_heads']}) must divide 'input_dim' "

@@ -18,12 +18,13 @@ import torch
 from sklearn.model_selection import train_test_split
 
 from tabtransformer import hyperparameters, metrics
-from tabtransformer.artifacts import save_artifact
-from tabtransformer.channels import LabelledTable, read_labelled
+from tabtransformer.artifacts import Artifact, read_artifact, save_artifact
+from tabtransformer.channels import LabelledTable, read_labelled, read_unlabelled
 from tabtransformer.errors import UserError
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
+from tabtransformer.pretraining import pretrain
 from tabtransformer.training import Encoded, evaluate, fit, select_device
 
 log = logging.getLogger(__name__)
@@ -78,10 +79,11 @@ def validate_channels(paths: SageMakerPaths) -> set[str]:
                 f"supported: {', '.join(CONTENT_TYPES[:2])} (CSV, optionally "
                 "gzip) and application/x-parquet."
             )
-    if "training" not in present:
+    if "training" not in present and "unlabeled" not in present:
         raise UserError(
-            "The 'training' channel is required: labelled rows with the target "
-            "in column 0 (or named by the target_column hyperparameter)."
+            "The 'training' channel is required (labelled rows with the target in column 0, "
+            "or named by the target_column hyperparameter), unless the job only pretrains "
+            "on an 'unlabeled' channel."
         )
     return present
 
@@ -132,68 +134,191 @@ def check_same_columns(train: pd.DataFrame, valid: pd.DataFrame) -> None:
         )
 
 
+def check_schema(
+    base: TablePreprocessor, features: pd.DataFrame, categorical: list[str] | None
+) -> None:
+    """A table fine-tuned from `base` must have its columns, in its order, of its kinds."""
+    expected, found = base.feature_names, [str(c) for c in features.columns]
+    if found != expected:
+        missing = [c for c in expected if c not in found]
+        extra = [c for c in found if c not in expected]
+        detail = (
+            f"missing {missing}; unexpected {extra}"
+            if missing or extra
+            else "the same columns in another order"
+        )
+        raise UserError(
+            f"The training data does not match the schema of the model in the 'model' "
+            f"channel: {detail}. Expected feature columns {expected}, found {found}."
+        )
+    if categorical is not None and sorted(categorical) != sorted(base.schema["categorical"]):
+        raise UserError(
+            f"categorical_index.json names the categorical columns {sorted(categorical)} but "
+            f"the model in the 'model' channel was built with {base.schema['categorical']}."
+        )
+
+
+def resolve_objective(hp: dict[str, Any], channels: set[str], pretrain_only: bool) -> str:
+    objective = hp["pretrain_objective"]
+    if objective == "auto":
+        wants = pretrain_only or ("unlabeled" in channels and "model" not in channels)
+        objective = "rtd" if wants else "none"
+    if pretrain_only and objective == "none":
+        raise UserError(
+            "pretrain_only is set (or there is no 'training' channel) but "
+            "pretrain_objective=none: choose mlm or rtd."
+        )
+    return objective
+
+
+def build_model(
+    hp: dict[str, Any], pre: TablePreprocessor, n_outputs: int, base: Artifact | None
+) -> TabTransformer:
+    """A fresh network; from a base artifact, its embeddings and Transformer are reused."""
+    if base is not None:
+        config = TabTransformerConfig(**{**base.model.config.to_dict(), "n_outputs": n_outputs})
+        model = TabTransformer(config)
+        reused = {k: v for k, v in base.model.state_dict().items() if not k.startswith("mlp.")}
+        model.load_state_dict(reused, strict=False)
+        log.info(
+            "fine-tuning from the 'model' channel: reused %d tensors (embeddings and "
+            "Transformer); its architecture hyperparameters apply",
+            len(reused),
+        )
+        return model
+    return TabTransformer(
+        TabTransformerConfig(
+            cardinalities=pre.cardinalities,
+            n_continuous=len(pre.numeric),
+            n_outputs=n_outputs,
+            dim=hp["input_dim"],
+            n_blocks=hp["n_blocks"],
+            n_heads=hp["n_heads"],
+            frac_shared_embed=hp["frac_shared_embed"],
+            attn_dropout=hp["attn_dropout"],
+            mlp_dropout=hp["mlp_dropout"],
+            continuous_norm=hp["continuous_norm"],
+        )
+    )
+
+
+def run_pretraining(
+    model: TabTransformer,
+    pre: TablePreprocessor,
+    rows: pd.DataFrame,
+    hp: dict[str, Any],
+    objective: str,
+    device: torch.device,
+    paths: SageMakerPaths,
+) -> None:
+    if not pre.cardinalities:
+        raise UserError(
+            "Pretraining needs token columns, and this table has no categorical column. "
+            "Set continuous_bins (e.g. 16) to bring continuous columns in, or "
+            "pretrain_objective=none."
+        )
+    codes = torch.from_numpy(pre.transform(rows)[0])
+    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(hp["seed"]))
+    n_valid = max(1, min(len(codes) // 10, 20000))
+    log.info(
+        "pretraining (%s) on %d unlabeled rows, %d held out for early stopping",
+        objective,
+        len(codes) - n_valid,
+        n_valid,
+    )
+    history = pretrain(model, codes[order[n_valid:]], codes[order[:n_valid]], hp, objective, device)
+    paths.output_data.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(history).to_csv(paths.output_data / "pretraining_history.csv", index=False)
+
+
 def run(paths: SageMakerPaths) -> None:
     """Run one training job over the `/opt/ml` tree `paths`."""
     hp = hyperparameters.parse(read_json_config(paths.hyperparameters, {}))
     channels = validate_channels(paths)
+    pretrain_only = hp["pretrain_only"] or "training" not in channels
+    objective = resolve_objective(hp, channels, pretrain_only)
     torch.manual_seed(hp["seed"])
-    train = read_labelled(paths.channel("training"), hp["target_column"])
-    log.info(
-        "training channel: %d rows, %d feature columns", len(train.target), train.features.shape[1]
-    )
-    target = TargetEncoder.fit(train.target, hp["task"], hp["max_classes"])
-    if hp["eval_metric"] != "auto" and target.task not in metrics.BY_NAME[hp["eval_metric"]].tasks:
+    header = bool(hp["target_column"])
+    base = read_artifact(paths.channel("model")) if "model" in channels else None
+    if base is not None and base.header != header:
         raise UserError(
-            f"eval_metric={hp['eval_metric']} does not apply to task "
-            f"{target.task}; use one of "
-            f"{[m.name for m in metrics.for_task(target.task)]} or auto."
+            "The model in the 'model' channel was trained on files "
+            f"{'with' if base.header else 'without'} a header row; set "
+            "target_column the same way (empty means no header)."
         )
-    if "validation" in channels:
-        valid = read_labelled(paths.channel("validation"), hp["target_column"])
-        check_same_columns(train.features, valid.features)
-    else:
-        train, valid = split_validation(
-            train, hp["validation_fraction"], hp["seed"], target.task != "regression"
-        )
-        log.info(
-            "no validation channel: held out %d of %d rows (seed %d)",
-            len(valid.target),
-            len(valid.target) + len(train.target),
-            hp["seed"],
-        )
-    label_info = (
-        f"classes {target.classes}"
-        if target.classes
-        else (f"target mean {target.mean:.6g}, std {target.std:.6g}")
-    )
-    log.info("task: %s (%s)", target.task, label_info)
-    pre = TablePreprocessor.fit(train.features, train.categorical_columns)
-    log.info("%s", pre.describe())
-    train_data, valid_data = encode(pre, target, train), encode(pre, target, valid)
-
-    config = TabTransformerConfig(
-        cardinalities=pre.cardinalities,
-        n_continuous=len(pre.numeric),
-        n_outputs=target.n_outputs,
-        dim=hp["input_dim"],
-        n_blocks=hp["n_blocks"],
-        n_heads=hp["n_heads"],
-        frac_shared_embed=hp["frac_shared_embed"],
-        attn_dropout=hp["attn_dropout"],
-        mlp_dropout=hp["mlp_dropout"],
-        continuous_norm=hp["continuous_norm"],
-    )
-    model = TabTransformer(config)
     device = select_device()
-    n_params = sum(p.numel() for p in model.parameters())
-    log.info(
-        "model: %s parameters on %s; %d training rows, %d validation rows",
-        f"{n_params:,}",
-        device,
-        len(train_data),
-        len(valid_data),
-    )
 
+    train = valid = target = None
+    if not pretrain_only:
+        train = read_labelled(paths.channel("training"), hp["target_column"])
+        log.info(
+            "training channel: %d rows, %d feature columns",
+            len(train.target),
+            train.features.shape[1],
+        )
+        target = TargetEncoder.fit(train.target, hp["task"], hp["max_classes"])
+        check_eval_metric(hp["eval_metric"], target.task)
+        if "validation" in channels:
+            valid = read_labelled(paths.channel("validation"), hp["target_column"])
+            check_same_columns(train.features, valid.features)
+        else:
+            train, valid = split_validation(
+                train, hp["validation_fraction"], hp["seed"], target.task != "regression"
+            )
+            log.info(
+                "no validation channel: held out %d of %d rows (seed %d)",
+                len(valid.target),
+                len(valid.target) + len(train.target),
+                hp["seed"],
+            )
+        label_info = (
+            f"classes {target.classes}"
+            if target.classes
+            else f"target mean {target.mean:.6g}, std {target.std:.6g}"
+        )
+        log.info("task: %s (%s)", target.task, label_info)
+
+    names = (
+        train.features.columns.tolist()
+        if train
+        else (base.preprocessor.feature_names if base else None)
+    )
+    unlabeled, unlabeled_cats = (
+        read_unlabelled(paths.channel("unlabeled"), header, names)
+        if "unlabeled" in channels
+        else (None, None)
+    )
+    if unlabeled is not None:
+        log.info("unlabeled channel: %d rows", len(unlabeled))
+    if pretrain_only and unlabeled is None:
+        raise UserError("A pretraining-only job needs an 'unlabeled' channel.")
+    categorical = train.categorical_columns if train else unlabeled_cats
+    feature_rows = pd.concat(
+        [t for t in (train.features if train else None, unlabeled) if t is not None]
+    )
+    if base is not None:
+        check_schema(base.preprocessor, feature_rows, categorical)
+        pre = base.preprocessor
+    else:
+        pre = TablePreprocessor.fit(feature_rows, categorical, hp["continuous_bins"])
+    log.info("%s", pre.describe())
+
+    model = build_model(hp, pre, target.n_outputs if target else 1, base)
+    log.info(
+        "model: %s parameters on %s", f"{sum(p.numel() for p in model.parameters()):,}", device
+    )
+    if objective != "none":
+        run_pretraining(model, pre, feature_rows, hp, objective, device, paths)
+    if pretrain_only:
+        model.cpu()
+        save_artifact(
+            paths.model, Artifact(model, pre, None, header, {"pretrained": objective}), hp
+        )
+        log.info("pretrained model written to %s", paths.model)
+        return
+
+    train_data, valid_data = encode(pre, target, train), encode(pre, target, valid)
+    log.info("fine-tuning on %d rows, validating on %d", len(train_data), len(valid_data))
     history, best_epoch = fit(model, train_data, valid_data, target, hp, device)
     scores = evaluate(model, valid_data, target, device)
     model.cpu()
@@ -204,16 +329,19 @@ def run(paths: SageMakerPaths) -> None:
         "validation": scores,
         "epochs_run": len(history),
         "best_epoch": best_epoch,
+        "pretrained": objective
+        if objective != "none"
+        else ("from model channel" if base else None),
     }
     paths.output_data.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history).to_csv(paths.output_data / "training_history.csv", index=False)
-    save_artifact(
-        paths.model,
-        model,
-        pre,
-        target,
-        header=bool(hp["target_column"]),
-        hyperparameters=hp,
-        metrics=report,
-    )
+    save_artifact(paths.model, Artifact(model, pre, target, header, report), hp)
     log.info("model written to %s", paths.model)
+
+
+def check_eval_metric(name: str, task: str) -> None:
+    if name != "auto" and task not in metrics.BY_NAME[name].tasks:
+        raise UserError(
+            f"eval_metric={name} does not apply to task {task}; use one of "
+            f"{[m.name for m in metrics.for_task(task)]} or auto."
+        )

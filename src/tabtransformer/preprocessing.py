@@ -113,16 +113,23 @@ class NumericColumn:
     quantiles: list[float]
     median: float
 
-    def encode(self, values: pd.Series) -> np.ndarray:
+    def normal(self, values: pd.Series) -> np.ndarray:
+        """The N(0, 1) score of each value; NaN where the value is missing."""
         x = to_numbers(values, self.name)
         q = np.asarray(self.quantiles)
         if len(q) < 2:
-            return np.zeros(len(x), dtype=np.float32)
+            return np.where(np.isnan(x), np.nan, 0.0)
         ref = np.linspace(0.0, 1.0, len(q))
         # Averaging the forward and backward interpolation maps ties to their middle rank.
         u = 0.5 * (np.interp(x, q, ref) - np.interp(-x, -q[::-1], -ref[::-1]))
-        z = ndtri(np.clip(u, 1e-4, 1 - 1e-4))
-        return np.nan_to_num(z, nan=0.0).astype(np.float32)
+        return ndtri(np.clip(u, 1e-4, 1 - 1e-4))
+
+
+def bin_codes(z: np.ndarray, n_bins: int) -> np.ndarray:
+    """Token codes of N(0, 1) scores in `n_bins` equal-mass bins; missing -> MISSING_CODE."""
+    edges = ndtri(np.linspace(0, 1, n_bins + 1)[1:-1])
+    codes = np.digitize(np.nan_to_num(z), edges) + N_SPECIAL_CODES
+    return np.where(np.isnan(z), MISSING_CODE, codes)
 
 
 @dataclass
@@ -132,9 +139,12 @@ class TablePreprocessor:
     feature_names: list[str]
     categorical: list[CategoricalColumn]
     numeric: list[NumericColumn]
+    continuous_bins: int = 0  # > 0: numeric columns also become bin tokens (after the cats)
 
     @classmethod
-    def fit(cls, features: pd.DataFrame, categorical: list[str] | None) -> TablePreprocessor:
+    def fit(
+        cls, features: pd.DataFrame, categorical: list[str] | None, continuous_bins: int = 0
+    ) -> TablePreprocessor:
         """Learn vocabularies and quantiles. `categorical=None`: text columns are categorical."""
         names = [str(c) for c in features.columns]
         if categorical is None:
@@ -161,22 +171,35 @@ class TablePreprocessor:
                 n_q = min(MAX_QUANTILES, len(present))
                 quantiles = np.quantile(present, np.linspace(0, 1, n_q)) if n_q else []
                 num_cols.append(NumericColumn(name, [float(v) for v in quantiles], median))
-        return cls(names, cat_cols, num_cols)
+        return cls(names, cat_cols, num_cols, continuous_bins)
 
     def transform(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Encode a frame whose columns are `feature_names` into int64 codes and float32."""
         n = len(features)
-        codes = np.zeros((n, len(self.categorical)), dtype=np.int64)
+        codes = np.zeros((n, len(self.cardinalities)), dtype=np.int64)
         for j, col in enumerate(self.categorical):
             codes[:, j] = col.encode(features[col.name])
         numbers = np.zeros((n, len(self.numeric)), dtype=np.float32)
         for j, col in enumerate(self.numeric):
-            numbers[:, j] = col.encode(features[col.name])
+            z = col.normal(features[col.name])
+            numbers[:, j] = np.nan_to_num(z, nan=0.0)  # missing -> 0, the median
+            if self.continuous_bins:
+                codes[:, len(self.categorical) + j] = bin_codes(z, self.continuous_bins)
         return codes, numbers
 
     @property
     def cardinalities(self) -> list[int]:
-        return [c.cardinality for c in self.categorical]
+        """Token vocabulary sizes: categorical columns, then binned numeric columns."""
+        bins = [self.continuous_bins + N_SPECIAL_CODES] * len(self.numeric)
+        return [c.cardinality for c in self.categorical] + (bins if self.continuous_bins else [])
+
+    @property
+    def schema(self) -> dict[str, Any]:
+        """What a fine-tuning job's table must match: column names, order and kinds."""
+        return {
+            "feature_names": self.feature_names,
+            "categorical": [c.name for c in self.categorical],
+        }
 
     def describe(self) -> str:
         cats = ", ".join(f"{c.name}({len(c.categories)})" for c in self.categorical) or "none"
@@ -188,6 +211,7 @@ class TablePreprocessor:
             "feature_names": self.feature_names,
             "categorical": [asdict(c) for c in self.categorical],
             "numeric": [asdict(c) for c in self.numeric],
+            "continuous_bins": self.continuous_bins,
         }
 
     @classmethod
@@ -196,6 +220,7 @@ class TablePreprocessor:
             data["feature_names"],
             [CategoricalColumn(**c) for c in data["categorical"]],
             [NumericColumn(**c) for c in data["numeric"]],
+            data.get("continuous_bins", 0),
         )
 
 

