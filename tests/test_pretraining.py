@@ -48,8 +48,8 @@ def test_rtd_draws_anew_each_time_and_skips_single_valued_columns():
     codes = random_codes(cards=(12, 3))
     codes[:, 1] = 2  # a column with a single value cannot be replaced by another value
     g = torch.Generator().manual_seed(1)
-    first, replaced_1 = rtd_corrupt(codes, codes, 0.3, g)
-    second, replaced_2 = rtd_corrupt(codes, codes, 0.3, g)
+    _, replaced_1 = rtd_corrupt(codes, codes, 0.3, g)
+    _, replaced_2 = rtd_corrupt(codes, codes, 0.3, g)
     assert not torch.equal(replaced_1, replaced_2)
     assert not replaced_1[:, 1].any()
 
