@@ -82,7 +82,7 @@ def test_pretraining_loss_falls_on_a_real_table():
         "corruption_rate": 0.3,
         "pretrain_epochs": 4,
         "pretrain_patience": 4,
-        "batch_size": 256,
+        "pretrain_batch_size": 256,
     }
     history = pretrain(model, codes[:5000], codes[5000:], hp, "mlm", torch.device("cpu"))
     assert history[-1]["validation_pretrain_loss"] < 0.9 * history[0]["validation_pretrain_loss"]

@@ -278,6 +278,14 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         high=1000,
     ),
     Hyperparameter(
+        "pretrain_batch_size",
+        int,
+        512,
+        "Rows per pretraining step (unlabeled tables are usually large).",
+        low=1,
+        high=65536,
+    ),
+    Hyperparameter(
         "pretrain_learning_rate",
         float,
         1e-3,

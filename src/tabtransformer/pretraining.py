@@ -146,7 +146,7 @@ def pretrain(
     for epoch in range(1, n_epochs + 1):
         epoch_start = time.perf_counter()
         total, seen = 0.0, 0
-        for index in batches(len(train_codes), hp["batch_size"], order):
+        for index in batches(len(train_codes), hp["pretrain_batch_size"], order):
             original = train_codes[index.to(device)]
             corrupted, cells = corrupt(objective, original, train_codes, rate, generator)
             with autocast(device):
