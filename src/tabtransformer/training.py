@@ -197,5 +197,5 @@ def fit(
             break
     if best_state is not None:
         model.load_state_dict(best_state)
-    log.info("restored the weights of epoch %d (validation_%s=%.6g)", best_epoch, eval_name, best)
+    log.info("restored the weights of epoch %d (best %s %.6g)", best_epoch, eval_name, best)
     return history, best_epoch
