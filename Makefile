@@ -26,6 +26,7 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check src tests scripts docker
 	$(BIN)/ruff format --check src tests scripts docker
+	$(BIN)/hadolint Dockerfile
 
 format: install
 	$(BIN)/ruff check --fix src tests scripts docker

@@ -57,22 +57,43 @@ def table_csv(tmp_path):
 def test_upload_writes_the_channel_layout(env, capsys, table_csv):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="tables")
-    code, out = run(capsys, "upload", "--csv", str(table_csv), "--target-column", "label",
-                    "--bucket", "tables", "--prefix", "churn")
+    code, out = run(
+        capsys,
+        "upload",
+        "--csv",
+        str(table_csv),
+        "--target-column",
+        "label",
+        "--bucket",
+        "tables",
+        "--prefix",
+        "churn",
+    )
     assert code == 0, out
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="tables")["Contents"])
     assert keys == ["churn/training/categorical_index.json", "churn/training/data.csv"]
     body = s3.get_object(Bucket="tables", Key="churn/training/data.csv")["Body"].read()
     first = body.decode().splitlines()[0].split(",")
     assert first[0] in ("yes", "no") and len(first) == 5  # target first, no header
-    index = json.loads(s3.get_object(Bucket="tables",
-                                     Key="churn/training/categorical_index.json")["Body"].read())
+    index = json.loads(
+        s3.get_object(Bucket="tables", Key="churn/training/categorical_index.json")["Body"].read()
+    )
     assert index == {"cat_index_list": [1, 3]}  # color and shape
 
 
 def test_missing_bucket_and_missing_credentials_are_clear(env, capsys, table_csv, monkeypatch):
-    code, err = run(capsys, "upload", "--csv", str(table_csv), "--target-column", "label",
-                    "--bucket", "no-such-bucket", "--prefix", "x")
+    code, err = run(
+        capsys,
+        "upload",
+        "--csv",
+        str(table_csv),
+        "--target-column",
+        "label",
+        "--bucket",
+        "no-such-bucket",
+        "--prefix",
+        "x",
+    )
     assert code == 2 and "'no-such-bucket' does not exist" in err
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)
@@ -87,8 +108,20 @@ def test_train_job_carries_the_registry_metric_definitions(env, capsys, monkeypa
     sent = []
     send = launch.call
     monkeypatch.setattr(launch, "call", lambda *a: sent.append(a[2]) or send(*a))
-    code, out = run(capsys, "train", *JOB, "--task", "binary", "--hp", "n_epochs=20",
-                    "--channels", "training", "validation", "--job-name", "tt-train-1")
+    code, out = run(
+        capsys,
+        "train",
+        *JOB,
+        "--task",
+        "binary",
+        "--hp",
+        "n_epochs=20",
+        "--channels",
+        "training",
+        "validation",
+        "--job-name",
+        "tt-train-1",
+    )
     assert code == 0, out
     job = boto3.client("sagemaker").describe_training_job(TrainingJobName="tt-train-1")
     assert job["AlgorithmSpecification"]["TrainingImage"] == IMAGE
@@ -104,11 +137,22 @@ def test_tune_deploy_invoke_transform(env, capsys, tmp_path):
     code, out = run(capsys, "tune", *JOB, "--task", "regression", "--job-name", "tt-tune-1")
     assert code == 0, out
     tuning = boto3.client("sagemaker").describe_hyper_parameter_tuning_job(
-        HyperParameterTuningJobName="tt-tune-1")
+        HyperParameterTuningJobName="tt-tune-1"
+    )
     objective = tuning["HyperParameterTuningJobConfig"]["HyperParameterTuningJobObjective"]
     assert objective == {"Type": "Maximize", "MetricName": "r2"}
-    code, out = run(capsys, "deploy", "--name", "tt-endpoint", "--image", IMAGE, "--role", ROLE,
-                    "--model-data", "s3://tables/churn/output/model.tar.gz")
+    code, out = run(
+        capsys,
+        "deploy",
+        "--name",
+        "tt-endpoint",
+        "--image",
+        IMAGE,
+        "--role",
+        ROLE,
+        "--model-data",
+        "s3://tables/churn/output/model.tar.gz",
+    )
     assert code == 0, out
     endpoint = boto3.client("sagemaker").describe_endpoint(EndpointName="tt-endpoint")
     assert endpoint["EndpointConfigName"] == "tt-endpoint"
@@ -116,12 +160,20 @@ def test_tune_deploy_invoke_transform(env, capsys, tmp_path):
     rows.write_text("red,10.1,circle,3.2\n")
     code, out = run(capsys, "invoke", "--endpoint", "tt-endpoint", "--csv", str(rows))
     assert code == 0 and "Body" in out
-    code, out = run(capsys, "transform", "--model-name", "tt-endpoint", "--input",
-                    "s3://tables/batch/in", "--output", "s3://tables/batch/out",
-                    "--job-name", "tt-transform-1")
+    code, out = run(
+        capsys,
+        "transform",
+        "--model-name",
+        "tt-endpoint",
+        "--input",
+        "s3://tables/batch/in",
+        "--output",
+        "s3://tables/batch/out",
+        "--job-name",
+        "tt-transform-1",
+    )
     assert code == 0, out
-    transform = boto3.client("sagemaker").describe_transform_job(
-        TransformJobName="tt-transform-1")
+    transform = boto3.client("sagemaker").describe_transform_job(TransformJobName="tt-transform-1")
     assert transform["TransformOutput"]["AssembleWith"] == "Line"
 
 
