@@ -69,7 +69,7 @@ class LocalServer:
                 with urllib.request.urlopen(self.url + "/ping", timeout=1) as response:
                     if response.status == 200:
                         return
-            except (urllib.error.URLError, ConnectionError):
+            except OSError:  # refused, reset or timed out (URLError is an OSError)
                 time.sleep(0.2)
         self.stop()
         raise RuntimeError(f"server did not answer /ping within {timeout:g} s")
