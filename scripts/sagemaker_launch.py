@@ -122,8 +122,13 @@ def resources(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def job_name(args: argparse.Namespace, prefix: str) -> str:
+    """--job-name, or the prefix and a timestamp."""
+    return args.job_name or f"{prefix}-{time.strftime('%y%m%d-%H%M%S')}"
+
+
 def training_request(args: argparse.Namespace) -> dict[str, Any]:
-    name = args.job_name or f"tabtransformer-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = job_name(args, "tabtransformer")
     return checked(
         "sagemaker",
         "CreateTrainingJob",
@@ -146,7 +151,7 @@ def training_request(args: argparse.Namespace) -> dict[str, Any]:
 
 def tuning_request(args: argparse.Namespace) -> dict[str, Any]:
     objective = metrics.BY_NAME[OBJECTIVE[args.task]]
-    name = args.job_name or f"tt-tune-{time.strftime('%y%m%d-%H%M%S')}"
+    name = job_name(args, "tt-tune")  # tuning job names are limited to 32 characters
     return checked(
         "sagemaker",
         "CreateHyperParameterTuningJob",
@@ -223,7 +228,7 @@ def deploy_requests(args: argparse.Namespace) -> list[tuple[str, str, dict[str, 
 
 
 def transform_request(args: argparse.Namespace) -> dict[str, Any]:
-    name = args.job_name or f"tabtransformer-transform-{time.strftime('%Y%m%d-%H%M%S')}"
+    name = job_name(args, "tabtransformer-transform")
     return checked(
         "sagemaker",
         "CreateTransformJob",

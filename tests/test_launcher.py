@@ -47,6 +47,20 @@ def run(capsys, *argv: str) -> tuple[int, object]:
     return code, (json.loads(out.out) if code == 0 else out.err)
 
 
+def upload_args(csv, bucket: str, prefix: str) -> list[str]:
+    return [
+        "upload",
+        "--csv",
+        str(csv),
+        "--target-column",
+        "label",
+        "--bucket",
+        bucket,
+        "--prefix",
+        prefix,
+    ]
+
+
 @pytest.fixture
 def table_csv(tmp_path):
     path = tmp_path / "table.csv"
@@ -57,18 +71,7 @@ def table_csv(tmp_path):
 def test_upload_writes_the_channel_layout(env, capsys, table_csv):
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="tables")
-    code, out = run(
-        capsys,
-        "upload",
-        "--csv",
-        str(table_csv),
-        "--target-column",
-        "label",
-        "--bucket",
-        "tables",
-        "--prefix",
-        "churn",
-    )
+    code, out = run(capsys, *upload_args(table_csv, "tables", "churn"))
     assert code == 0, out
     keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="tables")["Contents"])
     assert keys == ["churn/training/categorical_index.json", "churn/training/data.csv"]
@@ -82,18 +85,7 @@ def test_upload_writes_the_channel_layout(env, capsys, table_csv):
 
 
 def test_missing_bucket_and_missing_credentials_are_clear(env, capsys, table_csv, monkeypatch):
-    code, err = run(
-        capsys,
-        "upload",
-        "--csv",
-        str(table_csv),
-        "--target-column",
-        "label",
-        "--bucket",
-        "no-such-bucket",
-        "--prefix",
-        "x",
-    )
+    code, err = run(capsys, *upload_args(table_csv, "no-such-bucket", "x"))
     assert code == 2 and "'no-such-bucket' does not exist" in err
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(name)

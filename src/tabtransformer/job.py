@@ -249,13 +249,14 @@ def run(paths: SageMakerPaths) -> None:
     device = select_device()
 
     train = valid = target = None
-    if not pretrain_only:
+    if "training" in channels:  # a pretraining-only job still pretrains on its features
         train = read_labelled(paths.channel("training"), hp["target_column"])
         log.info(
             "training channel: %d rows, %d feature columns",
             len(train.target),
             train.features.shape[1],
         )
+    if not pretrain_only:
         target = TargetEncoder.fit(train.target, hp["task"], hp["max_classes"])
         check_eval_metric(hp["eval_metric"], target.task)
         if "validation" in channels:
@@ -290,8 +291,6 @@ def run(paths: SageMakerPaths) -> None:
     )
     if unlabeled is not None:
         log.info("unlabeled channel: %d rows", len(unlabeled))
-    if pretrain_only and unlabeled is None:
-        raise UserError("A pretraining-only job needs an 'unlabeled' channel.")
     categorical = train.categorical_columns if train else unlabeled_cats
     feature_rows = pd.concat(
         [t for t in (train.features if train else None, unlabeled) if t is not None]
