@@ -180,3 +180,17 @@ def test_serve_without_a_model_says_so(tmp_path):
     with pytest.raises(RuntimeError, match="not a TabTransformer model"):
         (tmp_path / "model").mkdir()
         Server(tmp_path)
+
+
+def test_single_worker_with_all_cpu_threads_serves_a_default_size_model(tmp_path):
+    """Regression: loading weights in the gunicorn master started torch's thread pool,
+    and a forked worker that then used several threads hung before answering /ping."""
+    job = Job(tmp_path / "opt_ml")
+    job.channel("training", TABLE)
+    job.hyperparameters({"n_epochs": "1"})  # default architecture: 6 blocks
+    assert job.train().returncode == 0
+    server = Server(job.base, SAGEMAKER_MODEL_SERVER_WORKERS="1")
+    try:
+        assert server.post(csv_body(FEATURES.head(3))).status_code == 200
+    finally:
+        server.stop()

@@ -153,10 +153,27 @@ def load_model(path: str | os.PathLike) -> Predictor:
     )
 
 
-def _read_folder(folder: Path) -> Artifact:
+def check_servable(folder: Path) -> None:
+    """Cheap checks that `folder` holds a fine-tuned model, without loading weights (the
+    serving master runs this before forking workers, so it must not start torch threads)."""
+    if not (folder / WEIGHTS).exists() and (folder / "model.tar.gz").is_file():
+        return  # the workers unpack and check it
+    _check_files(folder)
+    if json.loads((folder / PREPROCESSING).read_text()).get("target") is None:
+        raise UserError(
+            f"{folder} holds a pretrained model without a prediction head: "
+            "fine-tune it first (a training job with it in its 'model' channel)."
+        )
+
+
+def _check_files(folder: Path) -> None:
     missing = [n for n in (WEIGHTS, CONFIG, PREPROCESSING) if not (folder / n).is_file()]
     if missing:
         raise UserError(f"{folder} is not a TabTransformer model: it lacks {missing}.")
+
+
+def _read_folder(folder: Path) -> Artifact:
+    _check_files(folder)
     config = TabTransformerConfig(**json.loads((folder / CONFIG).read_text()))
     model = TabTransformer(config)
     model.load_state_dict(load_file(folder / WEIGHTS))

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from gunicorn.app.base import BaseApplication
 
-from tabtransformer.artifacts import load_model
+from tabtransformer.artifacts import check_servable, load_model
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.serving.app import create_app
 
@@ -70,6 +70,8 @@ class Server(BaseApplication):
 def run_server() -> int:
     """Run gunicorn in the foreground until SIGTERM (graceful shutdown)."""
     model_dir = SageMakerPaths.from_env().model
-    load_model(model_dir)  # fail fast, with a clear message, before forking workers
+    # Fail fast with a clear message, but load nothing with torch here: a torch thread pool
+    # started before gunicorn forks its workers deadlocks them.
+    check_servable(model_dir)
     Server(server_settings()).run()
     return 0
