@@ -181,3 +181,16 @@ def test_schema_mismatch_names_the_difference(tmp_path, pretrained):
     result = job.train()
     assert result.returncode == 1
     assert "missing ['weight']" in job.failure and "schema" in job.failure
+
+
+@pytest.mark.slow
+def test_pretraining_phase_resumes_from_its_checkpoint(tmp_path):
+    job = Job(tmp_path / "opt_ml")
+    job.channel("unlabeled", make_table("binary", n=400).drop(columns="label"))
+    job.hyperparameters({**PRETRAIN_FAST, "pretrain_patience": "9"})
+    assert job.train().returncode == 0
+    job.hyperparameters({**PRETRAIN_FAST, "pretrain_epochs": "3", "pretrain_patience": "9"})
+    result = job.train()
+    assert result.returncode == 0, result.stderr
+    assert "resuming pretrain" in result.stdout and "after epoch 2" in result.stdout
+    assert "pretrain rtd epoch 3/3" in result.stdout and "epoch 1/3" not in result.stdout

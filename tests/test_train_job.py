@@ -17,7 +17,7 @@ def trained(job: Job) -> dict:
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     assert not (job.base / "output" / "failure").exists()
-    return json.loads((job.model / "metrics.json").read_text())
+    return {**json.loads((job.model / "metrics.json").read_text()), "log": result.stdout}
 
 
 def test_binary_headerless_with_text_labels(job: Job):
@@ -25,7 +25,7 @@ def test_binary_headerless_with_text_labels(job: Job):
     job.channel("training", table)
     report = trained(job)
     assert report["task"] == "binary"
-    log = job.train().stdout
+    log = report["log"]
     assert "metrics={'f1': " in log and "metrics={'auc': " in log
     assert "epoch 1/4 train_loss=" in log and "rows/s=" in log and "time_left<=" in log
     predictor = load_model(job.model)
@@ -252,3 +252,64 @@ def test_header_only_frame_is_an_error(job: Job):
     job.channel("training", pd.DataFrame({"label": [], "x": []}), header=True)
     job.hyperparameters({**FAST, "target_column": "label"})
     failed(job, "no data rows")
+
+
+# --- checkpoints: spot interruptions and SIGTERM ------------------------------------------
+
+
+def test_restarted_job_resumes_from_its_checkpoint(job: Job):
+    table = make_table("binary")
+    job.channel("training", table)
+    job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
+    first = trained(job)
+    assert (job.base / "checkpoints" / "checkpoint.pt").is_file()
+    job.hyperparameters({**FAST, "n_epochs": "4", "patience": "50"})  # may change on restart
+    second = trained(job)
+    assert "resuming finetune" in second["log"] and "after epoch 2" in second["log"]
+    assert "epoch 1/4" not in second["log"] and "epoch 3/4" in second["log"]
+    assert first["epochs_run"] == 2 and second["epochs_run"] == 4
+
+
+def test_checkpoint_of_another_job_is_ignored(job: Job):
+    job.channel("training", make_table("binary"))
+    trained(job)
+    job.hyperparameters({**FAST, "learning_rate": "0.002"})
+    result = trained(job)
+    assert "ignoring" in result["log"] and "epoch 1/4" in result["log"]
+
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_the_restart_finishes(job: Job):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import TRAIN_ENTRY
+
+    job.channel("training", make_table("binary", n=2000))
+    job.hyperparameters({**FAST, "n_epochs": "200", "patience": "200", "batch_size": "16"})
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(job.base)}
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN_ENTRY)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    lines = []
+    for line in process.stdout:  # wait for the second epoch to finish
+        lines.append(line)
+        if "epoch 2/200" in line:
+            break
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output = "".join(lines) + process.communicate(timeout=60)[0]
+    assert process.returncode == 143, output
+    assert "SIGTERM received" in output and "checkpoint saved" in output
+    assert not (job.base / "output" / "failure").exists()
+    # Epochs may change on restart; batch_size may not (it is part of the job's identity).
+    job.hyperparameters({**FAST, "n_epochs": "4", "patience": "200", "batch_size": "16"})
+    resumed = trained(job)
+    assert "resuming finetune" in resumed["log"] and "epoch 1/4" not in resumed["log"]

@@ -12,6 +12,7 @@ from tabtransformer.errors import USER_ERROR_EXIT_CODE, UserError, failure_reaso
 from tabtransformer.paths import SageMakerPaths
 
 log = logging.getLogger("tabtransformer")
+STOPPED_EXIT_CODE = 143  # 128 + SIGTERM, as a process killed by it would report
 
 
 def setup_logging() -> None:
@@ -26,11 +27,15 @@ def setup_logging() -> None:
 def train() -> int:
     """The training container entry point; returns the process exit code."""
     from tabtransformer import job  # imports torch: keep `--help` fast
+    from tabtransformer.checkpoints import Stopped
 
     setup_logging()
     paths = SageMakerPaths.from_env()
     try:
         job.run(paths)
+    except Stopped as stopped:
+        log.warning("%s; a job restarted with the same checkpoints resumes there", stopped)
+        return STOPPED_EXIT_CODE
     except Exception as error:
         code = write_failure(paths.failure, error)
         log.error("training failed (exit code %d): %s", code, failure_reason(error))

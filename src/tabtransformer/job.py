@@ -20,6 +20,7 @@ from sklearn.model_selection import train_test_split
 from tabtransformer import hyperparameters, metrics
 from tabtransformer.artifacts import Artifact, read_artifact, save_artifact
 from tabtransformer.channels import LabelledTable, read_labelled, read_unlabelled
+from tabtransformer.checkpoints import Checkpointer, StopFlag, fingerprint
 from tabtransformer.errors import UserError
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.paths import SageMakerPaths
@@ -210,6 +211,7 @@ def run_pretraining(
     objective: str,
     device: torch.device,
     paths: SageMakerPaths,
+    checkpointer: Checkpointer,
 ) -> None:
     if not pre.cardinalities:
         raise UserError(
@@ -226,7 +228,8 @@ def run_pretraining(
         len(codes) - n_valid,
         n_valid,
     )
-    history = pretrain(model, codes[order[n_valid:]], codes[order[:n_valid]], hp, objective, device)
+    train_codes, valid_codes = codes[order[n_valid:]], codes[order[:n_valid]]
+    history = pretrain(model, train_codes, valid_codes, hp, objective, device, checkpointer)
     paths.output_data.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(history).to_csv(paths.output_data / "pretraining_history.csv", index=False)
 
@@ -306,8 +309,12 @@ def run(paths: SageMakerPaths) -> None:
     log.info(
         "model: %s parameters on %s", f"{sum(p.numel() for p in model.parameters()):,}", device
     )
-    if objective != "none":
-        run_pretraining(model, pre, feature_rows, hp, objective, device, paths)
+    job_id = fingerprint(
+        hp, {"features": pre.to_dict(), "target": target and target.to_dict()}, len(feature_rows)
+    )
+    checkpointer = Checkpointer(paths.checkpoints, job_id, StopFlag().install())
+    if objective != "none" and checkpointer.finished_phase() != "finetune":
+        run_pretraining(model, pre, feature_rows, hp, objective, device, paths, checkpointer)
     if pretrain_only:
         model.cpu()
         save_artifact(
@@ -318,7 +325,7 @@ def run(paths: SageMakerPaths) -> None:
 
     train_data, valid_data = encode(pre, target, train), encode(pre, target, valid)
     log.info("fine-tuning on %d rows, validating on %d", len(train_data), len(valid_data))
-    history, best_epoch = fit(model, train_data, valid_data, target, hp, device)
+    history, best_epoch = fit(model, train_data, valid_data, target, hp, device, checkpointer)
     scores = evaluate(model, valid_data, target, device)
     model.cpu()
     for metric in metrics.for_task(target.task):

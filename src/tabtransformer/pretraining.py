@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE
 from tabtransformer.training import autocast, batches, format_duration
@@ -117,12 +118,15 @@ def pretrain(
     hp: dict[str, Any],
     objective: str,
     device: torch.device,
+    checkpointer: Checkpointer | None = None,
 ) -> list[dict[str, float]]:
     """Pretrain `model`'s embeddings and Transformer in place; keeps the best epoch.
 
     Early stopping watches the loss on `valid_codes` (held-out unlabeled rows) under a
-    fixed corruption. Returns the per-epoch history.
+    fixed corruption. Resumes from and saves to `checkpointer` (phase "pretrain").
+    Returns the per-epoch history.
     """
+    checkpointer = checkpointer or Checkpointer(None)
     head = PretrainingHead(objective, model.config.cardinalities, model.config.dim)
     encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
     model.to(device).train()
@@ -140,10 +144,11 @@ def pretrain(
     fixed = torch.Generator(device=device).manual_seed(hp["seed"] + 1)
     valid_corrupted, valid_cells = corrupt(objective, valid_codes, train_codes, rate, fixed)
     accuracy_name = "masked_accuracy" if objective == "mlm" else "detection_accuracy"
-    best, best_epoch, best_state = math.inf, 0, None
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
-    for epoch in range(1, n_epochs + 1):
+    trained = nn.ModuleDict({"model": model, "head": head})  # what a checkpoint holds
+    generators = [generator, order]
+    loop = checkpointer.restore("pretrain", trained, optimizer, generators)
+    started, first_epoch = time.perf_counter(), loop.epoch + 1
+    for epoch in range(first_epoch, n_epochs + 1):
         epoch_start = time.perf_counter()
         total, seen = 0.0, 0
         for index in batches(len(train_codes), hp["pretrain_batch_size"], order):
@@ -157,16 +162,16 @@ def pretrain(
             optimizer.step()
             total += loss.item() * len(index)
             seen += len(index)
+            checkpointer.stop_if_requested("pretrain", loop, trained, optimizer, generators)
         valid_loss, valid_accuracy = evaluate(
             model, head, valid_codes, valid_corrupted, valid_cells, device
         )
         elapsed = time.perf_counter() - epoch_start
-        if valid_loss < best:
-            best, best_epoch = valid_loss, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        stop = epoch - best_epoch >= hp["pretrain_patience"]
-        remaining = 0 if stop else (n_epochs - epoch) * (time.perf_counter() - started) / epoch
-        history.append(
+        if loop.best is None or valid_loss < loop.best:
+            loop.best, loop.best_epoch = valid_loss, epoch
+            loop.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        loop.epoch = epoch
+        loop.history.append(
             {
                 "epoch": epoch,
                 "pretrain_loss": total / seen,
@@ -174,6 +179,10 @@ def pretrain(
                 accuracy_name: valid_accuracy,
             }
         )
+        checkpointer.save("pretrain", loop, trained, optimizer, generators)
+        stop = epoch - loop.best_epoch >= hp["pretrain_patience"]
+        per_epoch = (time.perf_counter() - started) / (epoch - first_epoch + 1)
+        remaining = 0 if stop else (n_epochs - epoch) * per_epoch
         log.info(
             "pretrain %s epoch %d/%d pretrain_loss=%.6g validation_pretrain_loss=%.6g "
             "validation_%s=%.4f rows/s=%.0f epoch_time=%s time_left<=%s",
@@ -193,10 +202,12 @@ def pretrain(
                 "pretraining stopped early: no improvement for %d epochs", hp["pretrain_patience"]
             )
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    log.info("pretraining kept epoch %d (validation_pretrain_loss=%.6g)", best_epoch, best)
-    return history
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    log.info(
+        "pretraining kept epoch %d (validation_pretrain_loss=%.6g)", loop.best_epoch, loop.best
+    )
+    return loop.history
 
 
 @torch.inference_mode()

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from tabtransformer import metrics
+from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
 
@@ -117,11 +118,14 @@ def fit(
     target: TargetEncoder,
     hp: dict[str, Any],
     device: torch.device,
+    checkpointer: Checkpointer | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Train with early stopping on `hp['eval_metric']`; leaves the best weights in `model`.
 
-    Returns the per-epoch history (train loss and validation metrics) and the best epoch.
+    Resumes from and saves to `checkpointer` each epoch (phase "finetune"). Returns the
+    per-epoch history (train loss and validation metrics) and the best epoch.
     """
+    checkpointer = checkpointer or Checkpointer(None)
     eval_name = hp["eval_metric"]
     if eval_name == "auto":
         eval_name = metrics.DEFAULT_EVAL_METRIC[target.task]
@@ -131,13 +135,12 @@ def fit(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"]
     )
+    loop = checkpointer.restore("finetune", model, optimizer, [generator])
     criterion = loss_fn(target.task)
     train_on_device = train.to(device)
-    best, best_epoch, best_state = None, 0, None
-    history: list[dict[str, float]] = []
-    started = time.perf_counter()
+    started, first_epoch = time.perf_counter(), loop.epoch + 1
     n_epochs = hp["n_epochs"]
-    for epoch in range(1, n_epochs + 1):
+    for epoch in range(first_epoch, n_epochs + 1):
         epoch_start = time.perf_counter()
         total, seen = 0.0, 0
         for index in batches(len(train), hp["batch_size"], generator):
@@ -150,22 +153,25 @@ def fit(
             optimizer.step()
             total += loss.item() * len(index)
             seen += len(index)
+            checkpointer.stop_if_requested("finetune", loop, model, optimizer, [generator])
         train_loss = total / seen
         scores = evaluate(model, valid, target, device)
         elapsed = time.perf_counter() - epoch_start
-        value = scores[eval_name]
-        if eval_metric.is_better(value, best):
-            best, best_epoch = value, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        history.append(
+        if eval_metric.is_better(scores[eval_name], loop.best):
+            loop.best, loop.best_epoch = scores[eval_name], epoch
+            loop.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        loop.epoch = epoch
+        loop.history.append(
             {
                 "epoch": epoch,
                 "train_loss": train_loss,
                 **{f"validation_{k}": v for k, v in scores.items()},
             }
         )
-        stop = epoch - best_epoch >= hp["patience"]
-        remaining = 0 if stop else (n_epochs - epoch) * (time.perf_counter() - started) / epoch
+        checkpointer.save("finetune", loop, model, optimizer, [generator])
+        stop = epoch - loop.best_epoch >= hp["patience"]
+        per_epoch = (time.perf_counter() - started) / (epoch - first_epoch + 1)
+        remaining = 0 if stop else (n_epochs - epoch) * per_epoch
         fields = " ".join(
             metrics.BY_NAME[k].epoch_field(v) if k in metrics.BY_NAME else f"validation_{k}={v:.6g}"
             for k, v in scores.items()
@@ -181,8 +187,8 @@ def fit(
             format_duration(elapsed),
             format_duration(remaining),
             eval_name,
-            best,
-            best_epoch,
+            loop.best,
+            loop.best_epoch,
         )
         if not math.isfinite(train_loss):
             raise FloatingPointError(
@@ -195,7 +201,9 @@ def fit(
                 hp["patience"],
             )
             break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    log.info("restored the weights of epoch %d (best %s %.6g)", best_epoch, eval_name, best)
-    return history, best_epoch
+    if loop.best_state is not None:
+        model.load_state_dict(loop.best_state)
+    log.info(
+        "restored the weights of epoch %d (best %s %.6g)", loop.best_epoch, eval_name, loop.best
+    )
+    return loop.history, loop.best_epoch

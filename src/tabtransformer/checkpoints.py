@@ -1,0 +1,153 @@
+"""Checkpoints for spot interruptions and SIGTERM, in `/opt/ml/checkpoints`.
+
+SageMaker syncs that folder with S3 and restores it when a job restarts. After every epoch
+the loop state (weights, optimizer, best weights so far, history, random generator) is
+written to a temporary file and renamed over `checkpoint.pt`, so a crash never leaves a
+torn file. The file holds only tensors and plain values and is read with
+`torch.load(weights_only=True)`: nothing is unpickled. SIGTERM (SageMaker allows 120 s
+before SIGKILL) sets a flag; the loop saves at the end of the current batch and stops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+FILE = "checkpoint.pt"
+# Hyperparameters that may change between a stopped job and its restart.
+RESUMABLE_CHANGES = ("n_epochs", "patience", "pretrain_epochs", "pretrain_patience")
+
+
+class Stopped(Exception):
+    """Training stopped on SIGTERM after saving a checkpoint."""
+
+
+class StopFlag:
+    """Becomes true on SIGTERM (installed once per training job)."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def install(self) -> StopFlag:
+        signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        log.warning("SIGTERM received: saving a checkpoint after the current batch")
+        self.requested = True
+
+
+@dataclass
+class LoopState:
+    """Where an epoch loop stands: completed epochs, best score, best weights, history."""
+
+    epoch: int = 0
+    best: float | None = None
+    best_epoch: int = 0
+    best_state: dict[str, torch.Tensor] | None = None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class Checkpointer:
+    """Saves and restores the loop state of one job; ignores checkpoints of other jobs.
+
+    `directory=None` disables checkpoints (in-process use, tests of the loops).
+    """
+
+    def __init__(
+        self, directory: Path | None, job_fingerprint: str = "", stop: StopFlag | None = None
+    ):
+        self.path = directory / FILE if directory is not None else None
+        self.fingerprint = job_fingerprint
+        self.stop = stop or StopFlag()
+
+    def _read(self) -> dict[str, Any] | None:
+        if self.path is None or not self.path.is_file():
+            return None
+        state = torch.load(self.path, weights_only=True)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("ignoring %s: it belongs to a job with other data or settings", self.path)
+            return None
+        return state
+
+    def finished_phase(self) -> str | None:
+        """The phase of a valid checkpoint (a restarted job skips what is done)."""
+        state = self._read()
+        return state["phase"] if state else None
+
+    def restore(
+        self,
+        phase: str,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generators: list[torch.Generator],
+    ) -> LoopState:
+        """Load a saved `phase` into model, optimizer and generators, or start afresh."""
+        state = self._read()
+        if state is None or state["phase"] != phase:
+            return LoopState()
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        for generator, saved in zip(generators, state["generators"], strict=True):
+            generator.set_state(saved)
+        loop = LoopState(**state["loop"])
+        log.info("resuming %s from %s after epoch %d", phase, self.path, loop.epoch)
+        return loop
+
+    def save(
+        self,
+        phase: str,
+        loop: LoopState,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generators: list[torch.Generator],
+    ) -> None:
+        """Write the state atomically (temporary file, then rename)."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        torch.save(
+            {
+                "fingerprint": self.fingerprint,
+                "phase": phase,
+                "loop": asdict(loop),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "generators": [g.get_state() for g in generators],
+            },
+            partial,
+        )
+        os.replace(partial, self.path)
+
+    def stop_if_requested(
+        self,
+        phase: str,
+        loop: LoopState,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        generators: list[torch.Generator],
+    ) -> None:
+        """After SIGTERM: save (the current epoch will rerun on resume) and raise Stopped."""
+        if self.stop.requested:
+            self.save(phase, loop, model, optimizer, generators)
+            raise Stopped(
+                f"stopped by SIGTERM during {phase} epoch {loop.epoch + 1}; "
+                f"checkpoint saved to {self.path}"
+            )
+
+
+def fingerprint(hp: dict[str, Any], schema: dict[str, Any], n_rows: int) -> str:
+    """Identifies a job by its data shape and the settings a resume must not change."""
+    fixed = {k: v for k, v in hp.items() if k not in RESUMABLE_CHANGES}
+    text = json.dumps({"hp": fixed, "schema": schema, "rows": n_rows}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
