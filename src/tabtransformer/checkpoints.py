@@ -21,6 +21,8 @@ from typing import Any
 
 import torch
 
+from tabtransformer.distributed import World
+
 log = logging.getLogger(__name__)
 FILE = "checkpoint.pt"
 # Hyperparameters that may change between a stopped job and its restart.
@@ -64,11 +66,16 @@ class Checkpointer:
     """
 
     def __init__(
-        self, directory: Path | None, job_fingerprint: str = "", stop: StopFlag | None = None
+        self,
+        directory: Path | None,
+        job_fingerprint: str = "",
+        stop: StopFlag | None = None,
+        world: World | None = None,
     ):
         self.path = directory / FILE if directory is not None else None
         self.fingerprint = job_fingerprint
         self.stop = stop or StopFlag()
+        self.world = world or World()
 
     def _read(self) -> dict[str, Any] | None:
         if self.path is None or not self.path.is_file():
@@ -111,8 +118,8 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         generators: list[torch.Generator],
     ) -> None:
-        """Write the state atomically (temporary file, then rename)."""
-        if self.path is None:
+        """Write the state atomically (temporary file, then rename); the main process only."""
+        if self.path is None or not self.world.is_main:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         partial = self.path.with_suffix(".partial")
@@ -137,8 +144,8 @@ class Checkpointer:
         optimizer: torch.optim.Optimizer,
         generators: list[torch.Generator],
     ) -> None:
-        """After SIGTERM: save (the current epoch will rerun on resume) and raise Stopped."""
-        if self.stop.requested:
+        """After SIGTERM on any process: save (the current epoch reruns on resume), stop."""
+        if self.world.any(self.stop.requested):
             self.save(phase, loop, model, optimizer, generators)
             raise Stopped(
                 f"stopped by SIGTERM during {phase} epoch {loop.epoch + 1}; "

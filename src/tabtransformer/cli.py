@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import multiprocessing
+import signal
 import sys
 
 from tabtransformer import hyperparameters, metrics
@@ -25,21 +27,64 @@ def setup_logging() -> None:
 
 
 def train() -> int:
-    """The training container entry point; returns the process exit code."""
-    from tabtransformer import job  # imports torch: keep `--help` fast
-    from tabtransformer.checkpoints import Stopped
+    """The training container entry point; returns the process exit code.
+
+    One process per GPU (or one on a CPU host) on every host of resourceconfig.json.
+    """
+    from tabtransformer.distributed import Cluster
 
     setup_logging()
     paths = SageMakerPaths.from_env()
+    cluster = Cluster.from_resource_config(paths.resource_config)
+    if cluster.processes_per_host == 1:
+        return train_process(paths, cluster, 0)
+    context = multiprocessing.get_context("spawn")
+    processes = [
+        context.Process(target=_spawned_train, args=(cluster, rank))
+        for rank in range(cluster.processes_per_host)
+    ]
+    for process in processes:
+        process.start()
+    # SageMaker signals this process only: pass SIGTERM on, so every rank checkpoints.
+    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in processes])
+    for process in processes:
+        process.join()
+    codes = [p.exitcode or 0 for p in processes]
+    return next((c for c in codes if c), 0)
+
+
+def _spawned_train(cluster, local_rank: int) -> None:
+    setup_logging()
+    sys.exit(train_process(SageMakerPaths.from_env(), cluster, local_rank))
+
+
+def train_process(paths: SageMakerPaths, cluster, local_rank: int) -> int:
+    """Train as one process of the cluster; the first process of each host reports."""
+    import torch.distributed as dist
+
+    from tabtransformer import job  # imports torch: keep `--help` fast
+    from tabtransformer.checkpoints import Stopped
+
+    world = cluster.world(local_rank)
+    if not world.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
     try:
-        job.run(paths)
+        if world.distributed:
+            cluster.init_process_group(world)
+            log.info("process %d of %d (hosts %s)", world.rank, world.size, cluster.hosts)
+        job.run(paths, world)
     except Stopped as stopped:
         log.warning("%s; a job restarted with the same checkpoints resumes there", stopped)
         return STOPPED_EXIT_CODE
     except Exception as error:
+        if local_rank != 0:
+            return 1
         code = write_failure(paths.failure, error)
         log.error("training failed (exit code %d): %s", code, failure_reason(error))
         return code
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
     return 0
 
 

@@ -21,12 +21,13 @@ from tabtransformer import hyperparameters, metrics
 from tabtransformer.artifacts import Artifact, read_artifact, save_artifact
 from tabtransformer.channels import LabelledTable, read_labelled, read_unlabelled
 from tabtransformer.checkpoints import Checkpointer, StopFlag, fingerprint
+from tabtransformer.distributed import World
 from tabtransformer.errors import UserError
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.pretraining import pretrain
-from tabtransformer.training import Encoded, evaluate, fit, select_device
+from tabtransformer.training import Encoded, evaluate, fit
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +230,36 @@ def run_pretraining(
         n_valid,
     )
     train_codes, valid_codes = codes[order[n_valid:]], codes[order[:n_valid]]
-    history = pretrain(model, train_codes, valid_codes, hp, objective, device, checkpointer)
-    paths.output_data.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(history).to_csv(paths.output_data / "pretraining_history.csv", index=False)
+    history = pretrain(
+        model, train_codes, valid_codes, hp, objective, device, checkpointer, checkpointer.world
+    )
+    if checkpointer.world.is_main:
+        paths.output_data.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(history).to_csv(paths.output_data / "pretraining_history.csv", index=False)
 
 
-def run(paths: SageMakerPaths) -> None:
-    """Run one training job over the `/opt/ml` tree `paths`."""
+def fit_or_finish(
+    pretrain_only: bool,
+    model: TabTransformer,
+    pre: TablePreprocessor,
+    target: TargetEncoder | None,
+    train: LabelledTable,
+    valid: LabelledTable,
+    hp: dict[str, Any],
+    device: torch.device,
+    checkpointer: Checkpointer,
+) -> tuple[list[dict[str, float]], int]:
+    """Fine-tune on the labelled rows (nothing to do for a pretraining-only job)."""
+    if pretrain_only:
+        return [], 0
+    train_data, valid_data = encode(pre, target, train), encode(pre, target, valid)
+    log.info("fine-tuning on %d rows, validating on %d", len(train_data), len(valid_data))
+    return fit(model, train_data, valid_data, target, hp, device, checkpointer, checkpointer.world)
+
+
+def run(paths: SageMakerPaths, world: World | None = None) -> None:
+    """Run one training job over the `/opt/ml` tree `paths` (as process `world.rank`)."""
+    world = world or World()
     hp = hyperparameters.parse(read_json_config(paths.hyperparameters, {}))
     channels = validate_channels(paths)
     pretrain_only = hp["pretrain_only"] or "training" not in channels
@@ -249,7 +273,7 @@ def run(paths: SageMakerPaths) -> None:
             f"{'with' if base.header else 'without'} a header row; set "
             "target_column the same way (empty means no header)."
         )
-    device = select_device()
+    device = world.device()
 
     train = valid = target = None
     if "training" in channels:  # a pretraining-only job still pretrains on its features
@@ -312,9 +336,12 @@ def run(paths: SageMakerPaths) -> None:
     job_id = fingerprint(
         hp, {"features": pre.to_dict(), "target": target and target.to_dict()}, len(feature_rows)
     )
-    checkpointer = Checkpointer(paths.checkpoints, job_id, StopFlag().install())
+    checkpointer = Checkpointer(paths.checkpoints, job_id, StopFlag().install(), world)
     if objective != "none" and checkpointer.finished_phase() != "finetune":
         run_pretraining(model, pre, feature_rows, hp, objective, device, paths, checkpointer)
+    if not world.is_main:  # the other processes only train; the first one writes
+        fit_or_finish(pretrain_only, model, pre, target, train, valid, hp, device, checkpointer)
+        return
     if pretrain_only:
         model.cpu()
         save_artifact(
@@ -323,9 +350,10 @@ def run(paths: SageMakerPaths) -> None:
         log.info("pretrained model written to %s", paths.model)
         return
 
-    train_data, valid_data = encode(pre, target, train), encode(pre, target, valid)
-    log.info("fine-tuning on %d rows, validating on %d", len(train_data), len(valid_data))
-    history, best_epoch = fit(model, train_data, valid_data, target, hp, device, checkpointer)
+    valid_data = encode(pre, target, valid)
+    history, best_epoch = fit_or_finish(
+        pretrain_only, model, pre, target, train, valid, hp, device, checkpointer
+    )
     scores = evaluate(model, valid_data, target, device)
     model.cpu()
     for metric in metrics.for_task(target.task):

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tabtransformer.checkpoints import Checkpointer
+from tabtransformer.distributed import World, wrap
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE
 from tabtransformer.training import autocast, batches, format_duration
@@ -103,6 +104,21 @@ class PretrainingHead(nn.Module):
         return torch.stack(losses).sum() / count, torch.as_tensor(hits / count)
 
 
+class PretrainingTask(nn.Module):
+    """The network and its pretraining head as one module: forward returns the loss."""
+
+    def __init__(self, model: TabTransformer, head: PretrainingHead):
+        super().__init__()
+        self.model, self.head = model, head
+
+    def forward(
+        self, corrupted: torch.Tensor, original: torch.Tensor, cells: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(corrupted.device):
+            contextual = self.model.contextual(corrupted)
+        return self.head.loss_and_accuracy(contextual, original, cells)
+
+
 def corrupt(
     objective: str, codes: torch.Tensor, pool: torch.Tensor, rate: float, g: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,6 +135,7 @@ def pretrain(
     objective: str,
     device: torch.device,
     checkpointer: Checkpointer | None = None,
+    world: World | None = None,
 ) -> list[dict[str, float]]:
     """Pretrain `model`'s embeddings and Transformer in place; keeps the best epoch.
 
@@ -127,6 +144,7 @@ def pretrain(
     Returns the per-epoch history.
     """
     checkpointer = checkpointer or Checkpointer(None)
+    world = world or World()
     head = PretrainingHead(objective, model.config.cardinalities, model.config.dim)
     encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
     model.to(device).train()
@@ -144,25 +162,24 @@ def pretrain(
     fixed = torch.Generator(device=device).manual_seed(hp["seed"] + 1)
     valid_corrupted, valid_cells = corrupt(objective, valid_codes, train_codes, rate, fixed)
     accuracy_name = "masked_accuracy" if objective == "mlm" else "detection_accuracy"
-    trained = nn.ModuleDict({"model": model, "head": head})  # what a checkpoint holds
+    task = PretrainingTask(model, head)  # what a checkpoint holds
     generators = [generator, order]
-    loop = checkpointer.restore("pretrain", trained, optimizer, generators)
+    loop = checkpointer.restore("pretrain", task, optimizer, generators)
+    trained = wrap(task, world, partial=True)
     started, first_epoch = time.perf_counter(), loop.epoch + 1
     for epoch in range(first_epoch, n_epochs + 1):
         epoch_start = time.perf_counter()
         total, seen = 0.0, 0
-        for index in batches(len(train_codes), hp["pretrain_batch_size"], order):
+        for index in batches(len(train_codes), hp["pretrain_batch_size"], order, world):
             original = train_codes[index.to(device)]
             corrupted, cells = corrupt(objective, original, train_codes, rate, generator)
-            with autocast(device):
-                contextual = model.contextual(corrupted)
-            loss, _ = head.loss_and_accuracy(contextual, original, cells)
+            loss, _ = trained(corrupted, original, cells)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total += loss.item() * len(index)
             seen += len(index)
-            checkpointer.stop_if_requested("pretrain", loop, trained, optimizer, generators)
+            checkpointer.stop_if_requested("pretrain", loop, task, optimizer, generators)
         valid_loss, valid_accuracy = evaluate(
             model, head, valid_codes, valid_corrupted, valid_cells, device
         )
@@ -179,7 +196,7 @@ def pretrain(
                 accuracy_name: valid_accuracy,
             }
         )
-        checkpointer.save("pretrain", loop, trained, optimizer, generators)
+        checkpointer.save("pretrain", loop, task, optimizer, generators)
         stop = epoch - loop.best_epoch >= hp["pretrain_patience"]
         per_epoch = (time.perf_counter() - started) / (epoch - first_epoch + 1)
         remaining = 0 if stop else (n_epochs - epoch) * per_epoch

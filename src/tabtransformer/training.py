@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
+from tabtransformer.distributed import World, wrap
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
 
@@ -47,10 +48,6 @@ class Encoded:
         return Encoded(self.codes.to(device), self.numbers.to(device), target)
 
 
-def select_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     """bf16 autocast on GPUs that support it, nothing elsewhere."""
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
@@ -58,9 +55,14 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def batches(n_rows: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    """Shuffled row indexes, one tensor per batch."""
+def batches(
+    n_rows: int, batch_size: int, generator: torch.Generator, world: World | None = None
+) -> Iterator[torch.Tensor]:
+    """Shuffled row indexes, one tensor per batch; with several processes, this one's
+    shard of the shared permutation (every process gets as many batches)."""
     order = torch.randperm(n_rows, generator=generator)
+    if world is not None:
+        order = world.shard(order)
     yield from order.split(batch_size)
 
 
@@ -119,6 +121,7 @@ def fit(
     hp: dict[str, Any],
     device: torch.device,
     checkpointer: Checkpointer | None = None,
+    world: World | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Train with early stopping on `hp['eval_metric']`; leaves the best weights in `model`.
 
@@ -126,6 +129,7 @@ def fit(
     per-epoch history (train loss and validation metrics) and the best epoch.
     """
     checkpointer = checkpointer or Checkpointer(None)
+    world = world or World()
     eval_name = hp["eval_metric"]
     if eval_name == "auto":
         eval_name = metrics.DEFAULT_EVAL_METRIC[target.task]
@@ -136,6 +140,7 @@ def fit(
         model.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"]
     )
     loop = checkpointer.restore("finetune", model, optimizer, [generator])
+    trained = wrap(model, world)  # DDP when there are several processes
     criterion = loss_fn(target.task)
     train_on_device = train.to(device)
     started, first_epoch = time.perf_counter(), loop.epoch + 1
@@ -143,10 +148,10 @@ def fit(
     for epoch in range(first_epoch, n_epochs + 1):
         epoch_start = time.perf_counter()
         total, seen = 0.0, 0
-        for index in batches(len(train), hp["batch_size"], generator):
+        for index in batches(len(train), hp["batch_size"], generator, world):
             batch = train_on_device.rows(index.to(device))
             with autocast(device):
-                out = model(batch.codes, batch.numbers)
+                out = trained(batch.codes, batch.numbers)
             loss = criterion(out, batch.target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
