@@ -91,65 +91,67 @@ class Checkpointer:
         state = self._read()
         return state["phase"] if state else None
 
-    def restore(
+    def phase(
         self,
-        phase: str,
+        name: str,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         generators: list[torch.Generator],
-    ) -> LoopState:
-        """Load a saved `phase` into model, optimizer and generators, or start afresh."""
-        state = self._read()
-        if state is None or state["phase"] != phase:
+    ) -> PhaseCheckpoint:
+        """Checkpointing for one loop: what it trains and what it draws random numbers from."""
+        return PhaseCheckpoint(self, name, model, optimizer, generators)
+
+
+@dataclass
+class PhaseCheckpoint:
+    """Restores, saves and stops one training loop ("pretrain" or "finetune")."""
+
+    owner: Checkpointer
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    generators: list[torch.Generator]
+
+    def restore(self) -> LoopState:
+        """Load this phase's saved state into model, optimizer and generators, or start."""
+        state = self.owner._read()
+        if state is None or state["phase"] != self.name:
             return LoopState()
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        for generator, saved in zip(generators, state["generators"], strict=True):
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for generator, saved in zip(self.generators, state["generators"], strict=True):
             generator.set_state(saved)
         loop = LoopState(**state["loop"])
-        log.info("resuming %s from %s after epoch %d", phase, self.path, loop.epoch)
+        log.info("resuming %s from %s after epoch %d", self.name, self.owner.path, loop.epoch)
         return loop
 
-    def save(
-        self,
-        phase: str,
-        loop: LoopState,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        generators: list[torch.Generator],
-    ) -> None:
+    def save(self, loop: LoopState) -> None:
         """Write the state atomically (temporary file, then rename); the main process only."""
-        if self.path is None or not self.world.is_main:
+        path = self.owner.path
+        if path is None or not self.owner.world.is_main:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        partial = self.path.with_suffix(".partial")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(".partial")
         torch.save(
             {
-                "fingerprint": self.fingerprint,
-                "phase": phase,
+                "fingerprint": self.owner.fingerprint,
+                "phase": self.name,
                 "loop": asdict(loop),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "generators": [g.get_state() for g in generators],
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "generators": [g.get_state() for g in self.generators],
             },
             partial,
         )
-        os.replace(partial, self.path)
+        os.replace(partial, path)
 
-    def stop_if_requested(
-        self,
-        phase: str,
-        loop: LoopState,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        generators: list[torch.Generator],
-    ) -> None:
+    def stop_if_requested(self, loop: LoopState) -> None:
         """After SIGTERM on any process: save (the current epoch reruns on resume), stop."""
-        if self.world.any(self.stop.requested):
-            self.save(phase, loop, model, optimizer, generators)
+        if self.owner.world.any(self.owner.stop.requested):
+            self.save(loop)
             raise Stopped(
-                f"stopped by SIGTERM during {phase} epoch {loop.epoch + 1}; "
-                f"checkpoint saved to {self.path}"
+                f"stopped by SIGTERM during {self.name} epoch {loop.epoch + 1}; "
+                f"checkpoint saved to {self.owner.path}"
             )
 
 

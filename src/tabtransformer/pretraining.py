@@ -163,8 +163,8 @@ def pretrain(
     valid_corrupted, valid_cells = corrupt(objective, valid_codes, train_codes, rate, fixed)
     accuracy_name = "masked_accuracy" if objective == "mlm" else "detection_accuracy"
     task = PretrainingTask(model, head)  # what a checkpoint holds
-    generators = [generator, order]
-    loop = checkpointer.restore("pretrain", task, optimizer, generators)
+    checkpoint = checkpointer.phase("pretrain", task, optimizer, [generator, order])
+    loop = checkpoint.restore()
     trained = wrap(task, world, partial=True)
     started, first_epoch = time.perf_counter(), loop.epoch + 1
     for epoch in range(first_epoch, n_epochs + 1):
@@ -179,7 +179,7 @@ def pretrain(
             optimizer.step()
             total += loss.item() * len(index)
             seen += len(index)
-            checkpointer.stop_if_requested("pretrain", loop, task, optimizer, generators)
+            checkpoint.stop_if_requested(loop)
         valid_loss, valid_accuracy = evaluate(
             model, head, valid_codes, valid_corrupted, valid_cells, device
         )
@@ -196,7 +196,7 @@ def pretrain(
                 accuracy_name: valid_accuracy,
             }
         )
-        checkpointer.save("pretrain", loop, task, optimizer, generators)
+        checkpoint.save(loop)
         stop = epoch - loop.best_epoch >= hp["pretrain_patience"]
         per_epoch = (time.perf_counter() - started) / (epoch - first_epoch + 1)
         remaining = 0 if stop else (n_epochs - epoch) * per_epoch

@@ -139,7 +139,8 @@ def fit(
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"]
     )
-    loop = checkpointer.restore("finetune", model, optimizer, [generator])
+    checkpoint = checkpointer.phase("finetune", model, optimizer, [generator])
+    loop = checkpoint.restore()
     trained = wrap(model, world)  # DDP when there are several processes
     criterion = loss_fn(target.task)
     train_on_device = train.to(device)
@@ -158,7 +159,7 @@ def fit(
             optimizer.step()
             total += loss.item() * len(index)
             seen += len(index)
-            checkpointer.stop_if_requested("finetune", loop, model, optimizer, [generator])
+            checkpoint.stop_if_requested(loop)
         train_loss = total / seen
         scores = evaluate(model, valid, target, device)
         elapsed = time.perf_counter() - epoch_start
@@ -173,7 +174,7 @@ def fit(
                 **{f"validation_{k}": v for k, v in scores.items()},
             }
         )
-        checkpointer.save("finetune", loop, model, optimizer, [generator])
+        checkpoint.save(loop)
         stop = epoch - loop.best_epoch >= hp["patience"]
         per_epoch = (time.perf_counter() - started) / (epoch - first_epoch + 1)
         remaining = 0 if stop else (n_epochs - epoch) * per_epoch
