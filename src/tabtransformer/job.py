@@ -238,25 +238,6 @@ def run_pretraining(
         pd.DataFrame(history).to_csv(paths.output_data / "pretraining_history.csv", index=False)
 
 
-def fit_or_finish(
-    pretrain_only: bool,
-    model: TabTransformer,
-    pre: TablePreprocessor,
-    target: TargetEncoder | None,
-    train: LabelledTable,
-    valid: LabelledTable,
-    hp: dict[str, Any],
-    device: torch.device,
-    checkpointer: Checkpointer,
-) -> tuple[list[dict[str, float]], int]:
-    """Fine-tune on the labelled rows (nothing to do for a pretraining-only job)."""
-    if pretrain_only:
-        return [], 0
-    train_data, valid_data = encode(pre, target, train), encode(pre, target, valid)
-    log.info("fine-tuning on %d rows, validating on %d", len(train_data), len(valid_data))
-    return fit(model, train_data, valid_data, target, hp, device, checkpointer, checkpointer.world)
-
-
 def run(paths: SageMakerPaths, world: World | None = None) -> None:
     """Run one training job over the `/opt/ml` tree `paths` (as process `world.rank`)."""
     world = world or World()
@@ -339,21 +320,21 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
     checkpointer = Checkpointer(paths.checkpoints, job_id, StopFlag().install(), world)
     if objective != "none" and checkpointer.finished_phase() != "finetune":
         run_pretraining(model, pre, feature_rows, hp, objective, device, paths, checkpointer)
-    if not world.is_main:  # the other processes only train; the first one writes
-        fit_or_finish(pretrain_only, model, pre, target, train, valid, hp, device, checkpointer)
-        return
     if pretrain_only:
-        model.cpu()
-        save_artifact(
-            paths.model, Artifact(model, pre, None, header, {"pretrained": objective}), hp
-        )
-        log.info("pretrained model written to %s", paths.model)
+        if world.is_main:
+            model.cpu()
+            artifact = Artifact(model, pre, None, header, {"pretrained": objective})
+            save_artifact(paths.model, artifact, hp)
+            log.info("pretrained model written to %s", paths.model)
         return
 
-    valid_data = encode(pre, target, valid)
-    history, best_epoch = fit_or_finish(
-        pretrain_only, model, pre, target, train, valid, hp, device, checkpointer
+    train_data, valid_data = encode(pre, target, train), encode(pre, target, valid)
+    log.info("fine-tuning on %d rows, validating on %d", len(train_data), len(valid_data))
+    history, best_epoch = fit(
+        model, train_data, valid_data, target, hp, device, checkpointer, world
     )
+    if not world.is_main:
+        return  # the other processes train; the first one reports and writes
     scores = evaluate(model, valid_data, target, device)
     model.cpu()
     for metric in metrics.for_task(target.task):
