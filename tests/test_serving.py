@@ -194,3 +194,16 @@ def test_single_worker_with_all_cpu_threads_serves_a_default_size_model(tmp_path
         assert server.post(csv_body(FEATURES.head(3))).status_code == 200
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("SAGEMAKER_MODEL_SERVER_WORKERS", "two"),
+        ("SAGEMAKER_MODEL_SERVER_TIMEOUT", "-5"),
+        ("SAGEMAKER_MAX_PAYLOAD_IN_MB", "lots"),
+    ],
+)
+def test_bad_server_settings_are_named(binary_model, name, value):
+    with pytest.raises(RuntimeError, match=f"{name}='{value}'"):
+        Server(binary_model.base, **{name: value})

@@ -22,7 +22,17 @@ DEFAULT_MAX_PAYLOAD_MB = 6
 
 
 def max_payload_mb() -> float:
-    return float(os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", DEFAULT_MAX_PAYLOAD_MB))
+    raw = os.environ.get("SAGEMAKER_MAX_PAYLOAD_IN_MB", str(DEFAULT_MAX_PAYLOAD_MB))
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise UserError(
+            f"Environment variable SAGEMAKER_MAX_PAYLOAD_IN_MB={raw!r} must be a "
+            "positive number of megabytes."
+        )
+    return value
 
 
 def batch_mode() -> bool:

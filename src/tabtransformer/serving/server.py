@@ -16,21 +16,28 @@ import torch
 from gunicorn.app.base import BaseApplication
 
 from tabtransformer.artifacts import check_servable, load_model
+from tabtransformer.errors import UserError
 from tabtransformer.paths import SageMakerPaths
-from tabtransformer.serving.app import create_app
+from tabtransformer.serving.app import create_app, max_payload_mb
 
 log = logging.getLogger(__name__)
 
 
+def positive_int_env(name: str, default: int) -> int:
+    """An integer setting from the environment; a bad value is a UserError naming it."""
+    raw = os.environ.get(name, str(default))
+    if not raw.strip().isdigit() or int(raw) < 1:
+        raise UserError(f"Environment variable {name}={raw!r} must be a positive integer.")
+    return int(raw)
+
+
 def server_settings() -> dict[str, Any]:
     """Gunicorn settings from the SageMaker environment variables."""
-    cpus = os.cpu_count() or 1
-    workers = int(os.environ.get("SAGEMAKER_MODEL_SERVER_WORKERS", cpus))
     return {
-        "bind": f"0.0.0.0:{os.environ.get('SAGEMAKER_BIND_TO_PORT', '8080')}",
-        "workers": workers,
+        "bind": f"0.0.0.0:{positive_int_env('SAGEMAKER_BIND_TO_PORT', 8080)}",
+        "workers": positive_int_env("SAGEMAKER_MODEL_SERVER_WORKERS", os.cpu_count() or 1),
         "worker_class": "sync",
-        "timeout": int(os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60)),
+        "timeout": positive_int_env("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
         "graceful_timeout": 30,
         "keepalive": 5,
         "accesslog": "-",
@@ -73,5 +80,6 @@ def run_server() -> int:
     # Fail fast with a clear message, but load nothing with torch here: a torch thread pool
     # started before gunicorn forks its workers deadlocks them.
     check_servable(model_dir)
+    max_payload_mb()  # checked here, before any worker starts
     Server(server_settings()).run()
     return 0
