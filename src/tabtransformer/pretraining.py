@@ -27,7 +27,7 @@ from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import World, wrap
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE
-from tabtransformer.training import autocast, batches, format_duration
+from tabtransformer.training import autocast, batches, format_duration, optimizer_step
 
 log = logging.getLogger(__name__)
 RESAMPLE_ROUNDS = 20
@@ -174,10 +174,7 @@ def pretrain(
             original = train_codes[index.to(device)]
             corrupted, cells = corrupt(objective, original, train_codes, rate, generator)
             loss, _ = trained(corrupted, original, cells)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(index)
+            total += optimizer_step(optimizer, loss) * len(index)
             seen += len(index)
             checkpoint.stop_if_requested(loop)
         valid_loss, valid_accuracy = evaluate(

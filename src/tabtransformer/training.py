@@ -66,6 +66,14 @@ def batches(
     yield from order.split(batch_size)
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
+    """One gradient step on `loss`; returns its value."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     if task == "regression":
         return lambda out, y: F.mse_loss(out[:, 0].float(), y)
@@ -153,11 +161,7 @@ def fit(
             batch = train_on_device.rows(index.to(device))
             with autocast(device):
                 out = trained(batch.codes, batch.numbers)
-            loss = criterion(out, batch.target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * len(index)
+            total += optimizer_step(optimizer, criterion(out, batch.target)) * len(index)
             seen += len(index)
             checkpoint.stop_if_requested(loop)
         train_loss = total / seen
