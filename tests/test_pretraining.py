@@ -112,6 +112,7 @@ def test_mlm_job_pretrains_then_fine_tunes(job: Job):
     assert "validation_masked_accuracy=" in out["log"] and "time_left<=" in out["log"]
     assert out["report"]["pretrained"] == "mlm"
     assert (job.base / "output" / "data" / "pretraining_history.csv").is_file()
+    assert (job.base / "output" / "data" / "pretraining_history.png").is_file()
 
 
 @pytest.mark.slow

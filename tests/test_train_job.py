@@ -34,6 +34,7 @@ def test_binary_headerless_with_text_labels(job: Job):
     assert probabilities.shape == (7, 2)
     assert abs(probabilities.sum(axis=1) - 1).max() < 1e-9
     assert (job.base / "output" / "data" / "training_history.csv").is_file()
+    assert (job.base / "output" / "data" / "training_history.png").stat().st_size > 10_000
 
 
 def test_multiclass_with_integer_labels(job: Job):

@@ -27,6 +27,7 @@ from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.pretraining import pretrain
+from tabtransformer.reports import write_history
 from tabtransformer.training import Encoded, evaluate, fit
 
 log = logging.getLogger(__name__)
@@ -234,8 +235,7 @@ def run_pretraining(
         model, train_codes, valid_codes, hp, objective, device, checkpointer, checkpointer.world
     )
     if checkpointer.world.is_main:
-        paths.output_data.mkdir(parents=True, exist_ok=True)
-        pd.DataFrame(history).to_csv(paths.output_data / "pretraining_history.csv", index=False)
+        write_history(paths.output_data, "pretraining_history", history)
 
 
 def run(paths: SageMakerPaths, world: World | None = None) -> None:
@@ -348,8 +348,7 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
         if objective != "none"
         else ("from model channel" if base else None),
     }
-    paths.output_data.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(history).to_csv(paths.output_data / "training_history.csv", index=False)
+    write_history(paths.output_data, "training_history", history)
     save_artifact(paths.model, Artifact(model, pre, target, header, report), hp)
     log.info("model written to %s", paths.model)
 
