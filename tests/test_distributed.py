@@ -69,3 +69,11 @@ def test_several_processes_on_one_host_pretrain_and_fine_tune(tmp_path):
     assert process.returncode == 0, output
     assert "process 0 of 2" in output and "pretrain rtd epoch 2/2" in output
     assert load_model(job.model).task == "binary"
+
+
+def test_malformed_resource_config_is_a_user_error(job: Job):
+    job.channel("training", make_table("binary"))
+    (job.config / "resourceconfig.json").write_text('{"hosts": ["algo-1"]}')  # no current_host
+    result = job.train()
+    assert result.returncode == 1
+    assert job.failure.startswith("ClientError: Cannot read the cluster layout")

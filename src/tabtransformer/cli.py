@@ -8,10 +8,14 @@ import logging
 import multiprocessing
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from tabtransformer import hyperparameters, metrics
 from tabtransformer.errors import USER_ERROR_EXIT_CODE, UserError, failure_reason, write_failure
 from tabtransformer.paths import SageMakerPaths
+
+if TYPE_CHECKING:
+    from tabtransformer.distributed import Cluster
 
 log = logging.getLogger("tabtransformer")
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM, as a process killed by it would report
@@ -31,11 +35,19 @@ def train() -> int:
 
     One process per GPU (or one on a CPU host) on every host of resourceconfig.json.
     """
-    from tabtransformer.distributed import Cluster
+    from tabtransformer.distributed import Cluster  # imports torch: keep `--help` fast
 
     setup_logging()
     paths = SageMakerPaths.from_env()
-    cluster = Cluster.from_resource_config(paths.resource_config)
+    try:
+        cluster = Cluster.from_resource_config(paths.resource_config)
+    except (ValueError, KeyError) as error:  # malformed resourceconfig.json or variable
+        reason = UserError(
+            f"Cannot read the cluster layout ({paths.resource_config}, "
+            f"PROCESSES_PER_HOST): {error!r}"
+        )
+        log.error("%s", failure_reason(reason))
+        return write_failure(paths.failure, reason)
     if cluster.processes_per_host == 1:
         return train_process(paths, cluster, 0)
     context = multiprocessing.get_context("spawn")
@@ -53,12 +65,12 @@ def train() -> int:
     return next((c for c in codes if c), 0)
 
 
-def _spawned_train(cluster, local_rank: int) -> None:
+def _spawned_train(cluster: Cluster, local_rank: int) -> None:
     setup_logging()
     sys.exit(train_process(SageMakerPaths.from_env(), cluster, local_rank))
 
 
-def train_process(paths: SageMakerPaths, cluster, local_rank: int) -> int:
+def train_process(paths: SageMakerPaths, cluster: Cluster, local_rank: int) -> int:
     """Train as one process of the cluster; the first process of each host reports."""
     import torch.distributed as dist
 
