@@ -195,3 +195,18 @@ def test_pretraining_phase_resumes_from_its_checkpoint(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "resuming pretrain" in result.stdout and "after epoch 2" in result.stdout
     assert "pretrain rtd epoch 3/3" in result.stdout and "epoch 1/3" not in result.stdout
+
+
+@pytest.mark.slow
+def test_damaged_model_channel_is_a_user_error(tmp_path, pretrained):
+    job = Job(tmp_path / "damaged")
+    job.channel("training", make_table("binary", n=200), header=True)
+    model_channel = job.data / "model"
+    model_channel.mkdir(parents=True)
+    for path in pretrained.model.iterdir():
+        (model_channel / path.name).write_bytes(path.read_bytes())
+    (model_channel / "preprocessing.json").write_text("{not json")
+    job.hyperparameters({**FAST, "target_column": "label"})
+    result = job.train()
+    assert result.returncode == 1
+    assert "damaged or incompatible TabTransformer model" in job.failure

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tabtransformer.errors import UserError
@@ -174,13 +175,18 @@ def _check_files(folder: Path) -> None:
 
 def _read_folder(folder: Path) -> Artifact:
     _check_files(folder)
-    config = TabTransformerConfig(**json.loads((folder / CONFIG).read_text()))
-    model = TabTransformer(config)
-    model.load_state_dict(load_file(folder / WEIGHTS))
-    prep = json.loads((folder / PREPROCESSING).read_text())
-    metrics_path = folder / METRICS
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
-    target = TargetEncoder.from_dict(prep["target"]) if prep["target"] else None
-    return Artifact(
-        model.eval(), TablePreprocessor.from_dict(prep["features"]), target, prep["header"], metrics
-    )
+    try:
+        config = TabTransformerConfig(**json.loads((folder / CONFIG).read_text()))
+        model = TabTransformer(config)
+        model.load_state_dict(load_file(folder / WEIGHTS))
+        prep = json.loads((folder / PREPROCESSING).read_text())
+        metrics_path = folder / METRICS
+        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        target = TargetEncoder.from_dict(prep["target"]) if prep["target"] else None
+        features = TablePreprocessor.from_dict(prep["features"])
+    except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        raise UserError(
+            f"{folder} holds a damaged or incompatible TabTransformer model ({e!r:.300}); "
+            "use the model.tar.gz a training job of this image wrote."
+        ) from None
+    return Artifact(model.eval(), features, target, prep["header"], metrics)

@@ -76,15 +76,22 @@ class Checkpointer:
         self.fingerprint = job_fingerprint
         self.stop = stop or StopFlag()
         self.world = world or World()
+        self._loaded, self._start = False, None
 
     def _read(self) -> dict[str, Any] | None:
-        if self.path is None or not self.path.is_file():
-            return None
-        state = torch.load(self.path, weights_only=True)
-        if state.get("fingerprint") != self.fingerprint:
-            log.warning("ignoring %s: it belongs to a job with other data or settings", self.path)
-            return None
-        return state
+        """The checkpoint this job started from, read once (later saves do not change
+        what the job resumes from)."""
+        if not self._loaded:
+            self._loaded = True
+            if self.path is not None and self.path.is_file():
+                state = torch.load(self.path, weights_only=True)
+                if state.get("fingerprint") == self.fingerprint:
+                    self._start = state
+                else:
+                    log.warning(
+                        "ignoring %s: it belongs to a job with other data or settings", self.path
+                    )
+        return self._start
 
     def finished_phase(self) -> str | None:
         """The phase of a valid checkpoint (a restarted job skips what is done)."""

@@ -177,9 +177,7 @@ def pretrain(
             total += optimizer_step(optimizer, loss) * len(index)
             seen += len(index)
             checkpoint.stop_if_requested(loop)
-        valid_loss, valid_accuracy = evaluate(
-            model, head, valid_codes, valid_corrupted, valid_cells, device
-        )
+        valid_loss, valid_accuracy = evaluate(task, valid_codes, valid_corrupted, valid_cells)
         elapsed = time.perf_counter() - epoch_start
         if loop.best is None or valid_loss < loop.best:
             loop.best, loop.best_epoch = valid_loss, epoch
@@ -226,25 +224,21 @@ def pretrain(
 
 @torch.inference_mode()
 def evaluate(
-    model: TabTransformer,
-    head: PretrainingHead,
+    task: PretrainingTask,
     original: torch.Tensor,
     corrupted: torch.Tensor,
     cells: torch.Tensor,
-    device: torch.device,
     batch_rows: int = 8192,
 ) -> tuple[float, float]:
     """Mean loss and accuracy of the pretraining task on a fixed corruption."""
-    model.eval()
+    task.eval()
     losses, accuracies, weights = [], [], []
     for start in range(0, len(original), batch_rows):
         part = slice(start, start + batch_rows)
-        with autocast(device):
-            contextual = model.contextual(corrupted[part])
-        loss, accuracy = head.loss_and_accuracy(contextual, original[part], cells[part])
+        loss, accuracy = task(corrupted[part], original[part], cells[part])
         n = len(original[part])
         losses.append(float(loss) * n)
         accuracies.append(float(accuracy) * n)
         weights.append(n)
-    model.train()
+    task.train()
     return sum(losses) / sum(weights), sum(accuracies) / sum(weights)
