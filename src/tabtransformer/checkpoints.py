@@ -93,8 +93,9 @@ class Checkpointer:
                     )
         return self._start
 
-    def finished_phase(self) -> str | None:
-        """The phase of a valid checkpoint (a restarted job skips what is done)."""
+    def resumed_phase(self) -> str | None:
+        """The phase the job's checkpoint was saved in ("pretrain" or "finetune"), None
+        without one: a job resuming in "finetune" has finished pretraining."""
         state = self._read()
         return state["phase"] if state else None
 

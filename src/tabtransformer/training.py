@@ -1,16 +1,13 @@
-"""Supervised training loop: AdamW, early stopping on a validation metric, best weights kept.
+"""Supervised fine-tuning: AdamW on the task's loss, early stopping on a validation metric.
 
 The whole table is encoded once into tensors; batches are index slices of those tensors,
-so the loop has no per-row Python. Uses CUDA with bf16 autocast when available.
+so the loop has no per-row Python. Uses CUDA with bf16 autocast when available. The epoch
+loop itself (resume, best weights, log line, patience) is `loop.run_epochs`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,38 +18,45 @@ import torch.nn.functional as F
 from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import World, wrap
+from tabtransformer.errors import UserError
+from tabtransformer.inference import Encoded, autocast, predict_raw, to_prediction
+from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
 
-log = logging.getLogger(__name__)
-EVAL_BATCH_ROWS = 8192
 
+@dataclass(frozen=True)
+class FitSettings:
+    """The hyperparameters fine-tuning reads; `eval_metric` is resolved (never 'auto')."""
 
-@dataclass
-class Encoded:
-    """A table as tensors: categorical codes (N, m), numbers (N, c), target (N,) or None."""
+    eval_metric: str
+    n_epochs: int = 100
+    patience: int = 15
+    batch_size: int = 256
+    learning_rate: float = 3e-4
+    weight_decay: float = 1e-4
+    seed: int = 0
 
-    codes: torch.Tensor
-    numbers: torch.Tensor
-    target: torch.Tensor | None = None
-
-    def __len__(self) -> int:
-        return self.codes.shape[0]
-
-    def rows(self, index: torch.Tensor | slice) -> Encoded:
-        target = self.target[index] if self.target is not None else None
-        return Encoded(self.codes[index], self.numbers[index], target)
-
-    def to(self, device: torch.device) -> Encoded:
-        target = self.target.to(device) if self.target is not None else None
-        return Encoded(self.codes.to(device), self.numbers.to(device), target)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs that support it, nothing elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    @classmethod
+    def from_hyperparameters(cls, hp: Mapping[str, Any], task: str) -> FitSettings:
+        """Pick the settings out of validated hyperparameters; check eval_metric fits `task`."""
+        name = hp["eval_metric"]
+        if name == "auto":
+            name = metrics.DEFAULT_EVAL_METRIC[task]
+        elif task not in metrics.BY_NAME[name].tasks:
+            raise UserError(
+                f"eval_metric={name} does not apply to task {task}; use one of "
+                f"{[m.name for m in metrics.for_task(task)]} or auto."
+            )
+        return cls(
+            name,
+            hp["n_epochs"],
+            hp["patience"],
+            hp["batch_size"],
+            hp["learning_rate"],
+            hp["weight_decay"],
+            hp["seed"],
+        )
 
 
 def batches(
@@ -80,35 +84,7 @@ def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return lambda out, y: F.cross_entropy(out.float(), y)
 
 
-def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-@torch.inference_mode()
-def predict_raw(model: TabTransformer, data: Encoded, device: torch.device) -> torch.Tensor:
-    """Model outputs (N, n_outputs) as float32 on the CPU, in evaluation mode."""
-    was_training = model.training
-    model.eval()
-    outs = []
-    for start in range(0, len(data), EVAL_BATCH_ROWS):
-        part = data.rows(slice(start, start + EVAL_BATCH_ROWS)).to(device)
-        with autocast(device):
-            outs.append(model(part.codes, part.numbers).float().cpu())
-    model.train(was_training)
-    return torch.cat(outs) if outs else torch.zeros(0, model.config.n_outputs)
-
-
-def to_prediction(raw: torch.Tensor, target: TargetEncoder) -> np.ndarray:
-    """Probabilities (N, C), or regression predictions in target units (N,)."""
-    if target.task == "regression":
-        return target.decode_regression(raw[:, 0].double().numpy())
-    return torch.softmax(raw.double(), dim=1).numpy()
-
-
-def evaluate(
+def validation_scores(
     model: TabTransformer, data: Encoded, target: TargetEncoder, device: torch.device
 ) -> dict[str, float]:
     """Loss and every registered metric of the task on a labelled table."""
@@ -126,94 +102,48 @@ def fit(
     train: Encoded,
     valid: Encoded,
     target: TargetEncoder,
-    hp: dict[str, Any],
+    settings: FitSettings,
     device: torch.device,
     checkpointer: Checkpointer | None = None,
     world: World | None = None,
 ) -> tuple[list[dict[str, float]], int]:
-    """Train with early stopping on `hp['eval_metric']`; leaves the best weights in `model`.
+    """Train with early stopping on `settings.eval_metric`; leaves the best weights in `model`.
 
     Resumes from and saves to `checkpointer` each epoch (phase "finetune"). Returns the
     per-epoch history (train loss and validation metrics) and the best epoch.
     """
     checkpointer = checkpointer or Checkpointer(None)
     world = world or World()
-    eval_name = hp["eval_metric"]
-    if eval_name == "auto":
-        eval_name = metrics.DEFAULT_EVAL_METRIC[target.task]
-    eval_metric = metrics.BY_NAME[eval_name]
-    generator = torch.Generator().manual_seed(hp["seed"])
+    generator = torch.Generator().manual_seed(settings.seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"]
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
     checkpoint = checkpointer.phase("finetune", model, optimizer, [generator])
-    loop = checkpoint.restore()
-    trained = wrap(model, world)  # DDP when there are several processes
+    start = checkpoint.restore()  # before DDP shares the first process's weights
+    ddp_model = wrap(model, world)  # DistributedDataParallel when there are several processes
     criterion = loss_fn(target.task)
     train_on_device = train.to(device)
-    started, first_epoch = time.perf_counter(), loop.epoch + 1
-    n_epochs = hp["n_epochs"]
-    for epoch in range(first_epoch, n_epochs + 1):
-        epoch_start = time.perf_counter()
-        total, seen = 0.0, 0
-        for index in batches(len(train), hp["batch_size"], generator, world):
+
+    def train_epoch() -> Iterator[tuple[float, int]]:
+        for index in batches(len(train), settings.batch_size, generator, world):
             batch = train_on_device.rows(index.to(device))
             with autocast(device):
-                out = trained(batch.codes, batch.numbers)
-            total += optimizer_step(optimizer, criterion(out, batch.target)) * len(index)
-            seen += len(index)
-            checkpoint.stop_if_requested(loop)
-        train_loss = total / seen
-        scores = evaluate(model, valid, target, device)
-        elapsed = time.perf_counter() - epoch_start
-        if eval_metric.is_better(scores[eval_name], loop.best):
-            loop.best, loop.best_epoch = scores[eval_name], epoch
-            loop.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        loop.epoch = epoch
-        loop.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                **{f"validation_{k}": v for k, v in scores.items()},
-            }
-        )
-        checkpoint.save(loop)
-        stop = epoch - loop.best_epoch >= hp["patience"]
-        per_epoch = (time.perf_counter() - started) / (epoch - first_epoch + 1)
-        remaining = 0 if stop else (n_epochs - epoch) * per_epoch
-        fields = " ".join(
-            metrics.BY_NAME[k].epoch_field(v) if k in metrics.BY_NAME else f"validation_{k}={v:.6g}"
-            for k, v in scores.items()
-        )
-        log.info(
-            "epoch %d/%d train_loss=%.6g %s rows/s=%.0f epoch_time=%s time_left<=%s "
-            "best_%s=%.6g@%d",
-            epoch,
-            n_epochs,
-            train_loss,
-            fields,
-            seen / elapsed,
-            format_duration(elapsed),
-            format_duration(remaining),
-            eval_name,
-            loop.best,
-            loop.best_epoch,
-        )
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"train loss became {train_loss} in epoch {epoch}; try a lower learning_rate"
-            )
-        if stop:
-            log.info(
-                "early stopping: validation_%s has not improved for %d epochs",
-                eval_name,
-                hp["patience"],
-            )
-            break
-    if loop.best_state is not None:
-        model.load_state_dict(loop.best_state)
-    log.info(
-        "restored the weights of epoch %d (best %s %.6g)", loop.best_epoch, eval_name, loop.best
+                out = ddp_model(batch.codes, batch.numbers)
+            yield optimizer_step(optimizer, criterion(out, batch.target)), len(index)
+
+    loop_settings = LoopSettings(
+        n_epochs=settings.n_epochs,
+        patience=settings.patience,
+        watch=settings.eval_metric,
+        higher_is_better=metrics.BY_NAME[settings.eval_metric].higher_is_better,
+    )
+    loop = run_epochs(
+        loop_settings,
+        checkpoint,
+        start,
+        model,
+        train_epoch,
+        lambda: validation_scores(model, valid, target, device),
     )
     return loop.history, loop.best_epoch
