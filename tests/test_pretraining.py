@@ -20,6 +20,7 @@ from tabtransformer.pretraining import (
     pretrain,
     rtd_corrupt,
 )
+from tabtransformer.settings import PhaseSettings
 
 PRETRAIN_FAST = {**FAST, "pretrain_epochs": "2", "pretrain_patience": "2"}
 
@@ -81,7 +82,8 @@ def test_pretraining_loss_falls_on_a_real_table():
     model = TabTransformer(
         TabTransformerConfig(pre.cardinalities, len(pre.numeric), 1, dim=16, n_blocks=1, n_heads=4)
     )
-    settings = PretrainSettings("mlm", n_epochs=4, patience=4, batch_size=256, weight_decay=0.0)
+    phase = PhaseSettings(n_epochs=4, patience=4, batch_size=256, learning_rate=1e-3)
+    settings = PretrainSettings("mlm", corruption_rate=0.3, phase=phase)
     history = pretrain(model, codes[:5000], codes[5000:], settings, torch.device("cpu"))
     assert history[-1]["validation_pretrain_loss"] < 0.9 * history[0]["validation_pretrain_loss"]
     assert history[-1]["validation_masked_accuracy"] > 0.5

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from typing import Any
 
 import torch
@@ -48,7 +48,7 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
     pre = fit_preprocessor(tables, base, hp["continuous_bins"])
     labelled = tables.labelled
     n_outputs = labelled.target.n_outputs if labelled else 1
-    model = build_model(ModelSettings.from_hyperparameters(hp), pre, n_outputs, base)
+    model = build_model(architecture(hp), pre, n_outputs, base)
     device = world.device()
     log.info(
         "model: %s parameters on %s", f"{sum(p.numel() for p in model.parameters()):,}", device
@@ -109,44 +109,27 @@ def fit_preprocessor(tables: Tables, base: Artifact | None, bins: int) -> TableP
     return pre
 
 
-@dataclass(frozen=True)
-class ModelSettings:
-    """The architecture hyperparameters of a fresh network."""
-
-    dim: int = 32
-    n_blocks: int = 6
-    n_heads: int = 8
-    frac_shared_embed: float = 0.125
-    attn_dropout: float = 0.3
-    mlp_dropout: float = 0.3
-    continuous_norm: str = "none"
-
-    @classmethod
-    def from_hyperparameters(cls, hp: Mapping[str, Any]) -> ModelSettings:
-        return cls(
-            hp["input_dim"],
-            hp["n_blocks"],
-            hp["n_heads"],
-            hp["frac_shared_embed"],
-            hp["attn_dropout"],
-            hp["mlp_dropout"],
-            hp["continuous_norm"],
-        )
+def architecture(hp: Mapping[str, Any]) -> TabTransformerConfig:
+    """The network shape the hyperparameters ask for (the table's columns come later)."""
+    return TabTransformerConfig(
+        dim=hp["input_dim"],
+        n_blocks=hp["n_blocks"],
+        n_heads=hp["n_heads"],
+        frac_shared_embed=hp["frac_shared_embed"],
+        attn_dropout=hp["attn_dropout"],
+        mlp_dropout=hp["mlp_dropout"],
+        continuous_norm=hp["continuous_norm"],
+    )
 
 
 def build_model(
-    settings: ModelSettings, pre: TablePreprocessor, n_outputs: int, base: Artifact | None
+    shape: TabTransformerConfig, pre: TablePreprocessor, n_outputs: int, base: Artifact | None
 ) -> TabTransformer:
-    """A fresh network; from a base artifact, its embeddings and Transformer are reused."""
+    """A fresh network of `shape` for the table; from a base artifact, its embeddings and
+    Transformer are reused (and its shape applies)."""
     if base is None:
-        return TabTransformer(
-            TabTransformerConfig(
-                cardinalities=pre.cardinalities,
-                n_continuous=len(pre.numeric),
-                n_outputs=n_outputs,
-                **asdict(settings),
-            )
-        )
+        columns = {"cardinalities": pre.cardinalities, "n_continuous": len(pre.numeric)}
+        return TabTransformer(replace(shape, **columns, n_outputs=n_outputs))
     config = TabTransformerConfig(**{**base.model.config.to_dict(), "n_outputs": n_outputs})
     model = TabTransformer(config)
     reused = {k: v for k, v in base.model.state_dict().items() if not k.startswith("mlp.")}

@@ -32,6 +32,7 @@ from tabtransformer.inference import EVAL_BATCH_ROWS, autocast
 from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
+from tabtransformer.settings import PhaseSettings
 from tabtransformer.training import batches, optimizer_step
 
 log = logging.getLogger(__name__)
@@ -41,23 +42,18 @@ MAX_HELD_OUT_ROWS = 20000
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    """The hyperparameters pretraining reads; `objective` is resolved ('none': skip)."""
+    """What pretraining reads: the objective ('none': skip), corruption share, loop."""
 
-    objective: str
-    n_epochs: int = 30
-    patience: int = 3
-    batch_size: int = 512
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    corruption_rate: float = 0.3
+    objective: str  # never "auto"
+    corruption_rate: float
+    phase: PhaseSettings
 
     @classmethod
     def from_hyperparameters(
         cls, hp: Mapping[str, Any], channels: set[str], pretrain_only: bool
     ) -> PretrainSettings:
-        """Pick the settings out of validated hyperparameters and resolve the objective:
-        auto means rtd when the job only pretrains, or has unlabeled rows and no base model."""
+        """Resolve pretrain_objective=auto: rtd when the job only pretrains, or has
+        unlabeled rows and no base model; else none."""
         objective = hp["pretrain_objective"]
         if objective == "auto":
             wants = pretrain_only or ("unlabeled" in channels and "model" not in channels)
@@ -67,16 +63,7 @@ class PretrainSettings:
                 "pretrain_only is set (or there is no 'training' channel) but "
                 "pretrain_objective=none: choose mlm or rtd."
             )
-        return cls(
-            objective,
-            hp["pretrain_epochs"],
-            hp["pretrain_patience"],
-            hp["pretrain_batch_size"],
-            hp["pretrain_learning_rate"],
-            hp["weight_decay"],
-            hp["seed"],
-            hp["corruption_rate"],
-        )
+        return cls(objective, hp["corruption_rate"], PhaseSettings.pretraining(hp))
 
 
 def mlm_corrupt(
@@ -190,7 +177,7 @@ def pretrain_on_rows(
             "pretrain_objective=none."
         )
     codes = torch.from_numpy(pre.transform(rows)[0])
-    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(settings.seed))
+    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(settings.phase.seed))
     n_valid = max(1, min(len(codes) // 10, MAX_HELD_OUT_ROWS))
     log.info(
         "pretraining (%s) on %d unlabeled rows, %d held out for early stopping",
@@ -221,15 +208,16 @@ def pretrain(
     """
     checkpointer = checkpointer or Checkpointer(None)
     world = world or World()
-    objective, rate, seed = settings.objective, settings.corruption_rate, settings.seed
+    objective, rate, phase = settings.objective, settings.corruption_rate, settings.phase
+    seed = phase.seed
     head = PretrainingHead(objective, model.config.cardinalities, model.config.dim)
     encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
     model.to(device).train()
     head.to(device).train()
     optimizer = torch.optim.AdamW(
         [*encoder, *head.parameters()],
-        lr=settings.learning_rate,
-        weight_decay=settings.weight_decay,
+        lr=phase.learning_rate,
+        weight_decay=phase.weight_decay,
     )
     generator = torch.Generator(device=device).manual_seed(seed)
     order = torch.Generator().manual_seed(seed)
@@ -244,7 +232,7 @@ def pretrain(
     ddp_task = wrap(task, world, partial=True)
 
     def train_epoch() -> Iterator[tuple[float, int]]:
-        for index in batches(len(train_codes), settings.batch_size, order, world):
+        for index in batches(len(train_codes), phase.batch_size, order, world):
             original = train_codes[index.to(device)]
             corrupted, cells = corrupt(objective, original, train_codes, rate, generator)
             loss, _ = ddp_task(corrupted, original, cells)
@@ -255,8 +243,8 @@ def pretrain(
         return {"pretrain_loss": loss, accuracy_name: accuracy}
 
     loop_settings = LoopSettings(
-        n_epochs=settings.n_epochs,
-        patience=settings.patience,
+        n_epochs=phase.n_epochs,
+        patience=phase.patience,
         watch="pretrain_loss",
         higher_is_better=False,
         loss_name="pretrain_loss",

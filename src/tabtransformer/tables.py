@@ -21,6 +21,7 @@ from tabtransformer.channels import LabelledTable, read_labelled, read_unlabeled
 from tabtransformer.errors import UserError
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TargetEncoder
+from tabtransformer.settings import pick
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +43,7 @@ class TableSettings:
 
     @classmethod
     def from_hyperparameters(cls, hp: Mapping[str, Any]) -> TableSettings:
-        return cls(
-            hp["target_column"],
-            hp["task"],
-            hp["max_classes"],
-            hp["validation_fraction"],
-            hp["seed"],
-        )
+        return pick(cls, hp)
 
 
 @dataclass(frozen=True)

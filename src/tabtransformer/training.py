@@ -23,23 +23,19 @@ from tabtransformer.inference import Encoded, autocast, predict_raw, to_predicti
 from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
+from tabtransformer.settings import PhaseSettings
 
 
 @dataclass(frozen=True)
 class FitSettings:
-    """The hyperparameters fine-tuning reads; `eval_metric` is resolved (never 'auto')."""
+    """What fine-tuning reads: the loop and optimiser settings and the resolved metric."""
 
-    eval_metric: str
-    n_epochs: int = 100
-    patience: int = 15
-    batch_size: int = 256
-    learning_rate: float = 3e-4
-    weight_decay: float = 1e-4
-    seed: int = 0
+    eval_metric: str  # never "auto"
+    phase: PhaseSettings
 
     @classmethod
     def from_hyperparameters(cls, hp: Mapping[str, Any], task: str) -> FitSettings:
-        """Pick the settings out of validated hyperparameters; check eval_metric fits `task`."""
+        """Resolve eval_metric=auto for `task`, or check that the metric applies to it."""
         name = hp["eval_metric"]
         if name == "auto":
             name = metrics.DEFAULT_EVAL_METRIC[task]
@@ -48,15 +44,7 @@ class FitSettings:
                 f"eval_metric={name} does not apply to task {task}; use one of "
                 f"{[m.name for m in metrics.for_task(task)]} or auto."
             )
-        return cls(
-            name,
-            hp["n_epochs"],
-            hp["patience"],
-            hp["batch_size"],
-            hp["learning_rate"],
-            hp["weight_decay"],
-            hp["seed"],
-        )
+        return cls(name, PhaseSettings.fine_tuning(hp))
 
 
 def batches(
@@ -114,10 +102,11 @@ def fit(
     """
     checkpointer = checkpointer or Checkpointer(None)
     world = world or World()
-    generator = torch.Generator().manual_seed(settings.seed)
+    phase = settings.phase
+    generator = torch.Generator().manual_seed(phase.seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
+        model.parameters(), lr=phase.learning_rate, weight_decay=phase.weight_decay
     )
     checkpoint = checkpointer.phase("finetune", model, optimizer, [generator])
     start = checkpoint.restore()  # before DDP shares the first process's weights
@@ -126,15 +115,15 @@ def fit(
     train_on_device = train.to(device)
 
     def train_epoch() -> Iterator[tuple[float, int]]:
-        for index in batches(len(train), settings.batch_size, generator, world):
+        for index in batches(len(train), phase.batch_size, generator, world):
             batch = train_on_device.rows(index.to(device))
             with autocast(device):
                 out = ddp_model(batch.codes, batch.numbers)
             yield optimizer_step(optimizer, criterion(out, batch.target)), len(index)
 
     loop_settings = LoopSettings(
-        n_epochs=settings.n_epochs,
-        patience=settings.patience,
+        n_epochs=phase.n_epochs,
+        patience=phase.patience,
         watch=settings.eval_metric,
         higher_is_better=metrics.BY_NAME[settings.eval_metric].higher_is_better,
     )
