@@ -33,9 +33,9 @@ class TabTransformerConfig:
     n_blocks: int = 6
     n_heads: int = 8
     frac_shared_embed: float = 0.125
-    attn_dropout: float = 0.1
-    mlp_dropout: float = 0.1
-    continuous_norm: str = "layer"  # "layer" (paper) or "none"
+    attn_dropout: float = 0.3  # the defaults are the job's hyperparameter defaults
+    mlp_dropout: float = 0.3
+    continuous_norm: str = "none"  # "layer" (paper) or "none"
 
     def to_dict(self) -> dict:
         return asdict(self)
