@@ -130,6 +130,11 @@ def split_validation(
 ) -> tuple[LabelledTable, LabelledTable]:
     """Seeded hold-out, stratified by class when every class has two rows or more."""
     labels = table.target.astype(str)
+    if len(labels) < 2:
+        raise UserError(
+            f"The training channel has {len(labels)} row(s): too few to hold out "
+            "a validation share. Add rows or a 'validation' channel."
+        )
     stratify = labels if classify and labels.value_counts().min() >= 2 else None
     try:
         train_idx, valid_idx = train_test_split(
@@ -138,11 +143,6 @@ def split_validation(
     except ValueError:  # too few rows per class for a stratified split
         train_idx, valid_idx = train_test_split(
             np.arange(len(labels)), test_size=fraction, random_state=seed
-        )
-    if len(train_idx) == 0 or len(valid_idx) == 0:
-        raise UserError(
-            f"The training channel has {len(labels)} row(s): too few to hold out "
-            "a validation share. Add rows or a 'validation' channel."
         )
 
     def take(idx: np.ndarray) -> LabelledTable:
