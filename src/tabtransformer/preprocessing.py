@@ -97,7 +97,7 @@ class CategoricalColumn:
 
     def encode(self, values: pd.Series) -> np.ndarray:
         tokens = to_tokens(values)
-        codes = pd.Categorical(tokens, categories=self.categories).codes.astype(np.int64)
+        codes = pd.Index(self.categories).get_indexer(tokens).astype(np.int64)  # -1: not found
         present = tokens.notna().to_numpy()
         return np.where(
             codes >= 0, codes + N_SPECIAL_CODES, np.where(present, UNSEEN_CODE, MISSING_CODE)
