@@ -13,7 +13,13 @@ from conftest import FAST, Job, make_table
 
 from tabtransformer import job as training_job
 from tabtransformer import load_model
-from tabtransformer.errors import ALGORITHM_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE, UserError
+from tabtransformer.errors import (
+    ALGORITHM_ERROR_EXIT_CODE,
+    FAILURE_REASON_LIMIT,
+    USER_ERROR_EXIT_CODE,
+    UserError,
+    failure_reason,
+)
 from tabtransformer.paths import SageMakerPaths
 
 
@@ -389,3 +395,15 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_finishes(job: Job):
     job.hyperparameters({**FAST, "n_epochs": "4", "patience": "200", "batch_size": "16"})
     resumed = trained(job)
     assert "resuming finetune" in resumed["log"] and "epoch 1/4" not in resumed["log"]
+
+
+def test_failure_reason_fits_what_sagemaker_shows():
+    long = UserError("bad value " + "x" * 5000)
+    assert len(failure_reason(long)) <= FAILURE_REASON_LIMIT
+    assert failure_reason(long).startswith("ClientError: bad value")
+    try:
+        raise RuntimeError("y" * 5000)
+    except RuntimeError as error:
+        reason = failure_reason(error)
+    assert reason[:FAILURE_REASON_LIMIT].startswith("AlgorithmError: RuntimeError: yyy")
+    assert "Traceback" in reason[:FAILURE_REASON_LIMIT]
