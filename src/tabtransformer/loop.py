@@ -130,7 +130,7 @@ def run_epochs(
     if loop.best_state is not None:
         keep.load_state_dict(loop.best_state)
         log.info(
-            "%skept the weights of epoch %d (best validation_%s=%.6g)",
+            "%skept the weights of epoch %d (best %s %.6g)",  # not the metric regexes' form
             s.log_prefix,
             loop.best_epoch,
             s.watch,
