@@ -82,3 +82,43 @@ def test_fingerprint_ignores_epochs_and_patience_only():
     assert fingerprint({**hp, "learning_rate": 0.01}, schema, 100) != same
     assert fingerprint(hp, {"features": ["b"]}, 100) != same
     assert fingerprint(hp, schema, 101) != same
+
+
+def save_epochs(folder, epochs: int) -> None:
+    model, optimizer, generator = parts()
+    checkpoint = Checkpointer(folder, "job").phase("finetune", model, optimizer, [generator])
+    for epoch in range(1, epochs + 1):
+        checkpoint.save(LoopState(epoch=epoch))
+
+
+def restored_epoch(folder) -> int:
+    model, optimizer, generator = parts()
+    return (
+        Checkpointer(folder, "job").phase("finetune", model, optimizer, [generator]).restore().epoch
+    )
+
+
+DAMAGES = {
+    "random bytes": lambda data: bytes(range(256)) * 4,
+    "truncated": lambda data: data[: len(data) // 2],
+    "empty": lambda data: b"",
+    "not a dict": lambda data: None,
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_an_unreadable_checkpoint_is_set_aside_and_the_previous_one_used(tmp_path, damage):
+    save_epochs(tmp_path, 2)
+    newest = tmp_path / FILE
+    if damage == "not a dict":
+        torch.save([1, 2, 3], newest)
+    else:
+        newest.write_bytes(DAMAGES[damage](newest.read_bytes()))
+    assert restored_epoch(tmp_path) == 1  # from checkpoint.previous.pt
+    assert not newest.exists()
+    assert len(list(tmp_path.glob(f"{FILE}.damaged-*"))) == 1  # renamed, not deleted
+
+
+def test_with_no_readable_checkpoint_the_job_starts_afresh(tmp_path):
+    (tmp_path / FILE).write_bytes(b"\x80garbage")
+    assert restored_epoch(tmp_path) == 0

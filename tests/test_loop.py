@@ -73,3 +73,10 @@ def test_resume_continues_after_the_saved_epoch(tmp_path):
     loop, _ = run([0.9, 0.95], tmp_path=tmp_path, n_epochs=4)
     assert [h["epoch"] for h in loop.history] == [1, 2, 3, 4]
     assert loop.best_epoch == 4
+
+
+def test_an_early_stopped_loop_is_finished_and_a_restart_trains_no_further(tmp_path):
+    first, _ = run([0.9, 0.5, 0.5], tmp_path=tmp_path, patience=1, n_epochs=40)
+    assert first.finished and first.epoch == 2
+    again, model = run([0.99] * 5, tmp_path=tmp_path, patience=1, n_epochs=40)
+    assert again.epoch == 2 and again.best_epoch == 1 and model.weight.item() == 1.0

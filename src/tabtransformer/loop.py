@@ -75,7 +75,9 @@ def run_epochs(
     """
     s = settings
     started, first_epoch = time.perf_counter(), loop.epoch + 1
-    for epoch in range(first_epoch, s.n_epochs + 1):
+    if loop.finished:
+        log.info("%sfinished at epoch %d: nothing left to train", s.log_prefix, loop.epoch)
+    for epoch in range(first_epoch, 0 if loop.finished else s.n_epochs + 1):
         epoch_start = time.perf_counter()
         total, seen = 0.0, 0
         for loss, rows in train_epoch():
@@ -110,7 +112,7 @@ def run_epochs(
                 f"{s.log_prefix}epoch {epoch}: training diverged. Try a lower "
                 f"{s.learning_rate_name}."
             )
-        loop.epoch = epoch
+        loop.epoch, loop.finished = epoch, stop
         loop.history.append(
             {
                 "epoch": epoch,
