@@ -9,7 +9,7 @@ import signal
 
 import pandas as pd
 import pytest
-from conftest import FAST, Job, make_table
+from conftest import FAST, REPO, Job, make_table
 
 from tabtransformer import job as training_job
 from tabtransformer import load_model
@@ -407,3 +407,50 @@ def test_failure_reason_fits_what_sagemaker_shows():
         reason = failure_reason(error)
     assert reason[:FAILURE_REASON_LIMIT].startswith("AlgorithmError: RuntimeError: yyy")
     assert "Traceback" in reason[:FAILURE_REASON_LIMIT]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["random bytes", "empty", "not a dict"])
+def test_damaged_checkpoint_is_set_aside_and_the_job_finishes(job: Job, damage: str):
+    job.channel("training", make_table("binary"))
+    job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
+    trained(job)
+    folder = job.base / "checkpoints"
+    newest, previous = folder / "checkpoint.pt", folder / "checkpoint.previous.pt"
+    assert previous.is_file()
+    for path in (newest, previous):
+        if damage == "not a dict":
+            path.write_bytes((REPO / "hyperparameters.json").read_bytes())
+        else:
+            path.write_bytes(b"" if damage == "empty" else bytes(range(256)) * 8)
+    job.hyperparameters({**FAST, "n_epochs": "3", "patience": "50"})
+    report = trained(job)
+    assert "set aside the unreadable checkpoint" in report["log"]
+    assert "epoch 1/3" in report["log"] and report["epochs_run"] == 3
+    assert len(list(folder.glob("checkpoint*.damaged-*"))) == 2  # renamed, not deleted
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(job: Job):
+    job.channel("training", make_table("binary"))
+    job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
+    trained(job)
+    newest = job.base / "checkpoints" / "checkpoint.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # what a partial sync leaves
+    report = trained(job)
+    assert "set aside" in report["log"] and "after epoch 1" in report["log"]
+    assert "epoch 2/2" in report["log"] and "epoch 1/2" not in report["log"]
+
+
+@pytest.mark.slow
+def test_restarted_early_stopped_job_writes_the_same_model_without_training(job: Job):
+    job.channel("training", make_table("binary"))
+    job.hyperparameters({**FAST, "n_epochs": "40", "patience": "1", "learning_rate": "0.01"})
+    first = trained(job)
+    assert first["epochs_run"] < 40  # stopped early
+    weights = (job.model / "model.safetensors").read_bytes()
+    again = trained(job)
+    assert "nothing left to train" in again["log"]
+    assert f"epoch {first['epochs_run'] + 1}/40" not in again["log"]
+    assert (job.model / "model.safetensors").read_bytes() == weights
+    assert again["validation"] == first["validation"]
