@@ -1,4 +1,5 @@
-"""Reading SageMaker input channels into pandas tables, with errors that name the file.
+"""SageMaker input channels: their configuration (`validate_channels`) and reading them
+into pandas tables, with errors that name the file.
 
 Layouts accepted in a channel folder (`input/data/<channel>/`):
 - CSV files directly in the folder, or in a `train/` / `training/` / `validation/` subfolder;
