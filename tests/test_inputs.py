@@ -65,3 +65,46 @@ def test_string_hyperparameter_keeps_the_text_sagemaker_passes(name):
 def test_numeric_hyperparameter_is_not_a_boolean():
     with pytest.raises(UserError, match="'n_epochs'"):
         hyperparameters.parse({"n_epochs": True})
+
+
+# --- the model channel's model.tar.gz ---------------------------------------------------
+
+
+def _model_tarball(folder: Path) -> bytes:
+    """A real (untrained, tiny) artifact packed as SageMaker packs model.tar.gz."""
+    from tabtransformer.artifacts import Artifact, save_artifact
+    from tabtransformer.model import TabTransformer, TabTransformerConfig
+
+    table = make_table("binary", n=40)
+    pre = TablePreprocessor.fit(table.drop(columns="label"), None)
+    target = TargetEncoder.fit(table["label"], "auto", 20)
+    config = TabTransformerConfig(
+        cardinalities=pre.cardinalities,
+        n_continuous=len(pre.numeric),
+        n_outputs=target.n_outputs,
+        dim=8,
+        n_blocks=1,
+        n_heads=2,
+    )
+    model_dir = folder / "model"
+    artifact = Artifact(TabTransformer(config), pre, target, False, {})
+    save_artifact(model_dir, artifact, hyperparameters.defaults())
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for path in sorted(model_dir.iterdir()):
+            tar.add(path, arcname=path.name)
+    return buffer.getvalue()
+
+
+def test_intact_model_tarball_is_read(tmp_path: Path):
+    (tmp_path / "model.tar.gz").write_bytes(_model_tarball(tmp_path))
+    assert read_artifact(tmp_path / "model.tar.gz").target.task == "binary"
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.001, 0.3, 0.6, 0.9])
+def test_truncated_model_tarball_is_a_user_error(tmp_path: Path, keep: float):
+    whole = _model_tarball(tmp_path)
+    (tmp_path / "model.tar.gz").write_bytes(whole[: int(len(whole) * keep)])
+    with pytest.raises(UserError, match=r"model\.tar\.gz") as error:
+        read_artifact(tmp_path / "model.tar.gz")
+    assert "/tmp" not in str(error.value).replace(str(tmp_path), "")  # no scratch folder
