@@ -108,3 +108,119 @@ def test_truncated_model_tarball_is_a_user_error(tmp_path: Path, keep: float):
     with pytest.raises(UserError, match=r"model\.tar\.gz") as error:
         read_artifact(tmp_path / "model.tar.gz")
     assert "/tmp" not in str(error.value).replace(str(tmp_path), "")  # no scratch folder
+
+
+# --- channel files ------------------------------------------------------------------------
+
+
+def _channel(tmp_path: Path, name: str, data: bytes) -> Path:
+    folder = tmp_path / "training"
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_bytes(data)
+    return folder
+
+
+def _rows(n: int = 200) -> bytes:
+    return b"".join(b"%d,red,%d.5\n" % (i % 2, i) for i in range(n))
+
+
+@pytest.mark.parametrize("keep", [0.0, 0.1, 0.5, 0.9])
+def test_truncated_gzip_csv_is_a_user_error(tmp_path: Path, keep: float):
+    whole = gzip.compress(_rows(5000))
+    folder = _channel(tmp_path, "part.csv.gz", whole[: max(3, int(len(whole) * keep))])
+    with pytest.raises(UserError, match=r"part\.csv\.gz is a truncated or damaged gzip"):
+        read_labelled(folder, "")
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_byte_order_mark_before_the_header_is_dropped(tmp_path: Path, compress: bool):
+    data = "\ufeffchurn,colour,size\n".encode() + _rows()
+    folder = _channel(tmp_path, "data.csv", gzip.compress(data) if compress else data)
+    table = read_labelled(folder, "churn")
+    assert list(table.features.columns) == ["colour", "size"]
+    assert len(table.target) == 200
+
+
+def test_byte_order_mark_in_a_headerless_file_is_dropped(tmp_path: Path):
+    folder = _channel(tmp_path, "data.csv", "\ufeff".encode() + _rows())
+    assert read_labelled(folder, "").target.iloc[0] == "0"
+
+
+def test_fields_over_a_megabyte_are_read(tmp_path: Path):
+    long_text = "x" * 3_000_000
+    folder = _channel(tmp_path, "data.csv", f"label,text\n1,{long_text}\n0,short\n".encode())
+    table = read_labelled(folder, "label")
+    assert table.features["text"].tolist() == [long_text, "short"]
+
+
+def test_unclosed_quote_says_what_to_check(tmp_path: Path):
+    folder = _channel(tmp_path, "data.csv", b'1,"open\n' + b"0,x\n" * 10 + b"1,y" * 6_000_000)
+    with pytest.raises(UserError, match=r"data\.csv.*longer than 16 MiB.*quot"):
+        read_labelled(folder, "")
+
+
+def test_quoted_newlines_in_the_header_and_rows(tmp_path: Path):
+    data = b'label,"two\nlines"\n1,"a\nb"\n0,c\n'
+    table = read_labelled(_channel(tmp_path, "data.csv", data), "label")
+    assert table.features["two\nlines"].tolist() == ["a\nb", "c"]
+
+
+# pyarrow cannot decode the text of a binary row for the invalid-row handler; it reports
+# that as "Exception ignored" and then fails the parse, which is the error checked here.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (bytes(range(256)) * 8, ["data.csv", "cannot parse the CSV"]),
+        ("1,café\n0,thé\n".encode("latin-1"), ["data.csv", "UTF-8"]),
+        (b"\n\n", ["data.csv", "empty"]),
+    ],
+)
+def test_unreadable_text_is_a_user_error(tmp_path: Path, data: bytes, words: list[str]):
+    with pytest.raises(UserError) as error:
+        read_labelled(_channel(tmp_path, "data.csv", data), "")
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_nested_parquet_columns_are_refused(tmp_path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = tmp_path / "training"
+    folder.mkdir()
+    table = pa.table({"label": [0, 1], "tags": [[1, 2], [3]], "x": [1.0, 2.0]})
+    pq.write_table(table, folder / "data.parquet")
+    with pytest.raises(UserError, match=r"data\.parquet: column 'tags' has the nested type"):
+        read_labelled(folder, "label")
+
+
+def test_a_folder_named_like_a_file_is_not_read(tmp_path: Path):
+    folder = _channel(tmp_path, "data.csv", _rows())
+    (folder / "more.csv").mkdir()
+    assert len(read_labelled(folder, "").target) == 200
+
+
+@pytest.mark.parametrize(
+    "content, words",
+    [
+        ("\ufeff" + '{"cat_index_list": [1]}', None),  # a BOM is fine
+        ('{"cat_index_list": [1e400]}', ["integer column indexes"]),
+        ('{"cat_index_list": [' + "9" * 500 + "]}", ["not feature columns"]),
+        ("[" * 100_000 + "]" * 100_000, ["not valid JSON"]),
+        ('{"cat_index_list": null}', ["integer column indexes"]),
+        ('{"cat_index_list": [true]}', ["integer column indexes"]),
+    ],
+)
+def test_categorical_index_edge_cases(tmp_path: Path, content: str, words: list[str] | None):
+    folder = _channel(tmp_path, "data.csv", _rows())
+    (folder / "categorical_index.json").write_text(content, encoding="utf-8")
+    if words is None:
+        assert read_labelled(folder, "").categorical_columns == ["c1"]
+        return
+    with pytest.raises(UserError) as error:
+        read_labelled(folder, "")
+    message = str(error.value)
+    assert "categorical_index.json" in message and len(message) < 1000
+    for word in words:
+        assert word in message
