@@ -224,3 +224,104 @@ def test_categorical_index_edge_cases(tmp_path: Path, content: str, words: list[
     assert "categorical_index.json" in message and len(message) < 1000
     for word in words:
         assert word in message
+
+
+# --- numbers at the edges -----------------------------------------------------------------
+
+
+def _labelled(tmp_path: Path, lines: list[str]) -> tuple[pd.DataFrame, pd.Series]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    folder = _channel(tmp_path, "data.csv", ("y,x,colour\n" + "\n".join(lines) + "\n").encode())
+    table = read_labelled(folder, "y")
+    return table.features, table.target
+
+
+def _regression_lines(n: int = 30) -> list[str]:
+    return [f"{i * 1.5},{i % 7},{'ab'[i % 2]}" for i in range(n)]
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "Infinity", "1e400", "1" * 400])
+def test_non_finite_feature_is_refused_in_training(tmp_path: Path, bad: str):
+    lines = _regression_lines()
+    lines[4] = f"3.0,{bad},a"
+    features, _ = _labelled(tmp_path, lines)
+    with pytest.raises(UserError, match=r"file data\.csv, line 6, column 'x': .*finite"):
+        TablePreprocessor.fit(features, None)
+
+
+@pytest.mark.parametrize("bad", ["1e200", "-1e151"])
+def test_overflowing_feature_is_refused_in_training(tmp_path: Path, bad: str):
+    lines = _regression_lines()
+    lines[0] = f"3.0,{bad},a"
+    features, _ = _labelled(tmp_path, lines)
+    with pytest.raises(UserError, match=r"line 2, column 'x': .*1e\+150"):
+        TablePreprocessor.fit(features, None)
+
+
+def test_extreme_but_finite_features_give_finite_quantiles(tmp_path: Path):
+    lines = _regression_lines()
+    lines[0], lines[1] = "1,1e150,a", "2,-1e150,b"
+    features, _ = _labelled(tmp_path, lines)
+    pre = TablePreprocessor.fit(features, None)
+    assert all(np.isfinite(q) for col in pre.numeric for q in col.quantiles)
+    assert np.isfinite(pre.transform(features)[1]).all()
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "1e308", "-1e308", "1e200", "9" * 400])
+def test_non_finite_or_overflowing_regression_target_is_refused(tmp_path: Path, bad: str):
+    lines = _regression_lines()
+    lines[7] = f"{bad},1,a"
+    _, target = _labelled(tmp_path, lines)
+    for task in ("auto", "regression"):
+        with pytest.raises(UserError, match=r"file data\.csv, line 9, column 'y'"):
+            TargetEncoder.fit(target, task, 20)
+
+
+def test_overflowing_target_in_validation_is_refused(tmp_path: Path):
+    _, target = _labelled(tmp_path, _regression_lines())
+    encoder = TargetEncoder.fit(target, "regression", 20)
+    lines = _regression_lines()
+    lines[2] = "1e300,1,a"
+    _, valid = _labelled(tmp_path / "v", lines)
+    with pytest.raises(UserError, match=r"line 4, column 'y'"):
+        encoder.encode(valid)
+
+
+def test_standardised_target_is_finite_at_the_edges(tmp_path: Path):
+    lines = _regression_lines()
+    lines[0], lines[1] = "1e150,1,a", "-1e150,2,b"
+    _, target = _labelled(tmp_path, lines)
+    encoder = TargetEncoder.fit(target, "regression", 20)
+    assert np.isfinite([encoder.mean, encoder.std]).all()
+    assert np.isfinite(encoder.encode(target)).all()
+
+
+@pytest.mark.parametrize("n_rows", [1])
+def test_too_few_regression_rows_is_a_user_error(tmp_path: Path, n_rows: int):
+    _, target = _labelled(tmp_path, _regression_lines(n_rows))
+    with pytest.raises(UserError, match="at least 2"):
+        TargetEncoder.fit(target, "auto", 20)
+
+
+@pytest.mark.parametrize(
+    "values, words",
+    [
+        ([1.0, float("inf")], ["row 2, column 'age'", "finite"]),
+        (["1", "-Infinity"], ["row 2, column 'age'", "finite"]),
+        ([1, 10**400], ["row 2, column 'age'", "finite"]),
+        ([{"a": 1}, 2], ["row 1, column 'age'", "not a number"]),
+    ],
+)
+def test_to_numbers_names_the_row_of_a_bad_request_value(values: list, words: list[str]):
+    series = pd.Series(values, index=pd.RangeIndex(1, len(values) + 1), dtype=object)
+    with pytest.raises(UserError) as error:
+        to_numbers(series, "age")
+    for word in words:
+        assert word in str(error.value)
+
+
+def test_to_numbers_keeps_missing_and_signed_zero():
+    series = pd.Series([None, "-0", "1e-320", "5e-324", float("nan")], dtype=object)
+    x = to_numbers(series, "v")
+    assert np.isnan(x[0]) and np.isnan(x[4])
+    assert x[1] == 0 and np.signbit(x[1]) and x[2] == 1e-320 and x[3] == 5e-324
