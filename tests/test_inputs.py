@@ -21,7 +21,7 @@ from conftest import FAST, Job, make_table
 
 from tabtransformer import hyperparameters
 from tabtransformer.artifacts import read_artifact
-from tabtransformer.channels import read_file, read_labelled
+from tabtransformer.channels import read_labelled
 from tabtransformer.errors import USER_ERROR_EXIT_CODE, UserError
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder, to_numbers
 
@@ -52,7 +52,7 @@ def test_huge_numbers_are_out_of_range_not_a_crash(raw):
 
 @pytest.mark.parametrize("value", [{"a": 1}, [1, 2], None, '{"a": 1}', "[1]"])
 def test_string_hyperparameter_must_be_a_string(value):
-    with pytest.raises(UserError, match="'target_column'.*a string"):
+    with pytest.raises(UserError, match=r"'target_column'.*a string"):
         hyperparameters.parse({"target_column": value})
 
 
@@ -325,3 +325,88 @@ def test_to_numbers_keeps_missing_and_signed_zero():
     x = to_numbers(series, "v")
     assert np.isnan(x[0]) and np.isnan(x[4])
     assert x[1] == 0 and np.signbit(x[1]) and x[2] == 1e-320 and x[3] == 5e-324
+
+
+# --- through the real `train` entry point ---------------------------------------------------
+
+
+def _client_error(job: Job, *words: str) -> str:
+    result = job.train()
+    assert result.returncode == USER_ERROR_EXIT_CODE, result.stdout + result.stderr
+    reason = job.failure
+    assert reason.startswith("ClientError: "), reason
+    assert "Traceback" not in reason and "Traceback" not in result.stdout + result.stderr
+    for word in words:
+        assert word in reason, reason
+    return reason
+
+
+@pytest.mark.parametrize(
+    "target, words",
+    [
+        ("1e308", ["line 4", "column '0'", "out of range", "1e+150"]),
+        ("-inf", ["line 4", "column '0'", "out of range"]),
+    ],
+)
+def test_train_refuses_a_non_finite_or_overflowing_target(job: Job, target: str, words):
+    table = make_table("regression", n=60).astype({"label": object})
+    table.loc[3, "label"] = target
+    job.channel("training", table)
+    _client_error(job, "file data.csv", *words)
+
+
+def test_train_refuses_an_infinite_feature(job: Job):
+    table = make_table("binary", n=60).astype({"size": object})
+    table.loc[10, "size"] = "inf"
+    job.channel("training", table, header=True)
+    job.hyperparameters({**FAST, "target_column": "label"})
+    _client_error(job, "file data.csv, line 12, column 'size'", "out of range")
+
+
+@pytest.mark.parametrize("content", ["[]", '"n_epochs=3"', "null"])
+def test_train_refuses_a_hyperparameters_file_that_is_not_an_object(job: Job, content: str):
+    job.channel("training", make_table("binary", n=60))
+    (job.config / "hyperparameters.json").write_text(content)
+    _client_error(job, "hyperparameters.json must be a JSON object")
+
+
+def test_train_refuses_a_400_digit_hyperparameter(job: Job):
+    job.channel("training", make_table("binary", n=60))
+    (job.config / "hyperparameters.json").write_text('{"n_epochs": ' + "9" * 400 + "}")
+    _client_error(job, "'n_epochs'", "[1, 100000]")
+
+
+def test_train_refuses_a_structured_target_column(job: Job):
+    job.channel("training", make_table("binary", n=60), header=True)
+    job.hyperparameters({"target_column": {"a": 1}})
+    _client_error(job, "'target_column'", "a string")
+
+
+def test_train_refuses_a_truncated_gzip_csv(job: Job):
+    path = job.channel("training", make_table("binary", n=2000))
+    whole = gzip.compress(path.read_bytes())
+    path.unlink()
+    (path.parent / "data.csv.gz").write_bytes(whole[: len(whole) // 2])
+    _client_error(job, "data.csv.gz is a truncated or damaged gzip file")
+
+
+def test_train_refuses_a_truncated_model_tarball(job: Job, tmp_path: Path):
+    job.channel("training", make_table("binary", n=60))
+    whole = _model_tarball(tmp_path)
+    (job.data / "model").mkdir(parents=True)
+    (job.data / "model" / "model.tar.gz").write_bytes(whole[: len(whole) // 2])
+    _client_error(job, "model.tar.gz is not a readable model.tar.gz", "truncated")
+
+
+def test_train_refuses_a_single_regression_row(job: Job):
+    job.channel("training", make_table("regression", n=60).head(1))
+    _client_error(job, "1 labelled row(s)", "at least 2")
+
+
+@pytest.mark.slow
+def test_train_reads_a_header_with_a_byte_order_mark(job: Job):
+    path = job.channel("training", make_table("binary", n=120), header=True)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    job.hyperparameters({**FAST, "n_epochs": "1", "target_column": "label"})
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr

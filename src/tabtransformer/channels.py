@@ -248,9 +248,7 @@ def _csv_advice(error: Exception) -> str:
 def _check_flat(path: Path, schema: pa.Schema) -> None:
     """Parquet columns must be flat: numbers, text, booleans, dates (not lists or structs)."""
     for field in schema:
-        if pa.types.is_nested(field.type) or pa.types.is_dictionary(field.type) and (
-            pa.types.is_nested(field.type.value_type)
-        ):
+        if pa.types.is_nested(field.type):
             raise UserError(
                 f"Parquet file {path}: column '{field.name}' has the nested type "
                 f"{field.type}; every column must hold single values (numbers, text, "
