@@ -240,21 +240,13 @@ def _regression_lines(n: int = 30) -> list[str]:
     return [f"{i * 1.5},{i % 7},{'ab'[i % 2]}" for i in range(n)]
 
 
-@pytest.mark.parametrize("bad", ["inf", "-inf", "Infinity", "1e400", "1" * 400])
-def test_non_finite_feature_is_refused_in_training(tmp_path: Path, bad: str):
+@pytest.mark.parametrize("bad", ["inf", "-inf", "Infinity", "1e400", "1" * 400, "1e200", "-1e151"])
+def test_non_finite_or_overflowing_feature_is_refused_in_training(tmp_path: Path, bad: str):
     lines = _regression_lines()
     lines[4] = f"3.0,{bad},a"
     features, _ = _labelled(tmp_path, lines)
-    with pytest.raises(UserError, match=r"file data\.csv, line 6, column 'x': .*finite"):
-        TablePreprocessor.fit(features, None)
-
-
-@pytest.mark.parametrize("bad", ["1e200", "-1e151"])
-def test_overflowing_feature_is_refused_in_training(tmp_path: Path, bad: str):
-    lines = _regression_lines()
-    lines[0] = f"3.0,{bad},a"
-    features, _ = _labelled(tmp_path, lines)
-    with pytest.raises(UserError, match=r"line 2, column 'x': .*1e\+150"):
+    message = r"file data\.csv, line 6, column 'x': .* must be finite and at most 1e\+150"
+    with pytest.raises(UserError, match=message):
         TablePreprocessor.fit(features, None)
 
 
