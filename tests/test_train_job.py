@@ -304,7 +304,7 @@ def test_validation_channel_with_other_columns(job: Job):
 
 def test_too_few_rows_to_hold_out_validation(job: Job):
     job.channel("training", make_table("regression").head(1))
-    rejected(job, "1 row(s)", "'validation' channel")
+    rejected(job, "1 labelled row(s)", "'validation' channel")
 
 
 @pytest.mark.slow

@@ -8,11 +8,14 @@ or a `model.tar.gz` of it, as SageMaker writes it to S3.
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import os
 import shutil
 import tarfile
 import tempfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +33,8 @@ CONFIG = "model_config.json"
 PREPROCESSING = "preprocessing.json"
 METRICS = "metrics.json"
 HYPERPARAMETERS = "hyperparameters.json"
+# What a truncated or damaged tarball raises while it is unpacked (gzip, bzip2, xz, tar).
+UNREADABLE_ARCHIVE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
 
 
 @dataclass
@@ -82,9 +87,15 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
             try:
                 with tarfile.open(path) as tar:
                     tar.extractall(tmp, filter="data")
-            except tarfile.TarError as e:
-                raise UserError(f"{path} is not a readable model.tar.gz: {e}") from None
-            return _read_folder(Path(tmp))
+            except UNREADABLE_ARCHIVE as e:
+                raise UserError(
+                    f"{path} is not a readable model.tar.gz ({e}); it may be truncated or "
+                    "damaged: use the model.tar.gz a training job of this image wrote."
+                ) from None
+            try:
+                return _read_folder(Path(tmp))
+            except UserError as e:  # name the tarball, not the scratch folder
+                raise UserError(str(e).replace(tmp, str(path))) from None
     return _read_folder(path)
 
 

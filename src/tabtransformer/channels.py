@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import csv
 import gzip
-import io
 import json
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +37,9 @@ CATEGORICAL_INDEX_FILE = "categorical_index.json"
 SUBFOLDERS = ("train", "training", "validation", "unlabeled")
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
+# The longest CSV row (record) read, in bytes: pyarrow parses in blocks of this size, and
+# a row must fit in one block.
+MAX_ROW_BYTES = 16 * 1024 * 1024
 KNOWN_CHANNELS = ("training", "validation", "unlabeled", "model")
 CONTENT_TYPES = (
     "text/csv",
@@ -54,7 +57,7 @@ def read_json_config(path: Path, default: Any) -> Any:
         return default
     try:
         return json.loads(path.read_text())
-    except ValueError as e:
+    except (ValueError, RecursionError) as e:
         raise UserError(f"{path} is not valid JSON: {e}") from None
 
 
@@ -144,8 +147,8 @@ def read_categorical_index(
         return None
     path = found[0] / CATEGORICAL_INDEX_FILE
     try:
-        content = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
+        content = json.loads(path.read_text(encoding="utf-8-sig"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
         raise UserError(
             f'{path} is not valid JSON ({e}). Expected {{"cat_index_list": [1, 4, ...]}}.'
         ) from None
@@ -167,10 +170,32 @@ def read_categorical_index(
     return sorted(set(indexes))
 
 
-def _open_text_head(path: Path) -> str:
-    opener = gzip.open if _magic(path, 2) == GZIP_MAGIC else open
-    with opener(path, "rt", newline="", encoding="utf-8", errors="replace") as f:
-        return f.readline()
+def _first_record(path: Path) -> list[str] | None:
+    """The fields of the first CSV record (a header may span lines inside quotes); None
+    when the file is empty. A UTF-8 byte-order mark is dropped."""
+    compressed = _magic(path, 2) == GZIP_MAGIC
+    opener = gzip.open if compressed else open
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES))
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig", errors="replace") as f:
+            return next(csv.reader(f), None)
+    except csv.Error as e:
+        raise UserError(f"File {path}, line 1: cannot parse the CSV: {_csv_advice(e)}") from None
+    except GZIP_ERRORS as e:
+        if not compressed:
+            raise
+        raise _damaged_gzip(path, e) from None
+
+
+# What a truncated or damaged gzip stream raises (Python's gzip, and pyarrow's).
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile, OSError)
+
+
+def _damaged_gzip(path: Path, error: BaseException) -> UserError:
+    return UserError(
+        f"File {path} is a truncated or damaged gzip file ({error}). Upload it again, or "
+        "check it with `gzip -t`."
+    )
 
 
 def _magic(path: Path, n: int) -> bytes:
@@ -186,32 +211,38 @@ def read_file(path: Path, header: bool) -> pd.DataFrame:
     """
     if _magic(path, 4) == PARQUET_MAGIC:
         try:
-            frame = pq.read_table(path).to_pandas()
-        except pa.ArrowException as e:
+            table = pq.read_table(path)
+            _check_flat(path, table.schema)
+            frame = table.to_pandas()
+        except (pa.ArrowException, OSError) as e:
             raise UserError(f"Cannot read Parquet file {path}: {e}") from None
         if not header:
             frame.columns = [str(i) for i in range(frame.shape[1])]
         frame.index = pd.RangeIndex(1, len(frame) + 1, name="line")
         return frame
-    first = _open_text_head(path)
-    if not first.strip():
+    names = _first_record(path)
+    if not names or names == [""]:
         raise UserError(
             f"File {path} is empty (its first line is blank). Remove it from the "
             "channel or fill it with rows."
         )
-    names = next(csv.reader(io.StringIO(first)))
     if not header:
         names = [str(i) for i in range(len(names))]
     elif len(set(names)) != len(names):
         dupes = sorted({n for n in names if names.count(n) > 1})
         raise UserError(f"File {path} has duplicate column names in its header: {dupes}.")
     compression = "gzip" if _magic(path, 2) == GZIP_MAGIC else None
-    frame = parse_csv(
-        pa.input_stream(str(path), compression=compression),
-        names,
-        skip_rows=1 if header else 0,
-        locate=lambda line: f"File {path}, line {line}",
-    )
+    try:
+        frame = parse_csv(
+            pa.input_stream(str(path), compression=compression),
+            names,
+            skip_rows=1 if header else 0,
+            locate=lambda line: f"File {path}, line {line}",
+        )
+    except GZIP_ERRORS as e:
+        if compression is None:
+            raise
+        raise _damaged_gzip(path, e) from None
     start = 2 if header else 1
     frame.index = pd.RangeIndex(start, start + len(frame), name="line")
     return frame
@@ -235,15 +266,20 @@ def parse_csv(
         table = pacsv.read_csv(
             source,
             read_options=pacsv.ReadOptions(
-                column_names=names, skip_rows=skip_rows, use_threads=False
+                column_names=names,
+                skip_rows_after_names=skip_rows,  # records, not lines: a header may span lines
+                use_threads=False,
+                block_size=MAX_ROW_BYTES,
             ),
-            parse_options=pacsv.ParseOptions(invalid_row_handler=on_invalid),
+            parse_options=pacsv.ParseOptions(
+                invalid_row_handler=on_invalid, newlines_in_values=True
+            ),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in names}, strings_can_be_null=True
             ),
         )
     except pa.ArrowException as e:
-        raise UserError(f"{locate('?')}: cannot parse the CSV: {e}") from None
+        raise UserError(f"{locate('?')}: cannot parse the CSV: {_csv_advice(e)}") from None
     if bad_rows:
         row = bad_rows[0]
         raise UserError(
@@ -253,6 +289,31 @@ def parse_csv(
             f"Row text: {row.text[:200]!r}"
         )
     return table.to_pandas()
+
+
+def _csv_advice(error: Exception) -> str:
+    """A CSV parse error (pyarrow's or Python's), with what the user can do about it."""
+    text = str(error)
+    if "straddl" in text or "block size" in text or "field limit" in text:
+        return (
+            f"a row is longer than {MAX_ROW_BYTES // 2**20} MiB, the longest this algorithm "
+            "reads (or a quote is not closed, so that the rest of the file reads as one "
+            "field). Check the quoting, or shorten that row."
+        )
+    if "invalid UTF8" in text:
+        return f"{text}. The CSV must be UTF-8 text: save it as UTF-8."
+    return text
+
+
+def _check_flat(path: Path, schema: pa.Schema) -> None:
+    """Parquet columns must be flat: numbers, text, booleans, dates (not lists or structs)."""
+    for field in schema:
+        if pa.types.is_nested(field.type):
+            raise UserError(
+                f"Parquet file {path}: column '{field.name}' has the nested type "
+                f"{field.type}; every column must hold single values (numbers, text, "
+                "booleans or dates). Flatten it first."
+            )
 
 
 def read_files(files: list[Path], header: bool) -> pd.DataFrame:

@@ -70,24 +70,30 @@ class Hyperparameter:
             if str(raw).strip().lower() in ("false", "0", "no"):
                 return False
             raise self._error(raw)
-        if self.type is int:
+        if self.type in (int, float):
+            if isinstance(raw, bool):  # true is not the number 1
+                raise self._error(raw)
             try:
                 number = float(raw)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: 400-digit ints
                 raise self._error(raw) from None
+            if self.type is float:
+                return number
             if not number.is_integer():
                 raise self._error(raw)
             return int(number)
-        if self.type is float:
-            try:
-                return float(raw)
-            except (TypeError, ValueError):
-                raise self._error(raw) from None
-        return str(raw)
+        if isinstance(raw, str):
+            return raw
+        if isinstance(raw, (bool, int, float)):  # written unquoted in hyperparameters.json
+            return json.dumps(raw) if isinstance(raw, bool) else str(raw)
+        raise self._error(raw)  # an object, a list or null
 
     def _error(self, raw: Any) -> UserError:
+        shown = repr(raw)
+        if len(shown) > 80:
+            shown = f"{shown[:60]}... ({len(shown)} characters)"
         return UserError(
-            f"Hyperparameter '{self.name}' has the invalid value {raw!r}: "
+            f"Hyperparameter '{self.name}' has the invalid value {shown}: "
             f"it must be {self.allowed()}."
         )
 
@@ -324,18 +330,30 @@ def defaults() -> dict[str, Any]:
     return {p.name: p.default for p in SCHEMA}
 
 
-def _decode(raw: Any) -> Any:
-    """SageMaker passes strings, and the Python SDK JSON-encodes them once more."""
+def _decode(raw: Any, kind: type) -> Any:
+    """SageMaker passes strings, and the Python SDK JSON-encodes them once more.
+
+    For a string parameter, text that decodes to a number, true/false or null stays the
+    text it is (a column may be named "1e3" or "null"); a JSON object or list does not.
+    """
     if not isinstance(raw, str):
         return raw
     try:
-        return json.loads(raw)
-    except ValueError:
+        decoded = json.loads(raw)
+    except (ValueError, RecursionError):
         return raw
+    if kind is str and not isinstance(decoded, (str, dict, list)):
+        return raw
+    return decoded
 
 
 def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a hyperparameter map as SageMaker writes it and fill in defaults."""
+    if not isinstance(raw, Mapping):
+        raise UserError(
+            "hyperparameters.json must be a JSON object of name: value pairs, like "
+            f'{{"n_epochs": "20"}}; got {json.dumps(raw)[:100]}.'
+        )
     values = defaults()
     unknown = []
     for key, raw_value in raw.items():
@@ -344,7 +362,8 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
         if key not in BY_NAME:
             unknown.append(key)
             continue
-        values[key] = BY_NAME[key].parse(_decode(raw_value))
+        param = BY_NAME[key]
+        values[key] = param.parse(_decode(raw_value, param.type))
     if unknown:
         raise UserError(
             f"Unknown hyperparameter(s): {', '.join(sorted(unknown))}. "

@@ -12,6 +12,7 @@ the median.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -27,6 +28,9 @@ MISSING_CODE = 0
 UNSEEN_CODE = 1
 N_SPECIAL_CODES = 2
 MAX_QUANTILES = 1000
+# The largest magnitude of a number trained on. Beyond it, differences and squares (quantile
+# interpolation, standardising the target, squared errors) can overflow float64.
+MAX_TRAINING_MAGNITUDE = 1e150
 
 
 def where(label: Any) -> str:
@@ -36,20 +40,56 @@ def where(label: Any) -> str:
     return f"row {label}"
 
 
-def to_numbers(values: pd.Series, column: str) -> np.ndarray:
-    """Parse a column as float64 (missing = NaN); a non-number raises UserError naming it."""
+def to_numbers(values: pd.Series, column: str, limit: float = math.inf) -> np.ndarray:
+    """Parse a column as float64 (missing = NaN).
+
+    A value that is not a number, is infinite, or exceeds `limit` in magnitude (training
+    passes MAX_TRAINING_MAGNITUDE) raises a UserError naming its row and column.
+    """
     if pd.api.types.is_bool_dtype(values.dtype):
         return values.astype("float64").to_numpy()
-    numbers = pd.to_numeric(values, errors="coerce")
-    bad = numbers.isna() & values.notna()
+    numbers = _parse_numbers(values)
+    bad = (numbers.isna() & values.notna()).to_numpy()
     if bad.any():
-        label = values.index[bad.to_numpy().argmax()]
-        raise UserError(
-            f"{where(label)}, column '{column}': {values[label]!r} is not a number, and "
-            f"'{column}' is a numeric column ({int(bad.sum())} such value(s)). Send a number "
-            "or an empty cell for missing."
+        raise _bad_number(
+            values, bad, column, f"is not a number, and '{column}' is a numeric column"
         )
-    return numbers.to_numpy(dtype="float64")
+    x = numbers.to_numpy(dtype="float64")
+    out_of_range = np.isinf(x) | (np.abs(x) > limit)  # NaN (missing) compares False
+    if out_of_range.any():
+        bound = f" and at most {limit:g} in magnitude" if math.isfinite(limit) else ""
+        raise _bad_number(
+            values, out_of_range, column, f"is out of range: numbers must be finite{bound}"
+        )
+    return x
+
+
+def _parse_numbers(values: pd.Series) -> pd.Series:
+    """pd.to_numeric, tolerating what it cannot take (ints beyond float range: infinite)."""
+    try:
+        return pd.to_numeric(values, errors="coerce")
+    except (OverflowError, TypeError, ValueError):
+        return pd.Series([_to_float(v) for v in values], index=values.index, dtype="float64")
+
+
+def _to_float(value: Any) -> float:
+    try:
+        return float(value)
+    except OverflowError:  # an integer too large for float64
+        return math.inf if value > 0 else -math.inf
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _bad_number(values: pd.Series, bad: np.ndarray, column: str, problem: str) -> UserError:
+    first = int(bad.argmax())
+    shown = repr(values.iloc[first])
+    if len(shown) > 60:
+        shown = f"{shown[:40]}... ({len(shown)} characters)"
+    return UserError(
+        f"{where(values.index[first])}, column '{column}': {shown} {problem} "
+        f"({int(bad.sum())} such value(s)). Send a number, or an empty cell for missing."
+    )
 
 
 def to_tokens(values: pd.Series) -> pd.Series:
@@ -81,7 +121,7 @@ def _is_numeric_column(values: pd.Series) -> bool:
     if pd.api.types.is_numeric_dtype(values.dtype):
         return True
     present = values.dropna()
-    return bool(pd.to_numeric(present, errors="coerce").notna().all())
+    return bool(_parse_numbers(present).notna().all())
 
 
 @dataclass
@@ -156,7 +196,7 @@ class TablePreprocessor:
                 ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
                 cat_cols.append(CategoricalColumn(name, [str(k) for k, _ in ordered]))
             else:
-                x = to_numbers(values, name)
+                x = to_numbers(values, name, MAX_TRAINING_MAGNITUDE)
                 present = x[~np.isnan(x)]
                 n_missing = len(x) - len(present)
                 median = float(np.median(present)) if len(present) else 0.0
@@ -258,10 +298,17 @@ class TargetEncoder:
     @classmethod
     def fit(cls, target: pd.Series, task: str, max_classes: int) -> TargetEncoder:
         """Detect (task='auto') or check the task and learn the classes or the scaling."""
+        if len(target) < 2:
+            raise UserError(
+                f"The training data has {len(target)} labelled row(s): training needs at "
+                "least 2 (and enough to hold some out for validation unless there is a "
+                "'validation' channel)."
+            )
         numeric = _is_numeric_column(target)
+        column = _column_name(target)
         if task == "auto":
             if numeric:
-                x = to_numbers(target, "target")
+                x = to_numbers(target, column)
                 is_int = bool(np.all(np.mod(x, 1) == 0))
                 n_unique = len(np.unique(x))
                 classes = is_int and n_unique <= max_classes
@@ -269,7 +316,7 @@ class TargetEncoder:
             else:
                 task = "binary" if target.nunique() == 2 else "multiclass"
         if task == "regression":
-            x = to_numbers(target, "target")
+            x = to_numbers(target, column, MAX_TRAINING_MAGNITUDE)
             std = float(np.std(x))
             return cls("regression", None, float(np.mean(x)), std if std > 0 else 1.0)
         labels = _labels(target, numeric)
@@ -293,7 +340,7 @@ class TargetEncoder:
     def encode(self, target: pd.Series) -> np.ndarray:
         """Labels to class indexes (int64) or to the standardised target (float32)."""
         if self.task == "regression":
-            x = to_numbers(target, "target")
+            x = to_numbers(target, _column_name(target), MAX_TRAINING_MAGNITUDE)
             return ((x - self.mean) / self.std).astype(np.float32)  # a fresh, writable array
         labels = pd.Series(
             _labels(target, _is_numeric_column(target)), index=target.index, dtype=object
@@ -320,10 +367,15 @@ class TargetEncoder:
         return cls(**data)
 
 
+def _column_name(target: pd.Series) -> str:
+    """The target's column name for messages: its header name, or its file column index."""
+    return "target" if target.name is None else str(target.name)
+
+
 def _labels(target: pd.Series, numeric: bool) -> list[Any]:
     """Class labels as JSON-friendly Python values: ints for integer labels, else strings."""
     if numeric:
-        x = to_numbers(target, "target")
+        x = to_numbers(target, _column_name(target))
         if np.all(np.mod(x, 1) == 0):
             return [int(v) for v in x]
         return [float(v) for v in x]
