@@ -201,6 +201,12 @@ def build_model(
             attn_dropout=hp["attn_dropout"],
             mlp_dropout=hp["mlp_dropout"],
             continuous_norm=hp["continuous_norm"],
+            numeric_embedding=hp["numeric_embedding"],
+            numeric_bin_edges=[c.bin_edges for c in pre.numeric]
+            if hp["numeric_embedding"] == "ple"
+            else [],
+            ensemble_size=hp["ensemble_size"],
+            mlp_hidden_cap=hp["mlp_hidden_cap"],
         )
     )
 
@@ -307,7 +313,8 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
         check_schema(base.preprocessor, feature_rows, categorical)
         pre = base.preprocessor
     else:
-        pre = TablePreprocessor.fit(feature_rows, categorical, hp["continuous_bins"])
+        numeric_bins = hp["numeric_bins"] if hp["numeric_embedding"] != "none" else 0
+        pre = TablePreprocessor.fit(feature_rows, categorical, hp["continuous_bins"], numeric_bins)
     log.info("%s", pre.describe())
 
     model = build_model(hp, pre, target.n_outputs if target else 1, base)

@@ -23,6 +23,7 @@ from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import World, wrap
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
+from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 
 log = logging.getLogger(__name__)
 EVAL_BATCH_ROWS = 8192
@@ -66,18 +67,32 @@ def batches(
     yield from order.split(batch_size)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-    """One gradient step on `loss`; returns its value."""
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float = 0.0
+) -> float:
+    """One gradient step on `loss` (its global gradient norm clipped to `grad_clip` when
+    > 0); returns its value."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return loss.item()
 
 
 def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if task == "regression":
-        return lambda out, y: F.mse_loss(out[:, 0].float(), y)
-    return lambda out, y: F.cross_entropy(out.float(), y)
+    """The mean over ensemble members of each member's loss: outputs (B, k, n_outputs)
+    (or (B, n_outputs), one member) against targets (B,)."""
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = (out if out.ndim == 3 else out.unsqueeze(1)).float()  # (B, k, n_outputs)
+        k = out.shape[1]
+        if task == "regression":
+            return F.mse_loss(out[:, :, 0], y[:, None].expand(-1, k))
+        return F.cross_entropy(out.flatten(0, 1), y.repeat_interleave(k))
+
+    return loss
 
 
 def format_duration(seconds: float) -> str:
@@ -102,10 +117,12 @@ def predict_raw(model: TabTransformer, data: Encoded, device: torch.device) -> t
 
 
 def to_prediction(raw: torch.Tensor, target: TargetEncoder) -> np.ndarray:
-    """Probabilities (N, C), or regression predictions in target units (N,)."""
+    """Probabilities (N, C), or regression predictions in target units (N,): the mean over
+    ensemble members (raw (N, k, n_outputs)) of their probabilities or values."""
+    members = (raw if raw.ndim == 3 else raw.unsqueeze(1)).double()  # (N, k, n_outputs)
     if target.task == "regression":
-        return target.decode_regression(raw[:, 0].double().numpy())
-    return torch.softmax(raw.double(), dim=1).numpy()
+        return target.decode_regression(members[:, :, 0].mean(dim=1).numpy())
+    return torch.softmax(members, dim=2).mean(dim=1).numpy()
 
 
 def evaluate(
@@ -157,11 +174,18 @@ def fit(
     for epoch in range(first_epoch, n_epochs + 1):
         epoch_start = time.perf_counter()
         total, seen = 0.0, 0
-        for index in batches(len(train), hp["batch_size"], generator, world):
+        epoch_batches = list(batches(len(train), hp["batch_size"], generator, world))
+        for step, index in enumerate(epoch_batches):
+            progress = epoch - 1 + (step + 1) / len(epoch_batches)
+            factor = learning_rate_factor(
+                progress, n_epochs, hp["warmup_epochs"], hp["lr_schedule"]
+            )
+            set_learning_rate(optimizer, hp["learning_rate"] * factor)
             batch = train_on_device.rows(index.to(device))
             with autocast(device):
                 out = trained(batch.codes, batch.numbers)
-            total += optimizer_step(optimizer, criterion(out, batch.target)) * len(index)
+            loss = criterion(out, batch.target)
+            total += optimizer_step(optimizer, loss, hp["grad_clip"]) * len(index)
             seen += len(index)
             checkpoint.stop_if_requested(loop)
         train_loss = total / seen
