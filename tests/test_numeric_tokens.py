@@ -115,7 +115,7 @@ def test_preprocessing_keeps_missing_numbers_and_saves_bin_edges_as_json():
     features = FEATURES.copy()
     features["empty"] = np.nan  # an all-missing numeric column
     pre = TablePreprocessor.fit(features, None, numeric_bins=8)
-    codes, numbers = pre.transform(features)
+    numbers = pre.transform(features)[1]
     weight, empty = pre.feature_names.index("weight") - 2, len(pre.numeric) - 1
     assert np.isnan(numbers[:, weight]).sum() == features["weight"].isna().sum() == 5
     assert np.isnan(numbers[:, empty]).all()

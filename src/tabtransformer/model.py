@@ -34,6 +34,7 @@ first hidden width (4l) at that value; the second is always half of the first.
 
 from __future__ import annotations
 
+import itertools
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -248,7 +249,7 @@ def mlp_head(widths: list[int], dropout: float, k: int) -> nn.Sequential:
     weight per layer (tabm's LinearEnsemble, input and output (B, k, width)), which do not
     interact; k = 1: plain nn.Linear layers (the paper's parameter names and shapes)."""
     layers: list[nn.Module] = []
-    for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(n_in, n_out) if k == 1 else LinearEnsemble(n_in, n_out, k=k))
         if i < len(widths) - 2:
             layers += [nn.ReLU(), nn.Dropout(dropout)]
