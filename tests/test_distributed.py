@@ -10,11 +10,10 @@ import sys
 
 import pytest
 import torch
-from conftest import FAST, TRAIN_ENTRY, Job, make_table
+from conftest import FAST, TRAIN_ENTRY, Job, free_port, make_table
 
 from tabtransformer import load_model
 from tabtransformer.distributed import World
-from tabtransformer.serving.local import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -9,10 +9,8 @@ import re
 import boto3
 import pandas as pd
 import pytest
-from conftest import REPO, Job, make_table
+from conftest import REPO, Job, free_port, make_table
 from moto.server import ThreadedMotoServer
-
-from tabtransformer.serving.local import free_port
 
 spec = importlib.util.spec_from_file_location("launch", REPO / "scripts" / "sagemaker_launch.py")
 launch = importlib.util.module_from_spec(spec)

@@ -13,14 +13,17 @@ import torch
 from conftest import FAST, Job, Server, make_table
 from safetensors.torch import load_file
 
-from tabtransformer import hyperparameters, load_model
+from tabtransformer import hyperparameters, load_model, training
 from tabtransformer.artifacts import read_artifact
+from tabtransformer.checkpoints import Checkpointer, StopFlag, Stopped
 from tabtransformer.errors import UserError
-from tabtransformer.job import build_model
+from tabtransformer.inference import Encoded, to_prediction
+from tabtransformer.job import architecture, build_model
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.schedule import learning_rate_factor
-from tabtransformer.training import loss_fn, to_prediction
+from tabtransformer.settings import PhaseSettings
+from tabtransformer.training import FitSettings, fit, loss_fn, validation_scores
 
 DATA = Path(__file__).parent / "data"
 OLD_ARTIFACT = DATA / "old_artifact"  # written by the code before numeric tokens existed
@@ -41,7 +44,7 @@ def test_paper_settings_build_the_paper_network_parameter_for_parameter():
     hp = hyperparameters.parse(artifact_hp)
     assert (hp["numeric_embedding"], hp["ensemble_size"], hp["mlp_hidden_cap"]) == ("none", 1, 0)
     pre = read_artifact(OLD_ARTIFACT).preprocessor
-    model = build_model(hp, pre, n_outputs=2, base=None)
+    model = build_model(architecture(hp), pre, n_outputs=2, base=None)
     old = load_file(OLD_ARTIFACT / "model.safetensors")
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
         k: tuple(v.shape) for k, v in old.items()
@@ -148,6 +151,24 @@ def test_ensemble_prediction_is_the_mean_of_member_probabilities():
     assert torch.isclose(loss_fn("multiclass")(raw, y), torch.stack(members).mean())
 
 
+def test_validation_loss_is_the_members_mean_and_metrics_score_the_averaged_prediction():
+    torch.manual_seed(0)
+    model = TabTransformer(tiny_config(n_outputs=2, ensemble_size=3))
+    codes, numbers = torch.randint(2, 4, (64, 2)), torch.randn(64, 2)
+    y = torch.randint(0, 2, (64,))
+    scores = validation_scores(
+        model, Encoded(codes, numbers, y), TargetEncoder("binary", [0, 1]), torch.device("cpu")
+    )
+    with torch.no_grad():
+        raw = model.eval()(codes, numbers).double()
+    members = [torch.nn.functional.cross_entropy(raw[:, j], y) for j in range(3)]
+    averaged = torch.softmax(raw, dim=2).mean(dim=1)
+    assert scores["loss"] == pytest.approx(float(torch.stack(members).mean()), rel=1e-5)
+    log_loss = float(-averaged[torch.arange(64), y].log().mean())
+    assert scores["log_loss"] == pytest.approx(log_loss, rel=1e-5)
+    assert scores["loss"] != pytest.approx(scores["log_loss"], rel=1e-5)  # not the same
+
+
 def test_ensemble_members_do_not_interact():
     torch.manual_seed(0)
     model = TabTransformer(tiny_config(ensemble_size=3)).eval()
@@ -182,6 +203,61 @@ def test_learning_rate_warms_up_linearly_then_decays_by_cosine():
     assert learning_rate_factor(6.0, 10, 2.0, "cosine") == pytest.approx(0.5)
     assert learning_rate_factor(10.0, 10, 2.0, "cosine") == pytest.approx(0.0)
     assert learning_rate_factor(3.0, 10, 0.0, "constant") == 1.0
+
+
+def test_fit_follows_the_schedule_and_a_restart_continues_it(tmp_path: Path, monkeypatch):
+    """Batch by batch the rate is learning_rate * learning_rate_factor(progress); a job
+    stopped in epoch 3 reruns epoch 3 at epoch 3's rates, not from the warm-up again."""
+    rates: list[float] = []
+
+    def spy(optimizer: torch.optim.Optimizer, rate: float) -> None:
+        rates.append(rate)
+        set_rate(optimizer, rate)
+
+    set_rate = training.set_learning_rate
+    monkeypatch.setattr(training, "set_learning_rate", spy)
+    generator = torch.Generator().manual_seed(0)
+    train = Encoded(
+        torch.randint(2, 4, (32, 2), generator=generator),
+        torch.randn(32, 2, generator=generator),
+        torch.randint(0, 2, (32,), generator=generator),
+    )
+    valid = train.rows(slice(0, 16))
+    settings = FitSettings(
+        "log_loss",
+        PhaseSettings(n_epochs=4, patience=99, batch_size=8, learning_rate=0.01),
+        lr_schedule="cosine",
+        warmup_epochs=1.0,
+    )
+    target = TargetEncoder("binary", [0, 1])
+
+    def run(folder: Path, sigterm_after_epoch: int = 0) -> None:
+        """Fine-tune a fresh model, checkpointing into `folder`; SIGTERM (the flag) once
+        epoch `sigterm_after_epoch` is validated (0: never)."""
+        torch.manual_seed(0)
+        model = TabTransformer(tiny_config(n_outputs=2, ensemble_size=2))
+        stop, validations = StopFlag(), 0
+
+        def count_validations(module: torch.nn.Module, *_: object) -> None:
+            nonlocal validations
+            if not module.training:
+                validations += 1
+                stop.requested = validations == sigterm_after_epoch
+
+        model.register_forward_hook(count_validations)
+        checkpointer = Checkpointer(folder, "job", stop)
+        fit(model, train, valid, target, settings, torch.device("cpu"), checkpointer)
+
+    run(tmp_path / "straight")
+    straight, rates[:] = list(rates), []
+    expected = [0.01 * learning_rate_factor(s / 4, 4, 1.0, "cosine") for s in range(1, 17)]
+    assert straight == pytest.approx(expected)
+    with pytest.raises(Stopped, match="epoch 3"):
+        run(tmp_path / "restarted", sigterm_after_epoch=2)
+    assert rates == pytest.approx(expected[:9])  # 2 epochs, then the first batch of epoch 3
+    rates.clear()
+    run(tmp_path / "restarted")  # resumes after epoch 2
+    assert rates == pytest.approx(expected[8:])
 
 
 def test_continuous_bins_and_numeric_embedding_are_alternatives():

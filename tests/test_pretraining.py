@@ -13,7 +13,14 @@ from conftest import FAST, Job, make_table
 from tabtransformer import load_model
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
-from tabtransformer.pretraining import PretrainingHead, mlm_corrupt, pretrain, rtd_corrupt
+from tabtransformer.pretraining import (
+    PretrainingHead,
+    PretrainSettings,
+    mlm_corrupt,
+    pretrain,
+    rtd_corrupt,
+)
+from tabtransformer.settings import PhaseSettings
 
 PRETRAIN_FAST = {**FAST, "pretrain_epochs": "2", "pretrain_patience": "2"}
 
@@ -75,18 +82,11 @@ def test_pretraining_loss_falls_on_a_real_table():
     model = TabTransformer(
         TabTransformerConfig(pre.cardinalities, len(pre.numeric), 1, dim=16, n_blocks=1, n_heads=4)
     )
-    hp = {
-        "pretrain_learning_rate": 1e-3,
-        "weight_decay": 0.0,
-        "seed": 0,
-        "corruption_rate": 0.3,
-        "pretrain_epochs": 4,
-        "pretrain_patience": 4,
-        "pretrain_batch_size": 256,
-    }
-    history = pretrain(model, codes[:5000], codes[5000:], hp, "mlm", torch.device("cpu"))
+    phase = PhaseSettings(n_epochs=4, patience=4, batch_size=256, learning_rate=1e-3)
+    settings = PretrainSettings("mlm", corruption_rate=0.3, phase=phase)
+    history = pretrain(model, codes[:5000], codes[5000:], settings, torch.device("cpu"))
     assert history[-1]["validation_pretrain_loss"] < 0.9 * history[0]["validation_pretrain_loss"]
-    assert history[-1]["masked_accuracy"] > 0.5
+    assert history[-1]["validation_masked_accuracy"] > 0.5
 
 
 # --- jobs through the real entry point ------------------------------------------------

@@ -1,16 +1,26 @@
-"""The training container contract, checked by running the real `train` entry point."""
+"""The training container contract: end to end through the real `train` entry point
+(marked slow), and its user errors in process through `job.run`."""
 
 from __future__ import annotations
 
 import gzip
 import json
+import signal
 
 import pandas as pd
 import pytest
-from conftest import FAST, Job, make_table
+from conftest import FAST, REPO, Job, make_table
 
+from tabtransformer import job as training_job
 from tabtransformer import load_model
-from tabtransformer.errors import ALGORITHM_ERROR_EXIT_CODE, USER_ERROR_EXIT_CODE
+from tabtransformer.errors import (
+    ALGORITHM_ERROR_EXIT_CODE,
+    FAILURE_REASON_LIMIT,
+    USER_ERROR_EXIT_CODE,
+    UserError,
+    failure_reason,
+)
+from tabtransformer.paths import SageMakerPaths
 
 
 def trained(job: Job) -> dict:
@@ -20,6 +30,7 @@ def trained(job: Job) -> dict:
     return {**json.loads((job.model / "metrics.json").read_text()), "log": result.stdout}
 
 
+@pytest.mark.slow
 def test_binary_headerless_with_text_labels(job: Job):
     table = make_table("binary")
     job.channel("training", table)
@@ -37,6 +48,7 @@ def test_binary_headerless_with_text_labels(job: Job):
     assert (job.base / "output" / "data" / "training_history.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_multiclass_with_integer_labels(job: Job):
     job.channel("training", make_table("multiclass", n=300))
     job.hyperparameters({**FAST, "n_epochs": "10"})
@@ -46,6 +58,7 @@ def test_multiclass_with_integer_labels(job: Job):
     assert report["validation"]["accuracy"] > 0.5  # three classes: chance is about 0.33
 
 
+@pytest.mark.slow
 def test_regression_predicts_in_target_units(job: Job):
     table = make_table("regression", n=300)
     job.channel("training", table)
@@ -58,6 +71,7 @@ def test_regression_predicts_in_target_units(job: Job):
     assert report["validation"]["r2"] > 0.2
 
 
+@pytest.mark.slow
 def test_header_csv_with_target_column_and_validation_channel(job: Job):
     table = make_table("binary")
     shuffled = table[["color", "label", "size", "shape", "weight"]]
@@ -72,6 +86,7 @@ def test_header_csv_with_target_column_and_validation_channel(job: Job):
     assert (by_name == by_position).all()
 
 
+@pytest.mark.slow
 def test_train_subfolder_several_files_and_categorical_index(job: Job):
     table = make_table("binary")
     job.channel("training", table.iloc[:120], subfolder="train", filename="part-0.csv")
@@ -84,6 +99,7 @@ def test_train_subfolder_several_files_and_categorical_index(job: Job):
     assert [c["name"] for c in prep["numeric"]] == ["c2", "c4"]
 
 
+@pytest.mark.slow
 def test_gzip_csv_and_parquet_are_read(job: Job, tmp_path):
     table = make_table("binary")
     path = job.channel("training", table.iloc[:120], filename="part-0")
@@ -93,6 +109,7 @@ def test_gzip_csv_and_parquet_are_read(job: Job, tmp_path):
     trained(job)
 
 
+@pytest.mark.slow
 def test_json_encoded_hyperparameters_and_platform_keys(job: Job):
     job.channel("training", make_table("binary"))
     job.hyperparameters(
@@ -111,6 +128,7 @@ def test_json_encoded_hyperparameters_and_platform_keys(job: Job):
     assert used["n_epochs"] == 2 and used["learning_rate"] == 0.002 and used["input_dim"] == 16
 
 
+@pytest.mark.slow
 def test_same_seed_same_model(job: Job, tmp_path):
     table = make_table("binary")
     job.channel("training", table)
@@ -123,6 +141,7 @@ def test_same_seed_same_model(job: Job, tmp_path):
     assert (first == second).all()
 
 
+@pytest.mark.slow
 def test_model_without_categorical_or_without_numeric_columns(job: Job, tmp_path):
     table = make_table("binary")
     job.channel("training", table[["label", "size", "weight"]])
@@ -137,6 +156,7 @@ def test_model_without_categorical_or_without_numeric_columns(job: Job, tmp_path
 
 
 def failed(job: Job, *words: str) -> str:
+    """Run the real entry point; it must fail as a user error whose reason has `words`."""
     result = job.train()
     assert result.returncode == USER_ERROR_EXIT_CODE, result.stdout + result.stderr
     reason = job.failure
@@ -148,14 +168,41 @@ def failed(job: Job, *words: str) -> str:
     return reason
 
 
-def test_missing_training_channel(job: Job):
+@pytest.fixture(autouse=True)
+def keep_sigterm_handler():
+    """`job.run` installs its SIGTERM flag; the test process keeps its own handler."""
+    handler = signal.getsignal(signal.SIGTERM)
+    yield
+    signal.signal(signal.SIGTERM, handler)
+
+
+def rejected(job: Job, *words: str) -> str:
+    """Run the job in this process; it must raise a UserError whose message has `words`
+    before anything is written to model/."""
+    with pytest.raises(UserError) as error:
+        training_job.run(SageMakerPaths(job.base))
+    message = str(error.value)
+    for word in words:
+        assert word in message, message
+    assert len(message) < 1024
+    assert not job.model.exists() or not list(job.model.glob("*"))
+    return message
+
+
+def test_missing_training_channel_writes_client_error_and_exits_1(job: Job):
     failed(job, "'training' channel is required")
+
+
+def test_bad_hyperparameter_writes_client_error_and_exits_1(job: Job):
+    job.channel("training", make_table("binary"))
+    job.hyperparameters({"n_epochs": "0"})
+    failed(job, "'n_epochs'", "[1, 100000]")
 
 
 def test_empty_file(job: Job):
     (job.data / "training").mkdir(parents=True)
     (job.data / "training" / "empty.csv").write_text("")
-    failed(job, "empty.csv", "empty")
+    rejected(job, "empty.csv", "empty")
 
 
 def test_wrong_column_count_names_file_and_line(job: Job):
@@ -163,20 +210,20 @@ def test_wrong_column_count_names_file_and_line(job: Job):
     lines = path.read_text().splitlines()
     lines[6] += ",extra"
     path.write_text("\n".join(lines) + "\n")
-    failed(job, "data.csv", "line 7", "expected 5 columns but found 6")
+    rejected(job, "data.csv", "line 7", "expected 5 columns but found 6")
 
 
 def test_missing_target_value_names_the_line(job: Job):
     table = make_table("binary")
     table.loc[9, "label"] = None
     job.channel("training", table)
-    failed(job, "data.csv, line 10", "target")
+    rejected(job, "data.csv, line 10", "target")
 
 
 def test_target_column_not_in_header(job: Job):
     job.channel("training", make_table("binary"), header=True)
     job.hyperparameters({**FAST, "target_column": "churn"})
-    failed(job, "'churn'", "label, color, size, shape, weight")
+    rejected(job, "'churn'", "label, color, size, shape, weight")
 
 
 @pytest.mark.parametrize(
@@ -191,7 +238,7 @@ def test_target_column_not_in_header(job: Job):
 def test_bad_categorical_index(job: Job, content: str, words: list[str]):
     job.channel("training", make_table("binary"))
     (job.data / "training" / "categorical_index.json").write_text(content)
-    failed(job, "categorical_index.json", *words)
+    rejected(job, "categorical_index.json", *words)
 
 
 def test_text_in_a_declared_numeric_column(job: Job):
@@ -200,24 +247,25 @@ def test_text_in_a_declared_numeric_column(job: Job):
     table.loc[4, "size"] = "big"
     job.channel("training", table)
     (job.data / "training" / "categorical_index.json").write_text('{"cat_index_list": [1]}')
-    failed(job, "line 5", "'c2'", "'big' is not a number")
+    rejected(job, "line 5", "'c2'", "'big' is not a number")
 
 
 @pytest.mark.parametrize(
     "values, words",
     [
-        ({"n_epochs": "0"}, ["'n_epochs'", "[1, 100000]"]),
         ({"learning_rate": "fast"}, ["'learning_rate'", "'fast'"]),
         ({"input_dim": '"30"'}, ["'input_dim'", "one of 8, 16, 32"]),
         ({"task": "ranking"}, ["'task'", "'binary'"]),
         ({"n_epoch": "3"}, ["Unknown hyperparameter(s): n_epoch", "n_epochs"]),
         ({"n_heads": "3"}, ["'n_heads' (3) must divide 'input_dim' (32)"]),
+        ({"eval_metric": "rmse"}, ["eval_metric=rmse does not apply to task binary"]),
+        ({"pretrain_only": "true", "pretrain_objective": "none"}, ["choose mlm or rtd"]),
     ],
 )
 def test_bad_hyperparameter(job: Job, values: dict, words: list[str]):
     job.channel("training", make_table("binary"))
     job.hyperparameters(values)
-    failed(job, *words)
+    rejected(job, *words)
 
 
 def test_unknown_channel_in_input_data_config(job: Job):
@@ -225,9 +273,41 @@ def test_unknown_channel_in_input_data_config(job: Job):
     (job.config / "inputdataconfig.json").write_text(
         json.dumps({"training": {"ContentType": "text/csv"}, "test": {"ContentType": "text/csv"}})
     )
-    failed(job, "Unknown channel(s) ['test']")
+    rejected(job, "Unknown channel(s) ['test']")
 
 
+@pytest.mark.parametrize(
+    "spec, words",
+    [
+        ({"ContentType": "application/json"}, ["ContentType=application/json", "text/csv"]),
+        ({"TrainingInputMode": "Pipe"}, ["TrainingInputMode=Pipe", "File or FastFile"]),
+    ],
+)
+def test_unsupported_channel_configuration(job: Job, spec: dict, words: list[str]):
+    job.channel("training", make_table("binary"))
+    (job.config / "inputdataconfig.json").write_text(json.dumps({"training": spec}))
+    rejected(job, "'training'", *words)
+
+
+def test_malformed_config_json_names_the_file(job: Job):
+    job.channel("training", make_table("binary"))
+    (job.config / "hyperparameters.json").write_text("{n_epochs: 3")
+    rejected(job, "hyperparameters.json is not valid JSON")
+
+
+def test_validation_channel_with_other_columns(job: Job):
+    table = make_table("binary")
+    job.channel("training", table.iloc[:200])
+    job.channel("validation", table.iloc[200:].drop(columns="weight"))
+    rejected(job, "validation channel has the feature columns")
+
+
+def test_too_few_rows_to_hold_out_validation(job: Job):
+    job.channel("training", make_table("regression").head(1))
+    rejected(job, "1 row(s)", "'validation' channel")
+
+
+@pytest.mark.slow
 def test_algorithm_error_keeps_the_traceback(job: Job):
     # A categorical column whose vocabulary is valid but whose model cannot be built is
     # hard to provoke from data; a corrupt weights file in `model/` stands in for a bug:
@@ -246,18 +326,19 @@ def test_labels_in_validation_must_be_known(job: Job):
     bad = table.iloc[200:].copy()
     bad.iloc[3, 0] = "maybe"
     job.channel("validation", bad)
-    failed(job, "line 4", "'maybe'", "['no', 'yes']")
+    rejected(job, "line 4", "'maybe'", "['no', 'yes']")
 
 
 def test_header_only_frame_is_an_error(job: Job):
     job.channel("training", pd.DataFrame({"label": [], "x": []}), header=True)
     job.hyperparameters({**FAST, "target_column": "label"})
-    failed(job, "no data rows")
+    rejected(job, "no data rows")
 
 
 # --- checkpoints: spot interruptions and SIGTERM ------------------------------------------
 
 
+@pytest.mark.slow
 def test_restarted_job_resumes_from_its_checkpoint(job: Job):
     table = make_table("binary")
     job.channel("training", table)
@@ -271,6 +352,7 @@ def test_restarted_job_resumes_from_its_checkpoint(job: Job):
     assert first["epochs_run"] == 2 and second["epochs_run"] == 4
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_job_is_ignored(job: Job):
     job.channel("training", make_table("binary"))
     trained(job)
@@ -282,7 +364,6 @@ def test_checkpoint_of_another_job_is_ignored(job: Job):
 @pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_restart_finishes(job: Job):
     import os
-    import signal
     import subprocess
     import sys
     import time
@@ -314,3 +395,62 @@ def test_sigterm_saves_a_checkpoint_and_the_restart_finishes(job: Job):
     job.hyperparameters({**FAST, "n_epochs": "4", "patience": "200", "batch_size": "16"})
     resumed = trained(job)
     assert "resuming finetune" in resumed["log"] and "epoch 1/4" not in resumed["log"]
+
+
+def test_failure_reason_fits_what_sagemaker_shows():
+    long = UserError("bad value " + "x" * 5000)
+    assert len(failure_reason(long)) <= FAILURE_REASON_LIMIT
+    assert failure_reason(long).startswith("ClientError: bad value")
+    try:
+        raise RuntimeError("y" * 5000)
+    except RuntimeError as error:
+        reason = failure_reason(error)
+    assert reason[:FAILURE_REASON_LIMIT].startswith("AlgorithmError: RuntimeError: yyy")
+    assert "Traceback" in reason[:FAILURE_REASON_LIMIT]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["random bytes", "empty", "not a dict"])
+def test_damaged_checkpoint_is_set_aside_and_the_job_finishes(job: Job, damage: str):
+    job.channel("training", make_table("binary"))
+    job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
+    trained(job)
+    folder = job.base / "checkpoints"
+    newest, previous = folder / "checkpoint.pt", folder / "checkpoint.previous.pt"
+    assert previous.is_file()
+    for path in (newest, previous):
+        if damage == "not a dict":
+            path.write_bytes((REPO / "hyperparameters.json").read_bytes())
+        else:
+            path.write_bytes(b"" if damage == "empty" else bytes(range(256)) * 8)
+    job.hyperparameters({**FAST, "n_epochs": "3", "patience": "50"})
+    report = trained(job)
+    assert "set aside the unreadable checkpoint" in report["log"]
+    assert "epoch 1/3" in report["log"] and report["epochs_run"] == 3
+    assert len(list(folder.glob("checkpoint*.damaged-*"))) == 2  # renamed, not deleted
+
+
+@pytest.mark.slow
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(job: Job):
+    job.channel("training", make_table("binary"))
+    job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
+    trained(job)
+    newest = job.base / "checkpoints" / "checkpoint.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # what a partial sync leaves
+    report = trained(job)
+    assert "set aside" in report["log"] and "after epoch 1" in report["log"]
+    assert "epoch 2/2" in report["log"] and "epoch 1/2" not in report["log"]
+
+
+@pytest.mark.slow
+def test_restarted_early_stopped_job_writes_the_same_model_without_training(job: Job):
+    job.channel("training", make_table("binary"))
+    job.hyperparameters({**FAST, "n_epochs": "40", "patience": "1", "learning_rate": "0.01"})
+    first = trained(job)
+    assert first["epochs_run"] < 40  # stopped early
+    weights = (job.model / "model.safetensors").read_bytes()
+    again = trained(job)
+    assert "nothing left to train" in again["log"]
+    assert f"epoch {first['epochs_run'] + 1}/40" not in again["log"]
+    assert (job.model / "model.safetensors").read_bytes() == weights
+    assert again["validation"] == first["validation"]

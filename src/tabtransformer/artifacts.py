@@ -1,4 +1,4 @@
-"""The model artifact: save it atomically, load it safely, predict with it.
+"""The model artifact: save it atomically, load it safely (`load_model` gives a Predictor).
 
 `model/` holds `model.safetensors` (weights: no pickle), `model_config.json` (network
 shape), `preprocessing.json` (vocabularies, quantiles, target encoding, schema),
@@ -17,72 +17,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pandas as pd
-import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from tabtransformer.errors import UserError
+from tabtransformer.inference import Predictor
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
-from tabtransformer.training import Encoded, predict_raw, to_prediction
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model_config.json"
 PREPROCESSING = "preprocessing.json"
 METRICS = "metrics.json"
 HYPERPARAMETERS = "hyperparameters.json"
-
-
-class Predictor:
-    """A trained TabTransformer with its preprocessing: `predict(DataFrame)`."""
-
-    def __init__(
-        self,
-        model: TabTransformer,
-        preprocessor: TablePreprocessor,
-        target: TargetEncoder,
-        header: bool,
-        metrics: dict[str, Any] | None = None,
-    ):
-        self.device = next(model.parameters()).device
-        self.model = model.eval()
-        self.preprocessor = preprocessor
-        self.target = target
-        self.header = header
-        self.metrics = metrics or {}
-
-    @property
-    def task(self) -> str:
-        return self.target.task
-
-    @property
-    def classes(self) -> list[Any] | None:
-        return self.target.classes
-
-    @property
-    def feature_names(self) -> list[str]:
-        return self.preprocessor.feature_names
-
-    def align(self, features: pd.DataFrame) -> pd.DataFrame:
-        """Columns by name when they match the training names, otherwise by position."""
-        names = self.feature_names
-        if set(names).issubset(map(str, features.columns)):
-            return features.rename(columns=str)[names]
-        if features.shape[1] != len(names):
-            raise UserError(f"Expected {len(names)} feature columns but got {features.shape[1]}.")
-        return features.set_axis(names, axis=1)
-
-    def predict(self, features: pd.DataFrame) -> np.ndarray:
-        """Class probabilities (N, C) or regression predictions (N,) in target units."""
-        codes, numbers = self.preprocessor.transform(self.align(features))
-        data = Encoded(torch.from_numpy(codes), torch.from_numpy(numbers))
-        return to_prediction(predict_raw(self.model, data, self.device), self.target)
-
-    def predict_labels(self, probabilities: np.ndarray) -> list[Any]:
-        """The most probable original label of each row."""
-        return [self.classes[i] for i in probabilities.argmax(axis=1)]
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Reading SageMaker input channels into pandas tables, with errors that name the file.
+"""SageMaker input channels: their configuration (`validate_channels`) and reading them
+into pandas tables, with errors that name the file.
 
 Layouts accepted in a channel folder (`input/data/<channel>/`):
 - CSV files directly in the folder, or in a `train/` / `training/` / `validation/` subfolder;
@@ -22,6 +23,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -29,11 +31,69 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from tabtransformer.errors import UserError
+from tabtransformer.paths import SageMakerPaths
 
 CATEGORICAL_INDEX_FILE = "categorical_index.json"
 SUBFOLDERS = ("train", "training", "validation", "unlabeled")
 GZIP_MAGIC = b"\x1f\x8b"
 PARQUET_MAGIC = b"PAR1"
+KNOWN_CHANNELS = ("training", "validation", "unlabeled", "model")
+CONTENT_TYPES = (
+    "text/csv",
+    "application/x-csv",
+    "application/csv",
+    "application/x-parquet",
+    "application/parquet",
+    "application/octet-stream",
+)
+
+
+def read_json_config(path: Path, default: Any) -> Any:
+    """Read a SageMaker config file; a missing file gives `default`."""
+    if not path.is_file():
+        return default
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON: {e}") from None
+
+
+def validate_channels(paths: SageMakerPaths) -> set[str]:
+    """Check channel names, content types and input mode; return the channels present."""
+    config = read_json_config(paths.input_data_config, {})
+    present = (
+        set(config)
+        if config
+        else (
+            {p.name for p in paths.data.iterdir() if p.is_dir()} if paths.data.is_dir() else set()
+        )
+    )
+    unknown = sorted(present - set(KNOWN_CHANNELS))
+    if unknown:
+        raise UserError(
+            f"Unknown channel(s) {unknown}. This algorithm reads the channels "
+            f"{', '.join(KNOWN_CHANNELS)}."
+        )
+    for name, spec in config.items():
+        mode = spec.get("TrainingInputMode", "File")
+        if mode not in ("File", "FastFile"):
+            raise UserError(
+                f"Channel '{name}' uses TrainingInputMode={mode}; use File or FastFile."
+            )
+        content_type = spec.get("ContentType", "text/csv").split(";")[0].strip().lower()
+        if name != "model" and content_type not in CONTENT_TYPES:
+            raise UserError(
+                f"Channel '{name}' has ContentType={spec['ContentType']}; "
+                f"supported: {', '.join(CONTENT_TYPES[:2])} (CSV, optionally "
+                "gzip) and application/x-parquet."
+            )
+    if "training" not in present and "unlabeled" not in present:
+        raise UserError(
+            "The 'training' channel is required (labelled rows with the target in column 0, "
+            "or named by the target_column hyperparameter), unless the job only pretrains "
+            "on an 'unlabeled' channel."
+        )
+    return present
 
 
 @dataclass
@@ -255,7 +315,7 @@ def read_labelled(directory: Path, target_column: str) -> LabelledTable:
     return LabelledTable(features=features, target=target, categorical_columns=categorical)
 
 
-def read_unlabelled(
+def read_unlabeled(
     directory: Path, header: bool, feature_names: list[str] | None
 ) -> tuple[pd.DataFrame, list[str] | None]:
     """Read the `unlabeled` channel: feature columns only, in training order.

@@ -1,20 +1,26 @@
 """Checkpoints for spot interruptions and SIGTERM, in `/opt/ml/checkpoints`.
 
 SageMaker syncs that folder with S3 and restores it when a job restarts. After every epoch
-the loop state (weights, optimizer, best weights so far, history, random generator) is
-written to a temporary file and renamed over `checkpoint.pt`, so a crash never leaves a
-torn file. The file holds only tensors and plain values and is read with
+the loop state (weights, optimizer, best weights so far, history, random generator, whether
+the phase has finished) is written to a temporary file and renamed over `checkpoint.pt`;
+the one it replaces is kept as `checkpoint.previous.pt`. A checkpoint that cannot be read
+(a partial sync: empty, truncated, not a checkpoint) is set aside as
+`checkpoint.pt.damaged-<time>` with a warning, and the job resumes from the previous one or
+starts afresh. The files hold only tensors and plain values and are read with
 `torch.load(weights_only=True)`: nothing is unpickled. SIGTERM (SageMaker allows 120 s
 before SIGKILL) sets a flag; the loop saves at the end of the current batch and stops.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import signal
+import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,8 @@ from tabtransformer.distributed import World
 
 log = logging.getLogger(__name__)
 FILE = "checkpoint.pt"
+PREVIOUS = "checkpoint.previous.pt"
+KEYS = ("fingerprint", "phase", "loop", "model", "optimizer", "generators")
 # Hyperparameters that may change between a stopped job and its restart.
 RESUMABLE_CHANGES = ("n_epochs", "patience", "pretrain_epochs", "pretrain_patience")
 
@@ -57,6 +65,7 @@ class LoopState:
     best_epoch: int = 0
     best_state: dict[str, torch.Tensor] | None = None
     history: list[dict[str, float]] = field(default_factory=list)
+    finished: bool = False  # stopped early: a restart trains no further
 
 
 class Checkpointer:
@@ -83,18 +92,42 @@ class Checkpointer:
         what the job resumes from)."""
         if not self._loaded:
             self._loaded = True
-            if self.path is not None and self.path.is_file():
-                state = torch.load(self.path, weights_only=True)
-                if state.get("fingerprint") == self.fingerprint:
-                    self._start = state
-                else:
-                    log.warning(
-                        "ignoring %s: it belongs to a job with other data or settings", self.path
-                    )
+            candidates = [self.path, self.path.with_name(PREVIOUS)] if self.path else []
+            state = next(filter(None, map(self._readable, candidates)), None)
+            if state is not None and state["fingerprint"] == self.fingerprint:
+                self._start = state
+            elif state is not None:
+                log.warning(
+                    "ignoring the checkpoint in %s: it belongs to a job with other data or "
+                    "settings",
+                    self.path.parent,
+                )
         return self._start
 
-    def finished_phase(self) -> str | None:
-        """The phase of a valid checkpoint (a restarted job skips what is done)."""
+    def _readable(self, path: Path) -> dict[str, Any] | None:
+        """The checkpoint in `path`; None when absent or unreadable (then set aside, by the
+        first process, so that a later restart does not trip over it again)."""
+        if not path.is_file():
+            return None
+        try:
+            with warnings.catch_warnings():  # torch's advice about odd bytes is not ours
+                warnings.simplefilter("ignore")
+                state = torch.load(path, weights_only=True)
+            problem = "it is not a checkpoint of this algorithm"
+        except Exception as error:  # empty, truncated, random bytes: torch raises many kinds
+            state, problem = None, f"{type(error).__name__}: {str(error)[:200]}"
+        if isinstance(state, dict) and all(key in state for key in KEYS):
+            return state
+        if self.world.is_main:
+            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(path, aside)
+            log.warning("set aside the unreadable checkpoint %s as %s (%s)", path, aside, problem)
+        return None
+
+    def resumed_phase(self) -> str | None:
+        """The phase the job's checkpoint was saved in ("pretrain" or "finetune"), None
+        without one: a job resuming in "finetune" has finished pretraining."""
         state = self._read()
         return state["phase"] if state else None
 
@@ -150,6 +183,8 @@ class PhaseCheckpoint:
             },
             partial,
         )
+        if path.is_file():  # kept, so that a damaged newest file has one to fall back to
+            os.replace(path, path.with_name(PREVIOUS))
         os.replace(partial, path)
 
     def stop_if_requested(self, loop: LoopState) -> None:

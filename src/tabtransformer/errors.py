@@ -22,11 +22,21 @@ class UserError(Exception):
 
 
 def failure_reason(error: BaseException) -> str:
-    """The text for `output/failure`: the message for a user error, a traceback otherwise."""
+    """The text for `output/failure`: the message for a user error, a traceback otherwise.
+
+    The first FAILURE_REASON_LIMIT characters (what SageMaker shows) always hold the
+    reason: a user error's message is cut to fit, an algorithm error's headline comes
+    before its traceback and is cut to half of it."""
     if isinstance(error, UserError):
-        return f"ClientError: {error}"
-    trace = "".join(traceback.format_exception(error))
-    return f"AlgorithmError: {type(error).__name__}: {error}\n\n{trace}"
+        return _shorten(f"ClientError: {error}", FAILURE_REASON_LIMIT)
+    headline = _shorten(
+        f"AlgorithmError: {type(error).__name__}: {error}", FAILURE_REASON_LIMIT // 2
+    )
+    return f"{headline}\n\n{''.join(traceback.format_exception(error))}"
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def write_failure(path: Path, error: BaseException) -> int:

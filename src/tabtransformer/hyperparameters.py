@@ -93,7 +93,8 @@ class Hyperparameter:
 
 
 def _fmt(number: float) -> str:
-    return f"{number:g}"
+    """1e-05 stays short; a whole number is written out (2147483647, not 2.14748e+09)."""
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
 
 
 SCHEMA: tuple[Hyperparameter, ...] = (

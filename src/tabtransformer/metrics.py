@@ -43,11 +43,16 @@ class Metric:
         return rf"metrics=\{{'{self.name}': {NUMBER}\}}"
 
     def is_better(self, value: float, best: float | None) -> bool:
-        if math.isnan(value):
-            return best is None
-        if best is None or math.isnan(best):
-            return True
-        return value > best if self.higher_is_better else value < best
+        return is_better(value, best, self.higher_is_better)
+
+
+def is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
+    """Whether `value` improves on `best` (None: nothing yet); NaN never beats a number."""
+    if math.isnan(value):
+        return best is None
+    if best is None or math.isnan(best):
+        return True
+    return value > best if higher_is_better else value < best
 
 
 def _safe(

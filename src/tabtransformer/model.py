@@ -58,9 +58,9 @@ class TabTransformerConfig:
     n_blocks: int = 6
     n_heads: int = 8
     frac_shared_embed: float = 0.125
-    attn_dropout: float = 0.1
-    mlp_dropout: float = 0.1
-    continuous_norm: str = "layer"  # "layer" (paper) or "none"
+    attn_dropout: float = 0.3  # the defaults are the job's hyperparameter defaults
+    mlp_dropout: float = 0.3
+    continuous_norm: str = "none"  # "layer" (paper) or "none"
     numeric_embedding: str = "none"  # "none" (paper: scalars into the MLP), "ple", "periodic"
     numeric_bin_edges: list[list[float]] = field(default_factory=list)  # "ple": per column
     ensemble_size: int = 1  # k MLP heads over the one Transformer

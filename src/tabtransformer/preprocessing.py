@@ -35,7 +35,6 @@ N_SPECIAL_CODES = 2
 MAX_QUANTILES = 1000
 MAX_BINNING_ROWS = 1_000_000  # bin edges come from an evenly spaced subsample beyond this
 FALLBACK_BIN_EDGES = [-1.0, 0.0, 1.0]  # a column with too few distinct values for quantiles
-TASKS = ("binary", "multiclass", "regression")
 
 
 def where(label: Any) -> str:
@@ -106,7 +105,7 @@ class CategoricalColumn:
 
     def encode(self, values: pd.Series) -> np.ndarray:
         tokens = to_tokens(values)
-        codes = pd.Categorical(tokens, categories=self.categories).codes.astype(np.int64)
+        codes = pd.Index(self.categories).get_indexer(tokens).astype(np.int64)  # -1: not found
         present = tokens.notna().to_numpy()
         return np.where(
             codes >= 0, codes + N_SPECIAL_CODES, np.where(present, UNSEEN_CODE, MISSING_CODE)
@@ -233,6 +232,29 @@ class TablePreprocessor:
             "feature_names": self.feature_names,
             "categorical": [c.name for c in self.categorical],
         }
+
+    def check_schema(self, features: pd.DataFrame, categorical: list[str] | None) -> None:
+        """A table fine-tuned from this preprocessor must have its columns, in its order,
+        of its kinds (`categorical`: the columns categorical_index.json names, if any)."""
+        expected, found = self.feature_names, [str(c) for c in features.columns]
+        if found != expected:
+            missing = [c for c in expected if c not in found]
+            extra = [c for c in found if c not in expected]
+            detail = (
+                f"missing {missing}; unexpected {extra}"
+                if missing or extra
+                else "the same columns in another order"
+            )
+            raise UserError(
+                f"The training data does not match the schema of the model in the 'model' "
+                f"channel: {detail}. Expected feature columns {expected}, found {found}."
+            )
+        if categorical is not None and sorted(categorical) != sorted(self.schema["categorical"]):
+            raise UserError(
+                f"categorical_index.json names the categorical columns {sorted(categorical)} "
+                f"but the model in the 'model' channel was built with "
+                f"{self.schema['categorical']}."
+            )
 
     def describe(self) -> str:
         cats = ", ".join(f"{c.name}({len(c.categories)})" for c in self.categorical) or "none"

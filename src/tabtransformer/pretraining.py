@@ -16,21 +16,54 @@ from __future__ import annotations
 
 import logging
 import math
-import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import World, wrap
+from tabtransformer.errors import UserError
+from tabtransformer.inference import EVAL_BATCH_ROWS, autocast
+from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
-from tabtransformer.preprocessing import MISSING_CODE
-from tabtransformer.training import autocast, batches, format_duration, optimizer_step
+from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
+from tabtransformer.settings import PhaseSettings
+from tabtransformer.training import batches, optimizer_step
 
 log = logging.getLogger(__name__)
 RESAMPLE_ROUNDS = 20
+MAX_HELD_OUT_ROWS = 20000
+
+
+@dataclass(frozen=True)
+class PretrainSettings:
+    """What pretraining reads: the objective ('none': skip), corruption share, loop."""
+
+    objective: str  # never "auto"
+    corruption_rate: float
+    phase: PhaseSettings
+
+    @classmethod
+    def from_hyperparameters(
+        cls, hp: Mapping[str, Any], channels: set[str], pretrain_only: bool
+    ) -> PretrainSettings:
+        """Resolve pretrain_objective=auto: rtd when the job only pretrains, or has
+        unlabeled rows and no base model; else none."""
+        objective = hp["pretrain_objective"]
+        if objective == "auto":
+            wants = pretrain_only or ("unlabeled" in channels and "model" not in channels)
+            objective = "rtd" if wants else "none"
+        if pretrain_only and objective == "none":
+            raise UserError(
+                "pretrain_only is set (or there is no 'training' channel) but "
+                "pretrain_objective=none: choose mlm or rtd."
+            )
+        return cls(objective, hp["corruption_rate"], PhaseSettings.pretraining(hp))
 
 
 def mlm_corrupt(
@@ -129,12 +162,42 @@ def corrupt(
     return rtd_corrupt(codes, pool, rate, g)
 
 
+def pretrain_on_rows(
+    model: TabTransformer,
+    pre: TablePreprocessor,
+    rows: pd.DataFrame,
+    settings: PretrainSettings,
+    device: torch.device,
+    checkpointer: Checkpointer,
+) -> list[dict[str, float]]:
+    """Pretrain on feature rows: a seeded tenth (at most 20,000) is held out for early
+    stopping. Returns the per-epoch history."""
+    if not pre.cardinalities:
+        raise UserError(
+            "Pretraining needs token columns, and this table has no categorical column. "
+            "Set continuous_bins (e.g. 16) to bring continuous columns in, or "
+            "pretrain_objective=none."
+        )
+    codes = torch.from_numpy(pre.transform(rows)[0])
+    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(settings.phase.seed))
+    n_valid = max(1, min(len(codes) // 10, MAX_HELD_OUT_ROWS))
+    log.info(
+        "pretraining (%s) on %d unlabeled rows, %d held out for early stopping",
+        settings.objective,
+        len(codes) - n_valid,
+        n_valid,
+    )
+    train_codes, valid_codes = codes[order[n_valid:]], codes[order[:n_valid]]
+    return pretrain(
+        model, train_codes, valid_codes, settings, device, checkpointer, checkpointer.world
+    )
+
+
 def pretrain(
     model: TabTransformer,
     train_codes: torch.Tensor,
     valid_codes: torch.Tensor,
-    hp: dict[str, Any],
-    objective: str,
+    settings: PretrainSettings,
     device: torch.device,
     checkpointer: Checkpointer | None = None,
     world: World | None = None,
@@ -147,96 +210,64 @@ def pretrain(
     """
     checkpointer = checkpointer or Checkpointer(None)
     world = world or World()
+    objective, rate, phase = settings.objective, settings.corruption_rate, settings.phase
+    seed = phase.seed
     head = PretrainingHead(objective, model.config.cardinalities, model.config.dim)
     encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
     model.to(device).train()
     head.to(device).train()
     optimizer = torch.optim.AdamW(
         [*encoder, *head.parameters()],
-        lr=hp["pretrain_learning_rate"],
-        weight_decay=hp["weight_decay"],
+        lr=phase.learning_rate,
+        weight_decay=phase.weight_decay,
     )
-    generator = torch.Generator(device=device).manual_seed(hp["seed"])
-    order = torch.Generator().manual_seed(hp["seed"])
+    generator = torch.Generator(device=device).manual_seed(seed)
+    order = torch.Generator().manual_seed(seed)
     train_codes, valid_codes = train_codes.to(device), valid_codes.to(device)
-    rate, n_epochs = hp["corruption_rate"], hp["pretrain_epochs"]
     # The validation corruption is drawn once, so that epochs are compared on equal terms.
-    fixed = torch.Generator(device=device).manual_seed(hp["seed"] + 1)
+    fixed = torch.Generator(device=device).manual_seed(seed + 1)
     valid_corrupted, valid_cells = corrupt(objective, valid_codes, train_codes, rate, fixed)
     accuracy_name = "masked_accuracy" if objective == "mlm" else "detection_accuracy"
     task = PretrainingTask(model, head)  # what a checkpoint holds
     checkpoint = checkpointer.phase("pretrain", task, optimizer, [generator, order])
-    loop = checkpoint.restore()
-    trained = wrap(task, world, partial=True)
-    started, first_epoch = time.perf_counter(), loop.epoch + 1
-    for epoch in range(first_epoch, n_epochs + 1):
-        epoch_start = time.perf_counter()
-        total, seen = 0.0, 0
-        for index in batches(len(train_codes), hp["pretrain_batch_size"], order, world):
+    start = checkpoint.restore()  # before DDP shares the first process's weights
+    ddp_task = wrap(task, world, partial=True)
+
+    def train_epoch() -> Iterator[tuple[float, int]]:
+        for index in batches(len(train_codes), phase.batch_size, order, world):
             original = train_codes[index.to(device)]
             corrupted, cells = corrupt(objective, original, train_codes, rate, generator)
-            loss, _ = trained(corrupted, original, cells)
-            total += optimizer_step(optimizer, loss) * len(index)
-            seen += len(index)
-            checkpoint.stop_if_requested(loop)
-        valid_loss, valid_accuracy = evaluate(task, valid_codes, valid_corrupted, valid_cells)
-        elapsed = time.perf_counter() - epoch_start
-        if loop.best is None or valid_loss < loop.best:
-            loop.best, loop.best_epoch = valid_loss, epoch
-            loop.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        loop.epoch = epoch
-        loop.history.append(
-            {
-                "epoch": epoch,
-                "pretrain_loss": total / seen,
-                "validation_pretrain_loss": valid_loss,
-                accuracy_name: valid_accuracy,
-            }
-        )
-        checkpoint.save(loop)
-        stop = epoch - loop.best_epoch >= hp["pretrain_patience"]
-        per_epoch = (time.perf_counter() - started) / (epoch - first_epoch + 1)
-        remaining = 0 if stop else (n_epochs - epoch) * per_epoch
-        log.info(
-            "pretrain %s epoch %d/%d pretrain_loss=%.6g validation_pretrain_loss=%.6g "
-            "validation_%s=%.4f rows/s=%.0f epoch_time=%s time_left<=%s",
-            objective,
-            epoch,
-            n_epochs,
-            total / seen,
-            valid_loss,
-            accuracy_name,
-            valid_accuracy,
-            seen / elapsed,
-            format_duration(elapsed),
-            format_duration(remaining),
-        )
-        if stop:
-            log.info(
-                "pretraining stopped early: no improvement for %d epochs", hp["pretrain_patience"]
-            )
-            break
-    if loop.best_state is not None:
-        model.load_state_dict(loop.best_state)
-    log.info(
-        "pretraining kept epoch %d (validation_pretrain_loss=%.6g)", loop.best_epoch, loop.best
+            loss, _ = ddp_task(corrupted, original, cells)
+            yield optimizer_step(optimizer, loss), len(index)
+
+    def validate() -> dict[str, float]:
+        loss, accuracy = held_out_scores(task, valid_codes, valid_corrupted, valid_cells)
+        return {"pretrain_loss": loss, accuracy_name: accuracy}
+
+    loop_settings = LoopSettings(
+        n_epochs=phase.n_epochs,
+        patience=phase.patience,
+        watch="pretrain_loss",
+        higher_is_better=False,
+        loss_name="pretrain_loss",
+        learning_rate_name="pretrain_learning_rate",
+        log_prefix=f"pretrain {objective} ",
     )
-    return loop.history
+    return run_epochs(loop_settings, checkpoint, start, model, train_epoch, validate).history
 
 
 @torch.inference_mode()
-def evaluate(
+def held_out_scores(
     task: PretrainingTask,
     original: torch.Tensor,
     corrupted: torch.Tensor,
     cells: torch.Tensor,
-    batch_rows: int = 8192,
 ) -> tuple[float, float]:
     """Mean loss and accuracy of the pretraining task on a fixed corruption."""
     task.eval()
     losses, accuracies, weights = [], [], []
-    for start in range(0, len(original), batch_rows):
-        part = slice(start, start + batch_rows)
+    for start in range(0, len(original), EVAL_BATCH_ROWS):
+        part = slice(start, start + EVAL_BATCH_ROWS)
         loss, accuracy = task(corrupted[part], original[part], cells[part])
         n = len(original[part])
         losses.append(float(loss) * n)

@@ -1,16 +1,15 @@
-"""Supervised training loop: AdamW, early stopping on a validation metric, best weights kept.
+"""Supervised fine-tuning: AdamW on the task's loss, early stopping on a validation metric.
 
 The whole table is encoded once into tensors; batches are index slices of those tensors,
-so the loop has no per-row Python. Uses CUDA with bf16 autocast when available.
+so the loop has no per-row Python. Uses CUDA with bf16 autocast when available. The epoch
+loop itself (resume, best weights, log line, patience) is `loop.run_epochs`. The learning
+rate follows `schedule.learning_rate_factor` batch by batch; gradients may be clipped.
+With an ensemble head the loss is the mean of the members' losses.
 """
 
 from __future__ import annotations
 
-import contextlib
-import logging
-import math
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,39 +20,51 @@ import torch.nn.functional as F
 from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import World, wrap
+from tabtransformer.errors import UserError
+from tabtransformer.inference import Encoded, autocast, predict_raw, to_prediction
+from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
 from tabtransformer.schedule import learning_rate_factor, set_learning_rate
-
-log = logging.getLogger(__name__)
-EVAL_BATCH_ROWS = 8192
+from tabtransformer.settings import PhaseSettings
 
 
-@dataclass
-class Encoded:
-    """A table as tensors: categorical codes (N, m), numbers (N, c), target (N,) or None."""
+@dataclass(frozen=True)
+class FitSettings:
+    """What fine-tuning reads: the loop and optimiser settings, the resolved metric, the
+    learning-rate schedule and gradient clipping (the defaults: the paper's recipe)."""
 
-    codes: torch.Tensor
-    numbers: torch.Tensor
-    target: torch.Tensor | None = None
+    eval_metric: str  # never "auto"
+    phase: PhaseSettings
+    lr_schedule: str = "constant"  # "constant" or "cosine"
+    warmup_epochs: float = 0.0  # linear warm-up from 0 (may be fractional)
+    grad_clip: float = 0.0  # > 0: clip the gradient's global L2 norm to this
 
-    def __len__(self) -> int:
-        return self.codes.shape[0]
+    def learning_rate(self, progress: float) -> float:
+        """The learning rate after `progress` epochs (fractional) of fine-tuning."""
+        factor = learning_rate_factor(
+            progress, self.phase.n_epochs, self.warmup_epochs, self.lr_schedule
+        )
+        return self.phase.learning_rate * factor
 
-    def rows(self, index: torch.Tensor | slice) -> Encoded:
-        target = self.target[index] if self.target is not None else None
-        return Encoded(self.codes[index], self.numbers[index], target)
-
-    def to(self, device: torch.device) -> Encoded:
-        target = self.target.to(device) if self.target is not None else None
-        return Encoded(self.codes.to(device), self.numbers.to(device), target)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs that support it, nothing elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    @classmethod
+    def from_hyperparameters(cls, hp: Mapping[str, Any], task: str) -> FitSettings:
+        """Resolve eval_metric=auto for `task`, or check that the metric applies to it."""
+        name = hp["eval_metric"]
+        if name == "auto":
+            name = metrics.DEFAULT_EVAL_METRIC[task]
+        elif task not in metrics.BY_NAME[name].tasks:
+            raise UserError(
+                f"eval_metric={name} does not apply to task {task}; use one of "
+                f"{[m.name for m in metrics.for_task(task)]} or auto."
+            )
+        return cls(
+            name,
+            PhaseSettings.fine_tuning(hp),
+            hp["lr_schedule"],
+            hp["warmup_epochs"],
+            hp["grad_clip"],
+        )
 
 
 def batches(
@@ -95,40 +106,11 @@ def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return loss
 
 
-def format_duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
-
-
-@torch.inference_mode()
-def predict_raw(model: TabTransformer, data: Encoded, device: torch.device) -> torch.Tensor:
-    """Model outputs (N, n_outputs) as float32 on the CPU, in evaluation mode."""
-    was_training = model.training
-    model.eval()
-    outs = []
-    for start in range(0, len(data), EVAL_BATCH_ROWS):
-        part = data.rows(slice(start, start + EVAL_BATCH_ROWS)).to(device)
-        with autocast(device):
-            outs.append(model(part.codes, part.numbers).float().cpu())
-    model.train(was_training)
-    return torch.cat(outs) if outs else torch.zeros(0, model.config.n_outputs)
-
-
-def to_prediction(raw: torch.Tensor, target: TargetEncoder) -> np.ndarray:
-    """Probabilities (N, C), or regression predictions in target units (N,): the mean over
-    ensemble members (raw (N, k, n_outputs)) of their probabilities or values."""
-    members = (raw if raw.ndim == 3 else raw.unsqueeze(1)).double()  # (N, k, n_outputs)
-    if target.task == "regression":
-        return target.decode_regression(members[:, :, 0].mean(dim=1).numpy())
-    return torch.softmax(members, dim=2).mean(dim=1).numpy()
-
-
-def evaluate(
+def validation_scores(
     model: TabTransformer, data: Encoded, target: TargetEncoder, device: torch.device
 ) -> dict[str, float]:
-    """Loss and every registered metric of the task on a labelled table."""
+    """Loss (the mean of the ensemble members' losses) and every registered metric of the
+    task (on the members' averaged prediction) on a labelled table."""
     raw = predict_raw(model, data, device)
     result = {"loss": float(loss_fn(target.task)(raw, data.target))}
     y = data.target.numpy()
@@ -143,101 +125,56 @@ def fit(
     train: Encoded,
     valid: Encoded,
     target: TargetEncoder,
-    hp: dict[str, Any],
+    settings: FitSettings,
     device: torch.device,
     checkpointer: Checkpointer | None = None,
     world: World | None = None,
 ) -> tuple[list[dict[str, float]], int]:
-    """Train with early stopping on `hp['eval_metric']`; leaves the best weights in `model`.
+    """Train with early stopping on `settings.eval_metric`; leaves the best weights in `model`.
 
     Resumes from and saves to `checkpointer` each epoch (phase "finetune"). Returns the
     per-epoch history (train loss and validation metrics) and the best epoch.
     """
     checkpointer = checkpointer or Checkpointer(None)
     world = world or World()
-    eval_name = hp["eval_metric"]
-    if eval_name == "auto":
-        eval_name = metrics.DEFAULT_EVAL_METRIC[target.task]
-    eval_metric = metrics.BY_NAME[eval_name]
-    generator = torch.Generator().manual_seed(hp["seed"])
+    phase = settings.phase
+    generator = torch.Generator().manual_seed(phase.seed)
     model.to(device).train()
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=hp["learning_rate"], weight_decay=hp["weight_decay"]
+        model.parameters(), lr=phase.learning_rate, weight_decay=phase.weight_decay
     )
     checkpoint = checkpointer.phase("finetune", model, optimizer, [generator])
-    loop = checkpoint.restore()
-    trained = wrap(model, world)  # DDP when there are several processes
+    start = checkpoint.restore()  # before DDP shares the first process's weights
+    ddp_model = wrap(model, world)  # DistributedDataParallel when there are several processes
     criterion = loss_fn(target.task)
     train_on_device = train.to(device)
-    started, first_epoch = time.perf_counter(), loop.epoch + 1
-    n_epochs = hp["n_epochs"]
-    for epoch in range(first_epoch, n_epochs + 1):
-        epoch_start = time.perf_counter()
-        total, seen = 0.0, 0
-        epoch_batches = list(batches(len(train), hp["batch_size"], generator, world))
+    epoch = start.epoch  # the last finished epoch; each train_epoch() runs the next one
+
+    def train_epoch() -> Iterator[tuple[float, int]]:
+        nonlocal epoch
+        epoch += 1
+        epoch_batches = list(batches(len(train), phase.batch_size, generator, world))
         for step, index in enumerate(epoch_batches):
             progress = epoch - 1 + (step + 1) / len(epoch_batches)
-            factor = learning_rate_factor(
-                progress, n_epochs, hp["warmup_epochs"], hp["lr_schedule"]
-            )
-            set_learning_rate(optimizer, hp["learning_rate"] * factor)
+            set_learning_rate(optimizer, settings.learning_rate(progress))
             batch = train_on_device.rows(index.to(device))
             with autocast(device):
-                out = trained(batch.codes, batch.numbers)
+                out = ddp_model(batch.codes, batch.numbers)
             loss = criterion(out, batch.target)
-            total += optimizer_step(optimizer, loss, hp["grad_clip"]) * len(index)
-            seen += len(index)
-            checkpoint.stop_if_requested(loop)
-        train_loss = total / seen
-        scores = evaluate(model, valid, target, device)
-        elapsed = time.perf_counter() - epoch_start
-        if eval_metric.is_better(scores[eval_name], loop.best):
-            loop.best, loop.best_epoch = scores[eval_name], epoch
-            loop.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        loop.epoch = epoch
-        loop.history.append(
-            {
-                "epoch": epoch,
-                "train_loss": train_loss,
-                **{f"validation_{k}": v for k, v in scores.items()},
-            }
-        )
-        checkpoint.save(loop)
-        stop = epoch - loop.best_epoch >= hp["patience"]
-        per_epoch = (time.perf_counter() - started) / (epoch - first_epoch + 1)
-        remaining = 0 if stop else (n_epochs - epoch) * per_epoch
-        fields = " ".join(
-            metrics.BY_NAME[k].epoch_field(v) if k in metrics.BY_NAME else f"validation_{k}={v:.6g}"
-            for k, v in scores.items()
-        )
-        log.info(
-            "epoch %d/%d train_loss=%.6g %s rows/s=%.0f epoch_time=%s time_left<=%s "
-            "best_%s=%.6g@%d",
-            epoch,
-            n_epochs,
-            train_loss,
-            fields,
-            seen / elapsed,
-            format_duration(elapsed),
-            format_duration(remaining),
-            eval_name,
-            loop.best,
-            loop.best_epoch,
-        )
-        if not math.isfinite(train_loss):
-            raise FloatingPointError(
-                f"train loss became {train_loss} in epoch {epoch}; try a lower learning_rate"
-            )
-        if stop:
-            log.info(
-                "early stopping: validation_%s has not improved for %d epochs",
-                eval_name,
-                hp["patience"],
-            )
-            break
-    if loop.best_state is not None:
-        model.load_state_dict(loop.best_state)
-    log.info(
-        "restored the weights of epoch %d (best %s %.6g)", loop.best_epoch, eval_name, loop.best
+            yield optimizer_step(optimizer, loss, settings.grad_clip), len(index)
+
+    loop_settings = LoopSettings(
+        n_epochs=phase.n_epochs,
+        patience=phase.patience,
+        watch=settings.eval_metric,
+        higher_is_better=metrics.BY_NAME[settings.eval_metric].higher_is_better,
+    )
+    loop = run_epochs(
+        loop_settings,
+        checkpoint,
+        start,
+        model,
+        train_epoch,
+        lambda: validation_scores(model, valid, target, device),
     )
     return loop.history, loop.best_epoch

@@ -13,8 +13,8 @@ from flask import Flask, Response, jsonify, request
 from sagemaker_inference.errors import BaseInferenceToolkitError
 from werkzeug.exceptions import HTTPException
 
-from tabtransformer.artifacts import Predictor
 from tabtransformer.errors import UserError
+from tabtransformer.inference import Predictor
 from tabtransformer.serving import codecs
 
 log = logging.getLogger(__name__)

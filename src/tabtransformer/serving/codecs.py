@@ -16,9 +16,9 @@ import pyarrow as pa
 from sagemaker_inference import content_types
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
-from tabtransformer.artifacts import Predictor
 from tabtransformer.channels import parse_csv
 from tabtransformer.errors import UserError
+from tabtransformer.inference import Predictor
 
 JSONLINES = "application/jsonlines"
 DECODABLE = (content_types.CSV, content_types.JSON, JSONLINES, "application/x-jsonlines")

@@ -1,4 +1,8 @@
-"""Run the real `serve` entry point on a loopback port: for tests, the demo and load tests."""
+"""Run the real `serve` entry point (docker/serve of this checkout) on a loopback port.
+
+Test tooling, also used by scripts/demo.py and scripts/load_test.py; not part of the
+installed package.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SERVE_ENTRY = Path(__file__).resolve().parents[3] / "docker" / "serve"
+SERVE_ENTRY = Path(__file__).resolve().parents[1] / "docker" / "serve"
 
 
 def free_port() -> int:

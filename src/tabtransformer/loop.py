@@ -1,0 +1,141 @@
+"""The one epoch loop that fine-tuning and pretraining share.
+
+It owns what both need around an epoch: resuming from a checkpoint, timing, the per-epoch
+log line, history, keeping the best weights (NaN-aware), saving a checkpoint, early
+stopping, the non-finite loss check, and restoring the best weights at the end. A phase
+supplies only "train one epoch" (per-batch losses) and "validate" (named scores).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from torch import nn
+
+from tabtransformer import metrics
+from tabtransformer.checkpoints import LoopState, PhaseCheckpoint
+from tabtransformer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+TrainEpoch = Callable[[], Iterable[tuple[float, int]]]  # yields (batch loss, batch rows)
+Validate = Callable[[], dict[str, float]]  # validation scores by name
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """How one phase's loop runs and reports.
+
+    `watch` is the validation score early stopping follows; `loss_name` names the training
+    loss in the log and history; `learning_rate_name` is the hyperparameter to lower when
+    the loss stops being finite."""
+
+    n_epochs: int
+    patience: int
+    watch: str
+    higher_is_better: bool
+    loss_name: str = "train_loss"
+    learning_rate_name: str = "learning_rate"
+    log_prefix: str = ""
+
+
+def format_duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m{secs:02d}s" if hours else f"{minutes}m{secs:02d}s"
+
+
+def score_fields(scores: dict[str, float]) -> str:
+    """`validation_<name>=<value>` for each score, as the metric registry writes them."""
+    return " ".join(
+        metrics.BY_NAME[k].epoch_field(v) if k in metrics.BY_NAME else f"validation_{k}={v:.6g}"
+        for k, v in scores.items()
+    )
+
+
+def run_epochs(
+    settings: LoopSettings,
+    checkpoint: PhaseCheckpoint,
+    loop: LoopState,
+    keep: nn.Module,
+    train_epoch: TrainEpoch,
+    validate: Validate,
+) -> LoopState:
+    """Run epochs until `n_epochs` or early stopping; leaves the best weights in `keep`.
+
+    Continues from `loop` (what `checkpoint.restore()` gave; the caller restores before
+    wrapping the model in DDP, so that the first process's weights are the ones shared),
+    saves to `checkpoint` after every epoch and stops (saving) after the batch in which
+    SIGTERM arrives. Returns the final loop state (history, best epoch).
+    """
+    s = settings
+    started, first_epoch = time.perf_counter(), loop.epoch + 1
+    if loop.finished:
+        log.info("%sfinished at epoch %d: nothing left to train", s.log_prefix, loop.epoch)
+    for epoch in range(first_epoch, 0 if loop.finished else s.n_epochs + 1):
+        epoch_start = time.perf_counter()
+        total, seen = 0.0, 0
+        for loss, rows in train_epoch():
+            total, seen = total + loss * rows, seen + rows
+            checkpoint.stop_if_requested(loop)
+        train_loss = total / seen
+        scores = validate()
+        elapsed = time.perf_counter() - epoch_start
+        if metrics.is_better(scores[s.watch], loop.best, s.higher_is_better):
+            loop.best, loop.best_epoch = scores[s.watch], epoch
+            loop.best_state = {k: v.detach().clone() for k, v in keep.state_dict().items()}
+        stop = epoch - loop.best_epoch >= s.patience
+        per_epoch = (time.perf_counter() - started) / (epoch - first_epoch + 1)
+        log.info(
+            "%sepoch %d/%d %s=%.6g %s rows/s=%.0f epoch_time=%s time_left<=%s best_%s=%.6g@%d",
+            s.log_prefix,
+            epoch,
+            s.n_epochs,
+            s.loss_name,
+            train_loss,
+            score_fields(scores),
+            seen / elapsed,
+            format_duration(elapsed),
+            format_duration(0 if stop else (s.n_epochs - epoch) * per_epoch),
+            s.watch,
+            loop.best,
+            loop.best_epoch,
+        )
+        if not math.isfinite(train_loss):  # before saving: a restart must not resume from it
+            raise UserError(
+                f"The {s.loss_name.replace('_', ' ')} became {train_loss} in "
+                f"{s.log_prefix}epoch {epoch}: training diverged. Try a lower "
+                f"{s.learning_rate_name}."
+            )
+        loop.epoch, loop.finished = epoch, stop
+        loop.history.append(
+            {
+                "epoch": epoch,
+                s.loss_name: train_loss,
+                **{f"validation_{k}": v for k, v in scores.items()},
+            }
+        )
+        checkpoint.save(loop)
+        if stop:
+            log.info(
+                "%searly stopping: validation_%s has not improved for %d epochs",
+                s.log_prefix,
+                s.watch,
+                s.patience,
+            )
+            break
+    if loop.best_state is not None:
+        keep.load_state_dict(loop.best_state)
+        log.info(
+            "%skept the weights of epoch %d (best %s %.6g)",  # not the metric regexes' form
+            s.log_prefix,
+            loop.best_epoch,
+            s.watch,
+            loop.best,
+        )
+    return loop

@@ -1,0 +1,137 @@
+"""Request bodies to frames and predictions to bodies, in process (no gunicorn)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO
+from sagemaker_inference.errors import GenericInferenceToolkitError
+
+from tabtransformer.errors import UserError
+from tabtransformer.inference import Predictor
+from tabtransformer.model import TabTransformer, TabTransformerConfig
+from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
+from tabtransformer.serving import codecs
+
+
+def predictor(task: str = "binary") -> Predictor:
+    """A small real (untrained) model over the columns color (text) and size (number)."""
+    features = pd.DataFrame({"color": ["red", "blue", "red"], "size": [1.0, 2.0, 3.0]})
+    pre = TablePreprocessor.fit(features, None)
+    labels = pd.Series(["no", "yes", "no"] if task == "binary" else [1.5, 2.5, 3.5])
+    target = TargetEncoder.fit(labels, task, 20)
+    config = TabTransformerConfig(pre.cardinalities, 1, target.n_outputs, dim=8, n_blocks=1)
+    return Predictor(TabTransformer(config), pre, target, header=True)
+
+
+@pytest.fixture(scope="module")
+def binary() -> Predictor:
+    return predictor("binary")
+
+
+def test_csv_rows_become_a_frame_indexed_by_row(binary):
+    frame = codecs.decode(b"red,1.5\nblue,\n", "text/csv", binary)
+    assert list(frame.columns) == ["color", "size"]
+    assert frame.index.tolist() == [1, 2]
+    assert frame.loc[2, "size"] is None or pd.isna(frame.loc[2, "size"])
+
+
+def test_json_by_position_by_name_and_jsonlines_agree(binary):
+    by_position = codecs.decode(b'{"instances": [["red", 1.5]]}', "application/json", binary)
+    by_name = codecs.decode(b'[{"size": 1.5, "color": "red"}]', "application/json", binary)
+    lines = codecs.decode(b'{"features": ["red", 1.5]}\n', "application/jsonlines", binary)
+    expected = binary.predict(pd.DataFrame({"color": ["red"], "size": [1.5]}))
+    for frame in (by_position, by_name, lines):
+        assert np.allclose(binary.predict(frame), expected)
+
+
+@pytest.mark.parametrize(
+    "body, content_type, message",
+    [
+        (b"", "text/csv", "body is empty"),
+        (b"red,1,extra\n", "text/csv", "row 1"),
+        (b"red,big\n", "text/csv", "row 1, column 'size': 'big' is not a number"),
+        (b'{"rows": []}', "application/json", '"instances"'),
+        (b"[1, 2", "application/json", "not valid JSON"),
+        (b'[{"colour": "red"}]', "application/json", "unknown column 'colour'"),
+        (b'[["red"]]', "application/json", "row 1: expected 2 values but found 1"),
+        (b'{"a": 1}\nnot json\n', "application/jsonlines", "Line 2 is not valid JSON"),
+    ],
+)
+def test_bad_bodies_are_user_errors_naming_the_place(binary, body, content_type, message):
+    with pytest.raises(UserError, match=message):
+        frame = codecs.decode(body, content_type, binary)
+        binary.predict(frame)  # a bad number surfaces when the frame is encoded
+
+
+def test_unsupported_content_type_is_415(binary):
+    with pytest.raises(GenericInferenceToolkitError) as error:
+        codecs.decode(b"x", "application/x-npy", binary)
+    assert error.value.status_code == 415
+
+
+@pytest.mark.parametrize(
+    "accept, expected",
+    [
+        (None, ("application/json", False)),
+        ("*/*", ("application/json", False)),
+        ("text/csv", ("text/csv", False)),
+        ("application/json; verbose", ("application/json", True)),
+        ("image/png, application/x-jsonlines", ("application/jsonlines", False)),
+    ],
+)
+def test_negotiate_picks_the_first_supported_type(accept, expected):
+    fmt = codecs.negotiate(accept, "application/json")
+    assert (fmt.content_type, fmt.verbose) == expected
+
+
+def test_unsupported_accept_is_406():
+    with pytest.raises(GenericInferenceToolkitError) as error:
+        codecs.negotiate("image/png", "application/json")
+    assert error.value.status_code == 406
+
+
+def test_encodings_of_class_probabilities(binary):
+    p = np.array([[0.25, 0.75], [0.9, 0.1]])
+    csv = codecs.encode(p, binary, codecs.ResponseFormat("text/csv"), False)
+    assert csv == "0.25,0.75\n0.9,0.1\n"
+    verbose = json.loads(
+        codecs.encode(p, binary, codecs.ResponseFormat("application/json", True), False)
+    )
+    assert verbose == {
+        "probabilities": p.tolist(),
+        "predicted_label": ["yes", "no"],
+        "labels": ["no", "yes"],
+    }
+    lines = codecs.encode(p, binary, codecs.ResponseFormat("application/json"), True)
+    assert [json.loads(line)["predicted_label"] for line in lines.splitlines()] == ["yes", "no"]
+    assert codecs.response_content_type(codecs.ResponseFormat("application/json"), True) == (
+        codecs.JSONLINES
+    )
+
+
+def test_encodings_of_regression_predictions():
+    regressor = predictor("regression")
+    y = np.array([1.5, 2.25])
+    body = codecs.encode(y, regressor, codecs.ResponseFormat("application/json"), False)
+    assert json.loads(body) == {"prediction": [1.5, 2.25]}
+    assert codecs.encode(y, regressor, codecs.ResponseFormat("text/csv"), False) == "1.5\n2.25\n"
+
+
+def test_serving_imports_none_of_the_training_code():
+    code = (
+        "import sys, tabtransformer.serving.server; "
+        "print(sorted(m for m in sys.modules if m.startswith('tabtransformer')))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    loaded = out.stdout
+    assert "tabtransformer.inference" in loaded, out.stderr
+    for training_module in ("training", "checkpoints", "distributed", "loop", "pretraining"):
+        assert f"tabtransformer.{training_module}'" not in loaded
