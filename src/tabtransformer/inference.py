@@ -59,7 +59,8 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 @torch.inference_mode()
 def predict_raw(model: TabTransformer, data: Encoded, device: torch.device) -> torch.Tensor:
-    """Model outputs (N, n_outputs) as float32 on the CPU, in evaluation mode."""
+    """Model outputs (N, k, n_outputs) of the k ensemble members as float32 on the CPU,
+    in evaluation mode."""
     was_training = model.training
     model.eval()
     outs = []
@@ -68,14 +69,19 @@ def predict_raw(model: TabTransformer, data: Encoded, device: torch.device) -> t
         with autocast(device):
             outs.append(model(part.codes, part.numbers).float().cpu())
     model.train(was_training)
-    return torch.cat(outs) if outs else torch.zeros(0, model.config.n_outputs)
+    if not outs:
+        return torch.zeros(0, model.config.ensemble_size, model.config.n_outputs)
+    return torch.cat(outs)
 
 
 def to_prediction(raw: torch.Tensor, target: TargetEncoder) -> np.ndarray:
-    """Probabilities (N, C), or regression predictions in target units (N,)."""
+    """Probabilities (N, C), or regression predictions in target units (N,): the mean over
+    ensemble members (raw (N, k, n_outputs); (N, n_outputs) is one member) of their
+    probabilities or values."""
+    members = (raw if raw.ndim == 3 else raw.unsqueeze(1)).double()  # (N, k, n_outputs)
     if target.task == "regression":
-        return target.decode_regression(raw[:, 0].double().numpy())
-    return torch.softmax(raw.double(), dim=1).numpy()
+        return target.decode_regression(members[:, :, 0].mean(dim=1).numpy())
+    return torch.softmax(members, dim=2).mean(dim=1).numpy()
 
 
 class Predictor:

@@ -45,10 +45,12 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
 
     base_names = base.preprocessor.feature_names if base else None
     tables = load_tables(paths, channels, table_settings, pretrain_only, base_names)
-    pre = fit_preprocessor(tables, base, hp["continuous_bins"])
+    shape = architecture(hp)
+    numeric_bins = hp["numeric_bins"] if shape.numeric_embedding != "none" else 0
+    pre = fit_preprocessor(tables, base, hp["continuous_bins"], numeric_bins)
     labelled = tables.labelled
     n_outputs = labelled.target.n_outputs if labelled else 1
-    model = build_model(architecture(hp), pre, n_outputs, base)
+    model = build_model(shape, pre, n_outputs, base)
     device = world.device()
     log.info(
         "model: %s parameters on %s", f"{sum(p.numel() for p in model.parameters()):,}", device
@@ -98,13 +100,19 @@ def read_base(paths: SageMakerPaths, header: bool) -> Artifact:
     return base
 
 
-def fit_preprocessor(tables: Tables, base: Artifact | None, bins: int) -> TablePreprocessor:
-    """Fit on every feature row, or reuse the base model's after checking the schema."""
+def fit_preprocessor(
+    tables: Tables, base: Artifact | None, continuous_bins: int, numeric_bins: int
+) -> TablePreprocessor:
+    """Fit on every feature row, or reuse the base model's after checking the schema.
+    `continuous_bins` > 0: numeric columns also become bin tokens; `numeric_bins` > 0
+    (numeric tokens): each numeric column's bin edges are fitted too."""
     if base is not None:
         base.preprocessor.check_schema(tables.features, tables.categorical)
         pre = base.preprocessor
     else:
-        pre = TablePreprocessor.fit(tables.features, tables.categorical, bins)
+        pre = TablePreprocessor.fit(
+            tables.features, tables.categorical, continuous_bins, numeric_bins
+        )
     log.info("%s", pre.describe())
     return pre
 
@@ -119,6 +127,9 @@ def architecture(hp: Mapping[str, Any]) -> TabTransformerConfig:
         attn_dropout=hp["attn_dropout"],
         mlp_dropout=hp["mlp_dropout"],
         continuous_norm=hp["continuous_norm"],
+        numeric_embedding=hp["numeric_embedding"],
+        ensemble_size=hp["ensemble_size"],
+        mlp_hidden_cap=hp["mlp_hidden_cap"],
     )
 
 
@@ -128,7 +139,13 @@ def build_model(
     """A fresh network of `shape` for the table; from a base artifact, its embeddings and
     Transformer are reused (and its shape applies)."""
     if base is None:
-        columns = {"cardinalities": pre.cardinalities, "n_continuous": len(pre.numeric)}
+        columns = {
+            "cardinalities": pre.cardinalities,
+            "n_continuous": len(pre.numeric),
+            "numeric_bin_edges": (
+                [c.bin_edges for c in pre.numeric] if shape.numeric_embedding == "ple" else []
+            ),
+        }
         return TabTransformer(replace(shape, **columns, n_outputs=n_outputs))
     config = TabTransformerConfig(**{**base.model.config.to_dict(), "n_outputs": n_outputs})
     model = TabTransformer(config)

@@ -1,25 +1,50 @@
 """The TabTransformer (Huang, Khetan, Cvitkovic, Karnin, 2020, arXiv:2012.06678) in one file.
 
+The paper's network (numeric_embedding="none", ensemble_size=1):
+
     categorical codes (B, m) --ColumnEmbedding--> (B, m, d) --N x Block--> contextual (B, m, d)
     continuous x (B, c) --LayerNorm--> (B, c)
     [flatten(contextual), normed x] (B, l = m*d + c) --MLP {4l, 2l}--> logits (B, n_outputs)
 
+With numeric tokens (numeric_embedding="ple" or "periodic"), each numeric column is a token
+too, so attention mixes numeric and categorical columns, and no scalar bypasses it:
+
+    codes (B, m) --ColumnEmbedding------\
+                                         cat (B, m+c, d) --N x Block--> contextual (B, m+c, d)
+    numbers (B, c) --NumericEmbedding---/
+    flatten(contextual) (B, l = (m+c)*d) --MLP {4l, 2l}--> logits
+
+With ensemble_size k > 1 the MLP is k independent MLPs (one batched weight per layer, each
+member initialised on its own) over the same features: logits (B, k, n_outputs). `forward`
+always returns (B, k, n_outputs), k = 1 for the paper; predictions average the members'
+probabilities (or values), the training loss averages their losses.
+
 Each column's embedding of a value is [shared column part (d * frac_shared_embed) ||
 per-value part]; code 0 is *missing* (also the MLM mask) and code 1 is *unseen*. No
-positional encoding: the column identity comes from the shared part. With no categorical
-column the model is an MLP on the continuous features; with no continuous column, the
-LayerNorm branch is absent. Preprocessing has already mapped each continuous column onto
-N(0, 1); `continuous_norm="none"` skips the per-row LayerNorm, and a single continuous
-column always skips it (LayerNorm over one feature would erase it).
+positional encoding: the column identity comes from the shared part. A numeric token is
+[shared column part || the value's piecewise-linear (PLE, over the column's quantile bins)
+or periodic (PLR) embedding]; a missing value (NaN) or a masked cell gets the column's
+learned *missing* vector as its value part. With no token column the model is an MLP on the
+continuous features; with no continuous column, the LayerNorm branch is absent.
+Preprocessing has already mapped each continuous column onto N(0, 1);
+`continuous_norm="none"` skips the per-row LayerNorm, and a single continuous column always
+skips it (LayerNorm over one feature would erase it). `mlp_hidden_cap` > 0 caps the MLP's
+first hidden width (4l) at that value; the second is always half of the first.
 """
 
 from __future__ import annotations
 
+import itertools
+import warnings
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
+from rtdl_num_embeddings import PeriodicEmbeddings, PiecewiseLinearEmbeddings
+from tabm import LinearEnsemble
 from torch import nn
+
+NUMERIC_EMBEDDINGS = ("none", "ple", "periodic")
 
 
 @dataclass
@@ -36,9 +61,22 @@ class TabTransformerConfig:
     attn_dropout: float = 0.3  # the defaults are the job's hyperparameter defaults
     mlp_dropout: float = 0.3
     continuous_norm: str = "none"  # "layer" (paper) or "none"
+    numeric_embedding: str = "none"  # "none" (paper: scalars into the MLP), "ple", "periodic"
+    numeric_bin_edges: list[list[float]] = field(default_factory=list)  # "ple": per column
+    ensemble_size: int = 1  # k MLP heads over the one Transformer
+    mlp_hidden_cap: int = 0  # > 0: the MLP's first hidden width is at most this
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def numeric_tokens(self) -> bool:
+        return self.numeric_embedding != "none" and self.n_continuous > 0
+
+    @property
+    def n_tokens(self) -> int:
+        """Token columns: the categorical ones, then (with numeric tokens) the numeric ones."""
+        return len(self.cardinalities) + (self.n_continuous if self.numeric_tokens else 0)
 
 
 class ColumnEmbedding(nn.Module):
@@ -55,6 +93,44 @@ class ColumnEmbedding(nn.Module):
     def forward(self, codes: torch.Tensor) -> torch.Tensor:
         values = self.values(codes + self.offsets)  # (B, m, d - s)
         shared = self.shared.expand(codes.shape[0], -1, -1)  # (B, m, s)
+        return torch.cat([shared, values], dim=-1)
+
+
+class NumericEmbedding(nn.Module):
+    """Numeric columns as tokens: [shared column part || embedding of the value] (B, c, d).
+
+    The value part is rtdl_num_embeddings' PLE (version B: linear + piecewise-linear over
+    the column's bins) or PLR (periodic, then a per-column linear layer and ReLU). A NaN, or
+    a cell set in `mask` (an MLM mask), takes the column's learned *missing* vector instead.
+    """
+
+    def __init__(
+        self, kind: str, n_columns: int, dim: int, frac_shared: float, bin_edges: list[list[float]]
+    ):
+        super().__init__()
+        n_shared = round(dim * frac_shared)
+        if kind == "ple":
+            with warnings.catch_warnings():  # a column with a single bin is fine here
+                warnings.simplefilter("ignore")
+                self.values = PiecewiseLinearEmbeddings(
+                    [torch.tensor(e, dtype=torch.float32) for e in bin_edges],
+                    dim - n_shared,
+                    activation=False,
+                    version="B",
+                )
+        elif kind == "periodic":
+            self.values = PeriodicEmbeddings(n_columns, dim - n_shared, lite=False)
+        else:
+            raise ValueError(f"unknown numeric_embedding {kind!r}; use one of {NUMERIC_EMBEDDINGS}")
+        bound = dim**-0.5  # the scale of the value embeddings at initialisation
+        self.missing = nn.Parameter(torch.empty(n_columns, dim - n_shared).uniform_(-bound, bound))
+        self.shared = nn.Parameter(torch.empty(n_columns, n_shared).uniform_(-bound, bound))
+
+    def forward(self, numbers: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        missing = numbers.isnan() if mask is None else numbers.isnan() | mask
+        values = self.values(numbers.float().nan_to_num(0.0))  # (B, c, d - s)
+        values = torch.where(missing[..., None], self.missing.to(values.dtype), values)
+        shared = self.shared.expand(numbers.shape[0], -1, -1).to(values.dtype)
         return torch.cat([shared, values], dim=-1)
 
 
@@ -105,35 +181,76 @@ class TabTransformer(nn.Module):
         n_cat = len(c.cardinalities)
         if n_cat:
             self.embed = ColumnEmbedding(c.cardinalities, c.dim, c.frac_shared_embed)
+        if c.numeric_tokens:
+            self.embed_numbers = NumericEmbedding(
+                c.numeric_embedding,
+                c.n_continuous,
+                c.dim,
+                c.frac_shared_embed,
+                c.numeric_bin_edges,
+            )
+        if c.n_tokens:
             self.blocks = nn.ModuleList(
                 Block(c.dim, c.n_heads, c.attn_dropout, c.mlp_dropout) for _ in range(c.n_blocks)
             )
             self.ln_f = nn.LayerNorm(c.dim)
-        layer_norm = c.continuous_norm == "layer" and c.n_continuous > 1
-        self.continuous_norm = nn.LayerNorm(c.n_continuous) if layer_norm else None
-        width = n_cat * c.dim + c.n_continuous
-        self.mlp = nn.Sequential(
-            nn.Linear(width, 4 * width),
-            nn.ReLU(),
-            nn.Dropout(c.mlp_dropout),
-            nn.Linear(4 * width, 2 * width),
-            nn.ReLU(),
-            nn.Dropout(c.mlp_dropout),
-            nn.Linear(2 * width, c.n_outputs),
+        scalars = 0 if c.numeric_tokens else c.n_continuous  # numbers that bypass attention
+        layer_norm = c.continuous_norm == "layer" and scalars > 1
+        self.continuous_norm = nn.LayerNorm(scalars) if layer_norm else None
+        width = c.n_tokens * c.dim + scalars
+        hidden = min(4 * width, c.mlp_hidden_cap) if c.mlp_hidden_cap else 4 * width
+        self.mlp = mlp_head(
+            [width, hidden, hidden // 2, c.n_outputs], c.mlp_dropout, c.ensemble_size
         )
 
-    def contextual(self, codes: torch.Tensor) -> torch.Tensor:
-        """Contextual embeddings (B, m, d) of the categorical codes (B, m)."""
-        x = self.embed(codes)
+    def contextual(
+        self,
+        codes: torch.Tensor,
+        numbers: torch.Tensor | None = None,
+        numeric_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Contextual embeddings (B, n_tokens, d) of every token column: the categorical
+        codes (B, m), then, with numeric tokens, the numbers (B, c) (NaN = missing).
+
+        `numeric_mask` (B, c, bool) gives chosen numeric cells the column's missing vector
+        (an MLM mask); replacing a row's numbers by another row's is an RTD corruption.
+        Without `numbers`, every numeric cell counts as missing.
+        """
+        parts = []
+        if self.config.cardinalities:
+            parts.append(self.embed(codes))
+        if self.config.numeric_tokens:
+            if numbers is None:
+                numbers = torch.full(
+                    (codes.shape[0], self.config.n_continuous), float("nan"), device=codes.device
+                )
+            parts.append(self.embed_numbers(numbers, numeric_mask))
+        x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         for block in self.blocks:
             x = block(x)
         return self.ln_f(x)
 
     def forward(self, codes: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """Outputs (B, k, n_outputs) of the k ensemble members (k = 1: the paper's head)."""
         parts = []
-        if self.config.cardinalities:
-            parts.append(self.contextual(codes).flatten(1))
-        if self.config.n_continuous:
+        if self.config.n_tokens:
+            parts.append(self.contextual(codes, numbers).flatten(1))
+        if self.config.n_continuous and not self.config.numeric_tokens:
             norm = self.continuous_norm
             parts.append(norm(numbers) if norm is not None else numbers)
-        return self.mlp(torch.cat(parts, dim=1))
+        features = torch.cat(parts, dim=1)
+        if self.config.ensemble_size == 1:
+            return self.mlp(features).unsqueeze(1)
+        return self.mlp(features.unsqueeze(1).expand(-1, self.config.ensemble_size, -1))
+
+
+def mlp_head(widths: list[int], dropout: float, k: int) -> nn.Sequential:
+    """Linear-ReLU-Dropout layers through `widths`. k > 1: k independent MLPs in one batched
+    weight per layer (tabm's LinearEnsemble, input and output (B, k, width)), which do not
+    interact; k = 1: plain nn.Linear layers (the paper's parameter names and shapes)."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
+        layers.append(nn.Linear(n_in, n_out) if k == 1 else LinearEnsemble(n_in, n_out, k=k))
+        if i < len(widths) - 2:
+            layers += [nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)

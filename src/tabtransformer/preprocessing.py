@@ -6,7 +6,11 @@ Small scikit-learn-style objects (`fit`, `transform`) whose fitted state is plai
 Categorical codes: 0 = missing (also the MLM mask token), 1 = unseen at training time,
 2.. = the training categories. Numeric columns are mapped through their empirical
 quantiles onto a standard normal (robust to skew and outliers); missing numbers become 0,
-the median.
+the median. With numeric tokens (`numeric_bins` > 0, for numeric_embedding=ple/periodic),
+missing numbers stay NaN for the model's learned missing embedding instead, and each numeric
+column also stores `bin_edges`: up to `numeric_bins` + 1 quantile edges of its N(0, 1)
+scores on the training rows (the piecewise-linear encoding's bins, and the bin an MLM
+target can name).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
+from rtdl_num_embeddings import compute_bins
 from scipy.special import ndtri
 
 from tabtransformer.errors import UserError
@@ -31,6 +37,8 @@ MAX_QUANTILES = 1000
 # The largest magnitude of a number trained on. Beyond it, differences and squares (quantile
 # interpolation, standardising the target, squared errors) can overflow float64.
 MAX_TRAINING_MAGNITUDE = 1e150
+MAX_BINNING_ROWS = 1_000_000  # bin edges come from an evenly spaced subsample beyond this
+FALLBACK_BIN_EDGES = [-1.0, 0.0, 1.0]  # a column with too few distinct values for quantiles
 
 
 def where(label: Any) -> str:
@@ -146,11 +154,13 @@ class CategoricalColumn:
 
 @dataclass
 class NumericColumn:
-    """A numeric column's quantile map onto N(0, 1); `median` is the raw imputed value."""
+    """A numeric column's quantile map onto N(0, 1); `median` is the raw imputed value;
+    `bin_edges` (numeric tokens only) are sorted edges on the N(0, 1) scale."""
 
     name: str
     quantiles: list[float]
     median: float
+    bin_edges: list[float] | None = None
 
     def normal(self, values: pd.Series) -> np.ndarray:
         """The N(0, 1) score of each value; NaN where the value is missing."""
@@ -162,6 +172,19 @@ class NumericColumn:
         # Averaging the forward and backward interpolation maps ties to their middle rank.
         u = 0.5 * (np.interp(x, q, ref) - np.interp(-x, -q[::-1], -ref[::-1]))
         return ndtri(np.clip(u, 1e-4, 1 - 1e-4))
+
+
+def fit_bin_edges(z: np.ndarray, n_bins: int) -> list[float]:
+    """Quantile bin edges (rtdl_num_embeddings.compute_bins) of the present scores `z`; a
+    column with fewer than 3 distinct values gets FALLBACK_BIN_EDGES."""
+    present = z[~np.isnan(z)]
+    if len(present) > MAX_BINNING_ROWS:
+        present = present[:: -(-len(present) // MAX_BINNING_ROWS)]
+    n_bins = min(n_bins, len(present) - 1)
+    if len(np.unique(present)) < 3 or n_bins < 2:
+        return list(FALLBACK_BIN_EDGES)
+    edges = compute_bins(torch.from_numpy(present[:, None].astype(np.float64)), n_bins)[0]
+    return [float(v) for v in edges]
 
 
 def bin_codes(z: np.ndarray, n_bins: int) -> np.ndarray:
@@ -179,12 +202,18 @@ class TablePreprocessor:
     categorical: list[CategoricalColumn]
     numeric: list[NumericColumn]
     continuous_bins: int = 0  # > 0: numeric columns also become bin tokens (after the cats)
+    numeric_bins: int = 0  # > 0: numeric tokens: bin edges fitted, missing numbers stay NaN
 
     @classmethod
     def fit(
-        cls, features: pd.DataFrame, categorical: list[str] | None, continuous_bins: int = 0
+        cls,
+        features: pd.DataFrame,
+        categorical: list[str] | None,
+        continuous_bins: int = 0,
+        numeric_bins: int = 0,
     ) -> TablePreprocessor:
-        """Learn vocabularies and quantiles. `categorical=None`: text columns are categorical."""
+        """Learn vocabularies, quantiles and (numeric_bins > 0) bin edges.
+        `categorical=None`: text columns are categorical."""
         names = [str(c) for c in features.columns]
         if categorical is None:
             categorical = [n for n in names if not _is_numeric_column(features[n])]
@@ -200,7 +229,7 @@ class TablePreprocessor:
                 present = x[~np.isnan(x)]
                 n_missing = len(x) - len(present)
                 median = float(np.median(present)) if len(present) else 0.0
-                if n_missing:
+                if n_missing and not numeric_bins:
                     log.info(
                         "column '%s': %d missing value(s) imputed with the median %g",
                         name,
@@ -209,11 +238,15 @@ class TablePreprocessor:
                     )
                 n_q = min(MAX_QUANTILES, len(present))
                 quantiles = np.quantile(present, np.linspace(0, 1, n_q)) if n_q else []
-                num_cols.append(NumericColumn(name, [float(v) for v in quantiles], median))
-        return cls(names, cat_cols, num_cols, continuous_bins)
+                column = NumericColumn(name, [float(v) for v in quantiles], median)
+                if numeric_bins:
+                    column.bin_edges = fit_bin_edges(column.normal(values), numeric_bins)
+                num_cols.append(column)
+        return cls(names, cat_cols, num_cols, continuous_bins, numeric_bins)
 
     def transform(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-        """Encode a frame whose columns are `feature_names` into int64 codes and float32."""
+        """Encode a frame whose columns are `feature_names` into int64 codes and float32
+        numbers (missing: 0, the median; with numeric tokens: NaN)."""
         n = len(features)
         codes = np.zeros((n, len(self.cardinalities)), dtype=np.int64)
         for j, col in enumerate(self.categorical):
@@ -221,7 +254,7 @@ class TablePreprocessor:
         numbers = np.zeros((n, len(self.numeric)), dtype=np.float32)
         for j, col in enumerate(self.numeric):
             z = col.normal(features[col.name])
-            numbers[:, j] = np.nan_to_num(z, nan=0.0)  # missing -> 0, the median
+            numbers[:, j] = z if self.numeric_bins else np.nan_to_num(z, nan=0.0)
             if self.continuous_bins:
                 codes[:, len(self.categorical) + j] = bin_codes(z, self.continuous_bins)
         return codes, numbers
@@ -274,6 +307,7 @@ class TablePreprocessor:
             "categorical": [asdict(c) for c in self.categorical],
             "numeric": [asdict(c) for c in self.numeric],
             "continuous_bins": self.continuous_bins,
+            "numeric_bins": self.numeric_bins,
         }
 
     @classmethod
@@ -283,6 +317,7 @@ class TablePreprocessor:
             [CategoricalColumn(**c) for c in data["categorical"]],
             [NumericColumn(**c) for c in data["numeric"]],
             data.get("continuous_bins", 0),
+            data.get("numeric_bins", 0),
         )
 
 

@@ -148,7 +148,9 @@ class PretrainingTask(nn.Module):
         self, corrupted: torch.Tensor, original: torch.Tensor, cells: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(corrupted.device):
-            contextual = self.model.contextual(corrupted)
+            # Numeric tokens (numeric_embedding) are not corrupted or predicted yet: they
+            # enter as missing, and the head sees the code columns only.
+            contextual = self.model.contextual(corrupted)[:, : corrupted.shape[1]]
         return self.head.loss_and_accuracy(contextual, original, cells)
 
 

@@ -2,7 +2,9 @@
 
 The whole table is encoded once into tensors; batches are index slices of those tensors,
 so the loop has no per-row Python. Uses CUDA with bf16 autocast when available. The epoch
-loop itself (resume, best weights, log line, patience) is `loop.run_epochs`.
+loop itself (resume, best weights, log line, patience) is `loop.run_epochs`. The learning
+rate follows `schedule.learning_rate_factor` batch by batch; gradients may be clipped.
+With an ensemble head the loss is the mean of the members' losses.
 """
 
 from __future__ import annotations
@@ -23,15 +25,27 @@ from tabtransformer.inference import Encoded, autocast, predict_raw, to_predicti
 from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
+from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
 
 
 @dataclass(frozen=True)
 class FitSettings:
-    """What fine-tuning reads: the loop and optimiser settings and the resolved metric."""
+    """What fine-tuning reads: the loop and optimiser settings, the resolved metric, the
+    learning-rate schedule and gradient clipping (the defaults: the paper's recipe)."""
 
     eval_metric: str  # never "auto"
     phase: PhaseSettings
+    lr_schedule: str = "constant"  # "constant" or "cosine"
+    warmup_epochs: float = 0.0  # linear warm-up from 0 (may be fractional)
+    grad_clip: float = 0.0  # > 0: clip the gradient's global L2 norm to this
+
+    def learning_rate(self, progress: float) -> float:
+        """The learning rate after `progress` epochs (fractional) of fine-tuning."""
+        factor = learning_rate_factor(
+            progress, self.phase.n_epochs, self.warmup_epochs, self.lr_schedule
+        )
+        return self.phase.learning_rate * factor
 
     @classmethod
     def from_hyperparameters(cls, hp: Mapping[str, Any], task: str) -> FitSettings:
@@ -44,7 +58,13 @@ class FitSettings:
                 f"eval_metric={name} does not apply to task {task}; use one of "
                 f"{[m.name for m in metrics.for_task(task)]} or auto."
             )
-        return cls(name, PhaseSettings.fine_tuning(hp))
+        return cls(
+            name,
+            PhaseSettings.fine_tuning(hp),
+            hp["lr_schedule"],
+            hp["warmup_epochs"],
+            hp["grad_clip"],
+        )
 
 
 def batches(
@@ -58,24 +78,39 @@ def batches(
     yield from order.split(batch_size)
 
 
-def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor) -> float:
-    """One gradient step on `loss`; returns its value."""
+def optimizer_step(
+    optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float = 0.0
+) -> float:
+    """One gradient step on `loss` (its global gradient norm clipped to `grad_clip` when
+    > 0); returns its value."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
+    if grad_clip > 0:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
     return loss.item()
 
 
 def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    if task == "regression":
-        return lambda out, y: F.mse_loss(out[:, 0].float(), y)
-    return lambda out, y: F.cross_entropy(out.float(), y)
+    """The mean over ensemble members of each member's loss: outputs (B, k, n_outputs)
+    (or (B, n_outputs), one member) against targets (B,)."""
+
+    def loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = (out if out.ndim == 3 else out.unsqueeze(1)).float()  # (B, k, n_outputs)
+        k = out.shape[1]
+        if task == "regression":
+            return F.mse_loss(out[:, :, 0], y[:, None].expand(-1, k))
+        return F.cross_entropy(out.flatten(0, 1), y.repeat_interleave(k))
+
+    return loss
 
 
 def validation_scores(
     model: TabTransformer, data: Encoded, target: TargetEncoder, device: torch.device
 ) -> dict[str, float]:
-    """Loss and every registered metric of the task on a labelled table."""
+    """Loss (the mean of the ensemble members' losses) and every registered metric of the
+    task (on the members' averaged prediction) on a labelled table."""
     raw = predict_raw(model, data, device)
     result = {"loss": float(loss_fn(target.task)(raw, data.target))}
     y = data.target.numpy()
@@ -113,13 +148,20 @@ def fit(
     ddp_model = wrap(model, world)  # DistributedDataParallel when there are several processes
     criterion = loss_fn(target.task)
     train_on_device = train.to(device)
+    epoch = start.epoch  # the last finished epoch; each train_epoch() runs the next one
 
     def train_epoch() -> Iterator[tuple[float, int]]:
-        for index in batches(len(train), phase.batch_size, generator, world):
+        nonlocal epoch
+        epoch += 1
+        epoch_batches = list(batches(len(train), phase.batch_size, generator, world))
+        for step, index in enumerate(epoch_batches):
+            progress = epoch - 1 + (step + 1) / len(epoch_batches)
+            set_learning_rate(optimizer, settings.learning_rate(progress))
             batch = train_on_device.rows(index.to(device))
             with autocast(device):
                 out = ddp_model(batch.codes, batch.numbers)
-            yield optimizer_step(optimizer, criterion(out, batch.target)), len(index)
+            loss = criterion(out, batch.target)
+            yield optimizer_step(optimizer, loss, settings.grad_clip), len(index)
 
     loop_settings = LoopSettings(
         n_epochs=phase.n_epochs,
