@@ -33,6 +33,8 @@ CONFIG = "model_config.json"
 PREPROCESSING = "preprocessing.json"
 METRICS = "metrics.json"
 HYPERPARAMETERS = "hyperparameters.json"
+# Every file in model/ readable by any user (a serving container may run as another user).
+ARTIFACT_FILE_MODE = 0o644
 
 
 class Predictor:
@@ -116,6 +118,7 @@ def save_artifact(model_dir: Path, artifact: Artifact, hyperparameters: dict[str
         _write_json(scratch / HYPERPARAMETERS, hyperparameters)
         _write_json(scratch / METRICS, artifact.metrics)
         for path in scratch.iterdir():
+            os.chmod(path, ARTIFACT_FILE_MODE)  # safetensors writes 0600, json 0644
             os.replace(path, model_dir / path.name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
