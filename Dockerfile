@@ -50,12 +50,12 @@ RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
     && pip install --no-deps /build \
     && site="$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
-    && find "${site}" -depth -type d -name tests -prune -exec rm -rf {} + \
+    && find "${site}" -type d -name tests -prune -exec rm -rf {} + \
     && rm -rf "${site}/torch/include" "${site}/torch/share/cmake" /build
 
 # ---- runtime stage -----------------------------------------------------------------------
 FROM ${BASE_IMAGE}
-ENV DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
