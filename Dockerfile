@@ -8,7 +8,7 @@
 #                    -t tabtransformer-sagemaker:cpu .
 # Build-only inputs, never stored in the image:
 #   TORCH_WHEELS  a folder holding the torch wheel, mounted read-only for the build
-#                 (buildah bud -v DIR:/wheels:ro --build-arg TORCH_WHEELS=/wheels);
+#                 (buildah bud -v DIR:/mnt:ro --build-arg TORCH_WHEELS=/mnt);
 #                 empty: torch comes from TORCH_INDEX.
 #   secret pip_cert  a CA bundle pip must trust (TLS-intercepting proxies):
 #                 --secret id=pip_cert,src=/path/to/ca.pem (docker and buildah).
@@ -30,14 +30,12 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.lock pyproject.toml /build/
 # torch first, at the version the lock pins: from a local wheel folder or from TORCH_INDEX.
+# Its own dependencies come with the next step, from the lock.
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
-    && torch="torch==$(sed -n 's/^torch==//p' /build/requirements.lock)" \
-    && if [ -n "${TORCH_WHEELS}" ]; then \
-        pip install --no-index --no-deps --find-links "${TORCH_WHEELS}" "${torch}"; \
-    else \
-        pip install --index-url "${TORCH_INDEX}" "${torch}"; \
-    fi
+    && if [ -n "${TORCH_WHEELS}" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="${TORCH_WHEELS}"; \
+    else export PIP_INDEX_URL="${TORCH_INDEX}"; fi \
+    && pip install --no-deps --constraint /build/requirements.lock torch
 # Then the runtime dependencies named in pyproject.toml (and torch's), pinned by the lock.
 RUN --mount=type=secret,id=pip_cert \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \

@@ -127,8 +127,9 @@ if [ "${ENGINE}" = buildah ]; then
     fi
     if [ -n "${TORCH_WHEELS:-}" ] && [ "${TORCH_WHEELS}" != none ]; then
         [ -d "${TORCH_WHEELS}" ] || die "TORCH_WHEELS=${TORCH_WHEELS} is not a folder"
-        MOUNTS+=(-v "$(realpath "${TORCH_WHEELS}"):/wheels:ro")
-        BUILD_ARGS+=(--build-arg TORCH_WHEELS=/wheels)
+        # Over /mnt, which every base has empty: a new mount point would stay in the image.
+        MOUNTS+=(-v "$(realpath "${TORCH_WHEELS}"):/mnt:ro")
+        BUILD_ARGS+=(--build-arg TORCH_WHEELS=/mnt)
         say "torch $(locked_torch) from the wheel folder ${TORCH_WHEELS} (mounted for the build only)"
     fi
 elif [ -n "${TORCH_WHEELS:-}" ] && [ "${TORCH_WHEELS}" != none ]; then

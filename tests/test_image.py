@@ -200,7 +200,8 @@ class NamespacedServer(Server):
                 parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
             except (OSError, ValueError, IndexError):
                 continue
-            if b"/opt/program/serve" in cmdline:
+            # buildah's own helper has the command among its arguments: not it, python's.
+            if len(cmdline) > 1 and b"python" in cmdline[0] and cmdline[1] == b"/opt/program/serve":
                 serving[int(pid)] = parent
         masters = [pid for pid, parent in serving.items() if parent not in serving]
         assert len(masters) == 1, f"expected one serve master in the namespace, found {serving}"
@@ -459,10 +460,16 @@ def test_image_without_a_command_prints_its_usage(engine: Engine):
 
 def test_the_runtime_holds_no_build_inputs_compiler_caches_or_test_suites(engine: Engine):
     leftovers = (
-        "ls -d /wheels /build /run/secrets/pip_cert /root/.cache/pip 2>/dev/null; "
+        "ls -d /wheels /build /run/secrets /root/.cache/pip 2>/dev/null; ls -A /mnt; "
         "command -v gcc cc; "
         "site=$(python3 -c 'import sysconfig; print(sysconfig.get_path(\"purelib\"))'); "
         "ls -d $site/torch/include 2>/dev/null; find $site -type d -name tests | head -n 3"
     )
     result = engine.run(["sh", "-c", leftovers])
     assert result.stdout.split() == [], result.stdout
+
+
+def test_every_installed_requirement_is_satisfied(engine: Engine):
+    """torch is installed without its dependencies first; the lock step must add them all."""
+    result = engine.run(["python3", "-m", "pip", "check"])
+    assert result.returncode == 0, result.stdout + result.stderr
