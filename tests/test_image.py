@@ -41,6 +41,14 @@ def _ok(command: list[str]) -> bool:
         return False
 
 
+def run_options(opt_ml: Path | None, env: dict[str, str] | None, user: str | None) -> list[str]:
+    """`-v`, `--env` and `--user` options, spelled the same by `docker run` and `buildah run`."""
+    options = ["-v", f"{opt_ml}:/opt/ml"] if opt_ml is not None else []
+    for key, value in (env or {}).items():
+        options += ["--env", f"{key}={value}"]
+    return options + (["--user", user] if user else [])
+
+
 class Engine:
     """Runs the built image the way SageMaker does: `IMAGE train`, `IMAGE serve`."""
 
@@ -137,14 +145,8 @@ class Buildah(Engine):
         return inspected["Docker"]["config"]
 
     def run_args(self, command, opt_ml=None, env=None, user=None) -> list[str]:
-        args = [*self.cli, "run", "--isolation", "chroot"]
-        if opt_ml is not None:
-            args += ["-v", f"{opt_ml}:/opt/ml"]
-        for key, value in (env or {}).items():
-            args += ["--env", f"{key}={value}"]
-        if user:
-            args += ["--user", user]
-        return [*args, self.container, "--", *command]
+        options = run_options(opt_ml, env, user)
+        return [*self.cli, "run", "--isolation", "chroot", *options, self.container, "--", *command]
 
     def run(self, command, opt_ml=None, env=None, user=None) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -241,14 +243,7 @@ class Docker(Engine):
         return json.loads(result.stdout)[0]["Config"]
 
     def run_args(self, command, opt_ml=None, env=None, user=None) -> list[str]:
-        args = []
-        if opt_ml is not None:
-            args += ["-v", f"{opt_ml}:/opt/ml"]
-        for key, value in (env or {}).items():
-            args += ["-e", f"{key}={value}"]
-        if user:
-            args += ["--user", user]
-        return [*args, self.image, *command]
+        return [*run_options(opt_ml, env, user), self.image, *command]
 
     def run(self, command, opt_ml=None, env=None, user=None) -> subprocess.CompletedProcess:
         return subprocess.run(
