@@ -1,18 +1,26 @@
 # syntax=docker/dockerfile:1
 # TabTransformer for SageMaker: `docker run IMAGE train` and `docker run IMAGE serve`.
 #
-# GPU image (default):  docker build -t tabtransformer .
-# CPU image:            docker build --build-arg BASE_IMAGE=ubuntu:24.04 \
-#                         --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu \
-#                         -t tabtransformer:cpu .
+# The GPU and CPU images differ only in build arguments (scripts/image.sh sets them):
+#   GPU (default): docker build -t tabtransformer-sagemaker:gpu .
+#   CPU:           docker build --build-arg BASE_IMAGE=ubuntu:24.04 \
+#                    --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cpu \
+#                    -t tabtransformer-sagemaker:cpu .
+# Build-only inputs, never stored in the image:
+#   TORCH_WHEELS  a folder holding the torch wheel, mounted read-only for the build
+#                 (buildah bud -v DIR:/mnt:ro --build-arg TORCH_WHEELS=/mnt);
+#                 empty: torch comes from TORCH_INDEX.
+#   secret pip_cert  a CA bundle pip must trust (TLS-intercepting proxies):
+#                 --secret id=pip_cert,src=/path/to/ca.pem (docker and buildah).
 #
-# Python packages come from requirements.lock, the same constraints file CI installs; only
-# the torch build differs (CUDA wheel here, CPU wheel in CI), at the version the lock pins.
+# Python packages come from requirements.lock, the same constraints file `make install`
+# uses; only the torch build differs (CUDA or CPU wheel of the version the lock pins).
 ARG BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04
 
 # ---- build stage: compilers live here only (sagemaker-training builds a C extension) ----
 FROM ${BASE_IMAGE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ARG TORCH_WHEELS=""
 ENV DEBIAN_FRONTEND=noninteractive PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 RUN apt-get update \
@@ -21,27 +29,42 @@ RUN apt-get update \
 RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY requirements.lock pyproject.toml /build/
-# torch first, from the PyTorch index, at the version the lock pins.
-RUN pip install --index-url "${TORCH_INDEX}" \
-        "torch==$(sed -n 's/^torch==//p' /build/requirements.lock)"
-# Then the runtime dependencies named in pyproject.toml, pinned by the lock (cached layer).
-RUN python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/build/pyproject.toml', 'rb'))['project']['dependencies']))" \
+# torch first, at the version the lock pins: from a local wheel folder or from TORCH_INDEX.
+# Its own dependencies come with the next step, from the lock.
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && if [ -n "${TORCH_WHEELS}" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS="${TORCH_WHEELS}"; \
+    else export PIP_INDEX_URL="${TORCH_INDEX}"; fi \
+    && pip install --no-deps --constraint /build/requirements.lock torch
+# Then the runtime dependencies named in pyproject.toml (and torch's), pinned by the lock.
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && python3 -c "import tomllib; print('\n'.join(tomllib.load(open('/build/pyproject.toml', 'rb'))['project']['dependencies']))" \
         > /build/runtime.txt \
     && pip install -c /build/requirements.lock -r /build/runtime.txt
 COPY README.md /build/
 COPY src /build/src
-RUN pip install --no-deps /build
+RUN --mount=type=secret,id=pip_cert \
+    if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi \
+    && pip install --no-deps /build \
+    && site="$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && find "${site}" -type d -name tests -prune -exec rm -rf {} + \
+    && rm -rf "${site}/torch/include" "${site}/torch/share/cmake" /build
 
 # ---- runtime stage -----------------------------------------------------------------------
 FROM ${BASE_IMAGE}
-ENV DEBIAN_FRONTEND=noninteractive
+ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 COPY --from=build /opt/venv /opt/venv
-COPY docker/train docker/serve /usr/local/bin/
-ENV PATH=/opt/venv/bin:$PATH \
+# /opt/program (SageMaker's place for a container's own programs) holds only the project's
+# `train` and `serve` and comes first on PATH: sagemaker-training installs a console script
+# named `train` in /opt/venv/bin, and it must never be the one SageMaker starts.
+COPY docker/train docker/serve /opt/program/
+ENV PATH=/opt/program:/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
 LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true
 EXPOSE 8080
+CMD ["echo", "usage: docker run IMAGE train | serve  (SageMaker runs these; /opt/ml mounted)"]

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format lock image readme-tables clean
+.PHONY: install demo test test-fast lint format lock image image-test readme-tables clean
 
 install: $(STAMP)
 
@@ -17,11 +17,12 @@ $(STAMP): pyproject.toml requirements.lock
 demo: install
 	$(BIN)/python scripts/demo.py
 
+# The image tests are left out here (pyproject addopts: -m 'not image'): make image-test.
 test: install lint
 	$(BIN)/python -m pytest -q
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not image"
 
 lint: install
 	$(BIN)/ruff check src tests scripts docker
@@ -38,9 +39,14 @@ lock: install
 	  echo "# version in the Dockerfile."; \
 	  $(BIN)/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > requirements.lock
 
+# The CPU image with docker, or buildah where no Docker engine runs (VARIANT=gpu: the CUDA
+# one). Options (TORCH_WHEELS, PIP_CERT, BASE_IMAGE, ...): see scripts/image.sh.
 image:
-	@if docker info >/dev/null 2>&1; then docker build -t tabtransformer-sagemaker . ; \
-	else echo "make image: no Docker engine reachable here (docker info failed); build on a machine with Docker: docker build -t tabtransformer-sagemaker ."; fi
+	scripts/image.sh
+
+# Builds the real Dockerfile once and runs the image as SageMaker does (tests/test_image.py).
+image-test: install
+	$(BIN)/python -m pytest -q -m image tests/test_image.py
 
 clean:
 	rm -rf $(VENV) demo build .pytest_cache .ruff_cache

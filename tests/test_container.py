@@ -42,14 +42,16 @@ def test_train_pack_unpack_serve_round_trip(tmp_path):
 
 
 def test_image_runs_the_tested_entry_points():
-    assert re.search(r"^COPY docker/train docker/serve /usr/local/bin/$", DOCKERFILE, re.M)
+    assert re.search(r"^COPY docker/train docker/serve /opt/program/$", DOCKERFILE, re.M)
+    assert re.search(r"^ENV PATH=/opt/program:", DOCKERFILE, re.M)  # first: never shadowed
     for entry in ("train", "serve"):
         assert (REPO / "docker" / entry).stat().st_mode & 0o111, f"docker/{entry} not executable"
 
 
 def test_image_follows_the_sagemaker_container_rules():
     assert "LABEL com.amazonaws.sagemaker.capabilities.accept-bind-to-port=true" in DOCKERFILE
-    assert "/opt/ml" not in DOCKERFILE  # SageMaker mounts it; the image writes nothing there
+    # SageMaker mounts /opt/ml; tests/test_image.py checks the built image has none.
+    assert not re.search(r"^(RUN|COPY|ADD|VOLUME|WORKDIR).*/opt/ml", DOCKERFILE, re.M)
     assert "PYTHONUNBUFFERED=1" in DOCKERFILE
     assert "ENTRYPOINT" not in DOCKERFILE and "tini" not in DOCKERFILE
     assert "-c /build/requirements.lock" in DOCKERFILE  # the lock CI installs

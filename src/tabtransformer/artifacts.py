@@ -35,6 +35,8 @@ METRICS = "metrics.json"
 HYPERPARAMETERS = "hyperparameters.json"
 # What a truncated or damaged tarball raises while it is unpacked (gzip, bzip2, xz, tar).
 UNREADABLE_ARCHIVE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+# Every file in model/ readable by any user (a serving container may run as another user).
+ARTIFACT_FILE_MODE = 0o644
 
 
 @dataclass
@@ -68,6 +70,7 @@ def save_artifact(model_dir: Path, artifact: Artifact, hyperparameters: dict[str
         _write_json(scratch / HYPERPARAMETERS, hyperparameters)
         _write_json(scratch / METRICS, artifact.metrics)
         for path in scratch.iterdir():
+            os.chmod(path, ARTIFACT_FILE_MODE)  # safetensors writes 0600, json 0644
             os.replace(path, model_dir / path.name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
