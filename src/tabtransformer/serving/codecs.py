@@ -146,7 +146,7 @@ def _frame_from_instances(rows: list[Any], predictor: Predictor) -> pd.DataFrame
         raise UserError("The request holds no rows.")
     if all(isinstance(r, dict) for r in rows):
         _reject_nested(r.items() for r in rows)
-        frame = pd.DataFrame.from_records(rows)
+        frame = pd.DataFrame(rows, index=range(len(rows)))  # [{}] is a row too
         unknown = [c for c in frame.columns if c not in names]
         if unknown:
             row = next(i for i, r in enumerate(rows, 1) if unknown[0] in r)
@@ -164,7 +164,8 @@ def _frame_from_instances(rows: list[Any], predictor: Predictor) -> pd.DataFrame
             )
         _reject_nested(zip(names, r, strict=True) for r in rows)
         return pd.DataFrame(rows, columns=names, dtype=object)
-    bad = next(i for i, r in enumerate(rows, 1) if not isinstance(r, (list, dict)))
+    kind = list if isinstance(rows[0], list) else dict
+    bad = next(i for i, r in enumerate(rows, 1) if not isinstance(r, kind))
     raise UserError(
         f"row {bad}: each row must be a list of values or an object of "
         "column: value pairs, all rows the same kind."
