@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import IO, Any
 
@@ -56,7 +58,17 @@ def server_settings() -> dict[str, Any]:
         "errorlog": "-",
         "loglevel": "info",
         "limit_request_line": 8190,
+        "control_socket_disable": True,  # a shared default path; SageMaker does not use it
+        "post_fork": stop_if_asked_while_booting,
     }
+
+
+def stop_if_asked_while_booting(arbiter: Any, worker: Any) -> None:
+    """Right after the fork: a SIGTERM that reaches a worker before gunicorn installs its
+    own handlers (the gevent worker patches for a second or so first) would run the
+    master's inherited handler and be lost, and the worker would then hold shutdown for
+    the whole graceful timeout. Here it makes the worker stop as soon as it is up."""
+    signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "alive", False))
 
 
 class BodyDeadline:
@@ -142,6 +154,8 @@ def run_server() -> int:
     validate_artifact(model_dir)
     settings = server_settings()
     max_payload_mb()  # checked here, before any worker starts
+    # gevent's monkey-patching walks every object once; torch.distributed warns when touched.
+    warnings.filterwarnings("ignore", message=".*reduce_op", category=FutureWarning)
     try:
         Server(settings).run()
     except SystemExit as stopped:
