@@ -25,6 +25,7 @@ from tabtransformer.serving import codecs
 log = logging.getLogger(__name__)
 DEFAULT_MAX_PAYLOAD_MB = 6
 READ_CHUNK = 1 << 16
+DRAIN_LIMIT = 64 << 20
 
 
 def max_payload_mb() -> float:
@@ -46,16 +47,18 @@ def batch_mode() -> bool:
 
 
 def read_body(stream: IO[bytes], content_length: int | None, limit: int) -> bytes:
-    """The whole body, at most `limit` bytes: one byte more raises 413 (413 at once when
-    Content-Length says so)."""
-    if content_length is not None and content_length > limit:
-        raise RequestEntityTooLarge()
+    """The whole body, at most `limit` bytes: one byte more is a 413, however the body is
+    framed. An over-limit body is read on and dropped (up to DRAIN_LIMIT) before the 413, so
+    that the client, still sending, reads the answer instead of a reset connection."""
     chunks, size = [], 0
-    while size <= limit:
-        chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
+    if content_length is None or content_length <= limit:
+        while size <= limit:
+            chunk = stream.read(min(READ_CHUNK, limit + 1 - size))
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+            size += len(chunk)
+    while size < DRAIN_LIMIT and (chunk := stream.read(READ_CHUNK)):
         size += len(chunk)
     raise RequestEntityTooLarge()
 

@@ -93,6 +93,10 @@ def decode(
 def _parse(body: bytes, kind: str, predictor: Predictor) -> pd.DataFrame:
     names = predictor.feature_names
     if kind == content_types.CSV:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"The body is not UTF-8 text (byte {e.start}): send UTF-8.") from None
         return parse_csv(pa.BufferReader(body), names, 0, locate=lambda line: f"row {line}")
     if kind == content_types.JSON:
         return _frame_from_instances(_json_instances(body), predictor)
