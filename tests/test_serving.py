@@ -21,7 +21,7 @@ from conftest import FAST, Job, Server, make_table
 from safetensors.torch import load_file, save_file
 
 from tabtransformer import load_model
-from tabtransformer.serving.local import SERVE_ENTRY
+from tabtransformer.serving.local import SERVE_ENTRY, free_port
 
 pytestmark = pytest.mark.slow
 TABLE = make_table("binary", n=240)
@@ -369,13 +369,19 @@ def test_non_finite_predictions_are_null_and_the_response_is_strict_json(binary_
 
 
 def tamper(model: Path, file: str, change) -> None:
+    """`change` edits the parsed JSON in place, or (a `raw` change) maps the file's bytes."""
     path = model / file
-    if file.endswith(".json"):
+    if getattr(change, "raw", False):
+        path.write_bytes(change(path.read_bytes()))
+    else:
         data = json.loads(path.read_text())
         change(data)
         path.write_text(json.dumps(data))
-    else:
-        path.write_bytes(change(path.read_bytes()))
+
+
+def raw(change):
+    change.raw = True
+    return change
 
 
 def set_key(*keys, value):
@@ -404,10 +410,10 @@ def set_key(*keys, value):
             ["'median'", "finite"],
         ),
         ("preprocessing.json", lambda data: data.pop("target"), ["without a prediction head"]),
-        ("preprocessing.json", lambda raw: b"{not json", ["preprocessing.json is not valid JSON"]),
-        ("model_config.json", lambda raw: b"[1, 2]", ["must hold a JSON object"]),
-        ("model.safetensors", lambda raw: raw[: len(raw) // 2], ["model.safetensors"]),
-        ("model.safetensors", lambda raw: b"", ["model.safetensors"]),
+        ("preprocessing.json", raw(lambda b: b"{not json"), ["preprocessing.json is not valid"]),
+        ("model_config.json", raw(lambda b: b"[1, 2]"), ["must hold a JSON object"]),
+        ("model.safetensors", raw(lambda b: b[: len(b) // 2]), ["model.safetensors"]),
+        ("model.safetensors", raw(lambda b: b""), ["model.safetensors"]),
     ],
 )
 def test_damaged_artifact_stops_the_server_with_one_line_and_exit_1(
@@ -420,10 +426,14 @@ def test_damaged_artifact_stops_the_server_with_one_line_and_exit_1(
     tamper(base / "model", file, change)
     result = subprocess.run(
         [sys.executable, str(SERVE_ENTRY)],
-        env={**os.environ, "SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": "1"},
+        env={
+            **os.environ,
+            "SAGEMAKER_BASE_DIR": str(base),
+            "SAGEMAKER_BIND_TO_PORT": str(free_port()),
+        },
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=60,
     )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output[-2000:]

@@ -372,8 +372,11 @@ def _check_weights(path: Path, config: TabTransformerConfig) -> None:
     builds on the meta device (no memory, no kernels, no threads)."""
     with torch.device("meta"):
         expected = {k: list(v.shape) for k, v in TabTransformer(config).state_dict().items()}
-    with safe_open(path, framework="np") as weights:
-        found = {k: list(weights.get_slice(k).get_shape()) for k in weights.keys()}  # noqa: SIM118
+    try:
+        with safe_open(path, framework="np") as weights:
+            found = {k: list(weights.get_slice(k).get_shape()) for k in weights.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{WEIGHTS} cannot be read ({e})") from None
     if found != expected:
         wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
         raise UserError(
