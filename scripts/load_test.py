@@ -2,10 +2,13 @@
 
 Trains a small model on modeldata/mlc_churn through `docker/train`, starts `docker/serve`
 (gunicorn, SAGEMAKER_MODEL_SERVER_WORKERS workers) on a free 127.0.0.1 port, then for a
-fixed time each: concurrent single-row requests, concurrent 1000-row CSV requests, and a
-burst of malformed requests mixed with good ones. Prints p50/p99 latency, rows/s, errors
-and dropped requests next to in-process `Predictor.predict` timings, and checks the
-targets. Loopback only; stops by itself.
+fixed time each: concurrent single-row requests, concurrent 1000-row CSV requests, a
+burst of malformed requests mixed with good ones, single-row requests while slow clients
+hold connections with half-sent bodies, and 1000-row bodies sent chunked (no
+Content-Length) next to an over-limit chunked body that must get 413. Prints p50/p99
+latency, rows/s, errors (wrong status or wrong number of answers) and dropped requests next
+to in-process `Predictor.predict` timings, and checks the targets. Loopback only; stops by
+itself.
 
     .venv/bin/python scripts/load_test.py [--seconds 10] [--clients 2]
 """
@@ -15,12 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -75,10 +80,14 @@ def in_process(model_dir: Path, features: pd.DataFrame) -> dict[str, float]:
     }
 
 
+Body = str | Callable[[], Iterator[bytes]]  # text, or a fresh chunk iterator (chunked)
+
+
 def hammer(
-    url: str, bodies: list[tuple[str, int]], seconds: float, clients: int
+    url: str, bodies: list[tuple[Body, int, int]], seconds: float, clients: int
 ) -> dict[str, float]:
-    """`clients` threads post (body, expected status) pairs round-robin for `seconds`."""
+    """`clients` threads post (body, expected status, rows) round-robin for `seconds`; a 200
+    must answer every row."""
     latencies: list[float] = []
     rows = [0]
     errors = [0]
@@ -95,7 +104,10 @@ def hammer(
             start = time.perf_counter()
             try:
                 response = session.post(
-                    url, data=body, timeout=30, headers={"Content-Type": "text/csv"}
+                    url,
+                    data=body() if callable(body) else body,
+                    timeout=30,
+                    headers={"Content-Type": "text/csv"},
                 )
             except requests.RequestException as e:
                 with lock:
@@ -105,7 +117,10 @@ def hammer(
                 continue
             elapsed = time.perf_counter() - start
             with lock:
-                if response.status_code != expected:
+                answered = (
+                    len(response.json()["probabilities"]) if response.status_code == 200 else 0
+                )
+                if response.status_code != expected or (expected == 200 and answered != n_rows):
                     errors[0] += 1
                     if errors[0] <= 3:
                         print(f"unexpected {response.status_code}: {response.text[:300]}")
@@ -129,6 +144,24 @@ def hammer(
     }
 
 
+def slow_uploads(port: int, n: int) -> list[socket.socket]:
+    """`n` connections that send headers and 5 bytes of a 1,000-byte body, then stall."""
+    held = []
+    for _ in range(n):
+        client = socket.create_connection(("127.0.0.1", port), timeout=30)
+        client.sendall(
+            b"POST /invocations HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/csv\r\n"
+            b"Content-Length: 1000\r\n\r\nKS,12"
+        )
+        held.append(client)
+    return held
+
+
+def chunked(text: str, chunk_bytes: int = 16384) -> Callable[[], Iterator[bytes]]:
+    data = text.encode()
+    return lambda: (data[i : i + chunk_bytes] for i in range(0, len(data), chunk_bytes))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -143,7 +176,8 @@ def main() -> int:
         def csv(frame: pd.DataFrame) -> str:
             return frame.to_csv(header=False, index=False)
 
-        server = LocalServer(base, SAGEMAKER_MODEL_SERVER_WORKERS=str(os.cpu_count() or 1))
+        workers = os.cpu_count() or 1
+        server = LocalServer(base, SAGEMAKER_MODEL_SERVER_WORKERS=str(workers))
         try:
             url = server.url + "/invocations"
             singles = [(csv(features.iloc[[i]]), 200, 1) for i in range(100)]
@@ -156,6 +190,16 @@ def main() -> int:
                 (csv(features.head(1)).replace("KS", "KS,extra"), 400, 0),
             ]
             mixed = hammer(url, singles[:5] + malformed, args.seconds / 2, args.clients * 2)
+            held = slow_uploads(server.port, 4 * workers)
+            try:
+                slow = hammer(url, singles, args.seconds / 2, args.clients)
+            finally:
+                for client in held:
+                    client.close()
+            over_limit = csv(features) * 1000  # about 7 MB, over the 6 MB default
+            streamed = [(chunked(body), 200, 1000) for body, _, _ in big]
+            streamed.append((chunked(over_limit), 413, 0))
+            stream = hammer(url, streamed, args.seconds / 2, args.clients)
         finally:
             server.stop()
 
@@ -187,8 +231,20 @@ def main() -> int:
         f"{mixed['p99_ms']:.2f} | {mixed['rows_per_s']:.0f} | {mixed['errors']} | "
         f"{mixed['dropped']} | | 0 errors | {'yes' if mixed['errors'] == 0 else 'NO'} |"
     )
-    failures = single["errors"] + batch["errors"] + mixed["errors"]
-    failures += single["dropped"] + batch["dropped"] + mixed["dropped"]
+    print(
+        f"| single row, {4 * (os.cpu_count() or 1)} stalled uploads | {slow['requests']} | "
+        f"{slow['p50_ms']:.2f} | {slow['p99_ms']:.2f} | {slow['rows_per_s']:.0f} | "
+        f"{slow['errors']} | {slow['dropped']} | | p99 < 1000 ms | "
+        f"{'yes' if slow['p99_ms'] < 1000 and not slow['errors'] else 'NO'} |"
+    )
+    print(
+        f"| 1000-row CSV chunked + over-limit | {stream['requests']} | {stream['p50_ms']:.1f} | "
+        f"{stream['p99_ms']:.1f} | {stream['rows_per_s']:.0f} | {stream['errors']} | "
+        f"{stream['dropped']} | | every row answered, 413 over the limit | "
+        f"{'yes' if stream['errors'] == 0 else 'NO'} |"
+    )
+    phases = (single, batch, mixed, slow, stream)
+    failures = sum(p["errors"] + p["dropped"] for p in phases)
     return 1 if failures else 0
 
 

@@ -11,22 +11,26 @@ from __future__ import annotations
 import gzip
 import json
 import lzma
+import math
 import os
 import shutil
 import tarfile
 import tempfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from safetensors import SafetensorError
+import numpy as np
+import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from tabtransformer.errors import UserError
 from tabtransformer.inference import Predictor
 from tabtransformer.model import TabTransformer, TabTransformerConfig
-from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
+from tabtransformer.preprocessing import TASKS, TablePreprocessor, TargetEncoder
 
 WEIGHTS = "model.safetensors"
 CONFIG = "model_config.json"
@@ -115,19 +119,6 @@ def load_model(path: str | os.PathLike) -> Predictor:
     )
 
 
-def check_servable(folder: Path) -> None:
-    """Cheap checks that `folder` holds a fine-tuned model, without loading weights (the
-    serving master runs this before forking workers, so it must not start torch threads)."""
-    if not (folder / WEIGHTS).exists() and (folder / "model.tar.gz").is_file():
-        return  # the workers unpack and check it
-    _check_files(folder)
-    if json.loads((folder / PREPROCESSING).read_text()).get("target") is None:
-        raise UserError(
-            f"{folder} holds a pretrained model without a prediction head: "
-            "fine-tune it first (a training job with it in its 'model' channel)."
-        )
-
-
 def _check_files(folder: Path) -> None:
     missing = [n for n in (WEIGHTS, CONFIG, PREPROCESSING) if not (folder / n).is_file()]
     if missing:
@@ -151,3 +142,220 @@ def _read_folder(folder: Path) -> Artifact:
             "use the model.tar.gz a training job of this image wrote."
         ) from None
     return Artifact(model.eval(), features, target, prep["header"], metrics)
+
+
+# --- start-up validation of a model folder (the serving master runs this) -------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """A check of one JSON value, and the words for what it allows."""
+
+    test: Callable[[Any], bool]
+    allowed: str
+
+
+def _integer(low: int, high: int) -> Rule:
+    return Rule(
+        lambda v: isinstance(v, int) and not isinstance(v, bool) and low <= v <= high,
+        f"an integer from {low} to {high}",
+    )
+
+
+def _number(low: float, high: float) -> Rule:
+    return Rule(
+        lambda v: (
+            isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+            and low <= v <= high
+        ),
+        f"a finite number from {low:g} to {high:g}",
+    )
+
+
+def _list_of(item: Rule, max_length: int, min_length: int = 0) -> Rule:
+    return Rule(
+        lambda v: (
+            isinstance(v, list)
+            and min_length <= len(v) <= max_length
+            and all(item.test(x) for x in v)
+        ),
+        f"a list of {min_length} to {max_length} items, each {item.allowed}",
+    )
+
+
+TEXT = Rule(lambda v: isinstance(v, str), "a string")
+LABEL = Rule(lambda v: isinstance(v, (str, int, float)) and not isinstance(v, bool), "a label")
+FINITE = _number(-math.inf, math.inf)
+MAX_COLUMNS = 100_000
+# Bounds on what a training job of this image can write, with room to spare: a tampered
+# value (n_blocks 10**6) must fail at once rather than build a model for hours.
+CONFIG_RULES = {
+    "cardinalities": _list_of(_integer(2, 10**8), MAX_COLUMNS),
+    "n_continuous": _integer(0, MAX_COLUMNS),
+    "n_outputs": _integer(1, 10**6),
+    "dim": _integer(1, 4096),
+    "n_blocks": _integer(1, 64),
+    "n_heads": _integer(1, 4096),
+    "frac_shared_embed": _number(0.0, 1.0),
+    "attn_dropout": _number(0.0, 1.0),
+    "mlp_dropout": _number(0.0, 1.0),
+    "continuous_norm": Rule(lambda v: v in ("layer", "none"), "'layer' or 'none'"),
+    "numeric_embedding": Rule(
+        lambda v: v in ("none", "ple", "periodic"), "'none', 'ple' or 'periodic'"
+    ),
+    "numeric_bin_edges": _list_of(_list_of(FINITE, 10**4, min_length=2), MAX_COLUMNS),
+    "ensemble_size": _integer(1, 1024),
+    "mlp_hidden_cap": _integer(0, 10**6),
+}
+FEATURES_RULES = {
+    "feature_names": _list_of(TEXT, MAX_COLUMNS, min_length=1),
+    "categorical": Rule(lambda v: isinstance(v, list), "a list"),
+    "numeric": Rule(lambda v: isinstance(v, list), "a list"),
+    "continuous_bins": _integer(0, 10**6),
+    "numeric_bins": _integer(0, 10**4),
+}
+# Keys that artifacts written before numeric tokens lack.
+OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges"})
+CATEGORICAL_RULES = {"name": TEXT, "categories": _list_of(TEXT, 10**8)}
+NUMERIC_RULES = {
+    "name": TEXT,
+    "quantiles": _list_of(FINITE, 10**6),
+    "median": FINITE,
+    "bin_edges": Rule(
+        lambda v: v is None or _list_of(FINITE, 10**4, min_length=2).test(v),
+        "null or a list of finite edges",
+    ),
+}
+TARGET_RULES = {
+    "task": Rule(lambda v: v in TASKS, f"one of {list(TASKS)}"),
+    "classes": Rule(lambda v: v is None or _list_of(LABEL, 10**6).test(v), "null or labels"),
+    "mean": FINITE,
+    "std": _number(1e-300, math.inf),
+}
+
+
+def validate_artifact(path: Path) -> None:
+    """Check a model folder (or `model.tar.gz`) against its schema and sane bounds without
+    building the network on real memory or starting torch threads; a problem is a
+    UserError naming the file and the key. The serving master calls this before forking."""
+    if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model.tar.gz").exists():
+        path = path / "model.tar.gz"
+    if path.is_file():
+        with tempfile.TemporaryDirectory() as tmp:
+            _extract(path, Path(tmp))
+            _validate_folder(Path(tmp), shown_as=path)
+        return
+    _validate_folder(path, shown_as=path)
+
+
+def _extract(tarball: Path, into: Path) -> None:
+    try:
+        with tarfile.open(tarball) as tar:
+            tar.extractall(into, filter="data")
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserError(f"{tarball} is not a readable model.tar.gz: {e}") from None
+
+
+def _validate_folder(folder: Path, shown_as: Path) -> None:
+    _check_files(folder)
+    config = _json_object(folder / CONFIG, shown_as)
+    prep = _json_object(folder / PREPROCESSING, shown_as)
+    if (folder / METRICS).is_file():
+        _json_object(folder / METRICS, shown_as)
+    _apply(CONFIG_RULES, config, f"{CONFIG} ", required=False)
+    if config.get("dim", 32) % config.get("n_heads", 8):
+        raise _damaged(shown_as, f"{CONFIG}: 'n_heads' must divide 'dim'")
+    if not isinstance(prep.get("header"), bool):
+        raise _damaged(shown_as, f"{PREPROCESSING}: 'header' must be true or false")
+    features = prep.get("features")
+    _apply(FEATURES_RULES, features, f"{PREPROCESSING} 'features' ")
+    for i, column in enumerate(features["categorical"]):
+        _apply(CATEGORICAL_RULES, column, f"{PREPROCESSING} 'categorical'[{i}] ")
+    for i, column in enumerate(features["numeric"]):
+        _apply(NUMERIC_RULES, column, f"{PREPROCESSING} 'numeric'[{i}] ")
+        if np.any(np.diff(column["quantiles"]) < 0):
+            raise _damaged(shown_as, f"{PREPROCESSING}: quantiles of {column['name']!r} decrease")
+    if prep.get("target") is None:
+        raise UserError(
+            f"{shown_as} holds a pretrained model without a prediction head: "
+            "fine-tune it first (a training job with it in its 'model' channel)."
+        )
+    _apply(TARGET_RULES, prep["target"], f"{PREPROCESSING} 'target' ")
+    try:
+        preprocessor = TablePreprocessor.from_dict(features)
+        target = TargetEncoder.from_dict(prep["target"])
+        _check_consistent(TabTransformerConfig(**config), preprocessor, target)
+        _check_weights(folder / WEIGHTS, TabTransformerConfig(**config))
+    except (UserError, ValueError, TypeError, SafetensorError, OSError) as e:
+        raise _damaged(shown_as, str(e)) from None
+
+
+def _json_object(path: Path, shown_as: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise _damaged(shown_as, f"{path.name} is not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise _damaged(shown_as, f"{path.name} must hold a JSON object")
+    return data
+
+
+def _apply(rules: dict[str, Rule], data: Any, where: str, required: bool = True) -> None:
+    """Every key of `data` must have a rule and pass it; with `required`, every rule's key
+    must be present."""
+    if not isinstance(data, dict):
+        raise UserError(f"{where}must be a JSON object")
+    unknown = sorted(set(data) - set(rules))
+    missing = sorted(set(rules) - set(data) - OPTIONAL_KEYS) if required else []
+    if unknown or missing:
+        raise UserError(f"{where}has unknown keys {unknown} or lacks {missing}")
+    for key, value in data.items():
+        if not rules[key].test(value):
+            raise UserError(f"{where}key {key!r}: {value!r:.80} is not {rules[key].allowed}")
+
+
+def _damaged(shown_as: Path, problem: str) -> UserError:
+    return UserError(
+        f"{shown_as} holds a damaged or tampered TabTransformer model: {problem}. "
+        "Use the model.tar.gz a training job of this image wrote."
+    )
+
+
+def _check_consistent(
+    config: TabTransformerConfig, preprocessor: TablePreprocessor, target: TargetEncoder
+) -> None:
+    names = preprocessor.feature_names
+    columns = [c.name for c in preprocessor.categorical] + [c.name for c in preprocessor.numeric]
+    if len(set(names)) != len(names) or sorted(columns) != sorted(names):
+        raise UserError(f"{PREPROCESSING}: the columns do not match 'feature_names'")
+    classes = target.classes or []
+    if target.task != "regression" and (len(classes) < 2 or len(set(classes)) != len(classes)):
+        raise UserError(f"{PREPROCESSING}: a classifier needs two or more distinct classes")
+    expected = {
+        "cardinalities": preprocessor.cardinalities,
+        "n_continuous": len(preprocessor.numeric),
+        "n_outputs": target.n_outputs,
+    }
+    for key, value in expected.items():
+        if getattr(config, key) != value:
+            raise UserError(f"{CONFIG} {key!r} does not match {PREPROCESSING}")
+
+
+def _check_weights(path: Path, config: TabTransformerConfig) -> None:
+    """Tensor names and shapes in the safetensors header against the network the config
+    builds on the meta device (no memory, no kernels, no threads)."""
+    with torch.device("meta"):
+        expected = {k: list(v.shape) for k, v in TabTransformer(config).state_dict().items()}
+    try:
+        with safe_open(path, framework="np") as weights:
+            found = {k: list(weights.get_slice(k).get_shape()) for k in weights.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{WEIGHTS} cannot be read ({e})") from None
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        raise UserError(
+            f"{WEIGHTS} does not match {CONFIG}: tensor {wrong[0]!r} has shape "
+            f"{found.get(wrong[0])}, the config needs {expected.get(wrong[0])}"
+        )

@@ -110,8 +110,10 @@ class NumericEmbedding(nn.Module):
         super().__init__()
         n_shared = round(dim * frac_shared)
         if kind == "ple":
-            with warnings.catch_warnings():  # a column with a single bin is fine here
-                warnings.simplefilter("ignore")
+            # PLE reads its bins' values while it is built: on the CPU even when the rest of
+            # the network is built on the meta device (artifact validation builds it there).
+            with warnings.catch_warnings(), torch.device("cpu"):
+                warnings.simplefilter("ignore")  # a column with a single bin is fine here
                 self.values = PiecewiseLinearEmbeddings(
                     [torch.tensor(e, dtype=torch.float32) for e in bin_edges],
                     dim - n_shared,

@@ -34,6 +34,7 @@ MISSING_CODE = 0
 UNSEEN_CODE = 1
 N_SPECIAL_CODES = 2
 MAX_QUANTILES = 1000
+TASKS = ("binary", "multiclass", "regression")
 # The largest magnitude of a number trained on. Beyond it, differences and squares (quantile
 # interpolation, standardising the target, squared errors) can overflow float64.
 MAX_TRAINING_MAGNITUDE = 1e150

@@ -2,11 +2,21 @@
 
 Decoders return a DataFrame whose index is the 1-based row number, so that a bad value is
 reported as "row 3, column 'age'". Nothing here unpickles: NPY is not accepted.
+
+Numbers: a non-finite value in a numeric column (inf, -inf, 1e400, "Infinity", a
+400-digit integer) is a 400 naming row and column; NaN, null and empty cells are missing
+values. A prediction that is not a finite number (a broken model) is answered `null` in
+JSON and an empty field in CSV, so every response is strict JSON.
+
+Batch transform (one line per record): each line of a CSV or JSON Lines body is one
+record, as SageMaker splits them; a blank line is a record too and gets an empty line
+(CSV) or `{"error": "blank record"}` (JSON Lines) in its place.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +30,14 @@ from tabtransformer.channels import parse_csv
 from tabtransformer.errors import UserError
 from tabtransformer.inference import Predictor
 
+log = logging.getLogger(__name__)
 JSONLINES = "application/jsonlines"
 DECODABLE = (content_types.CSV, content_types.JSON, JSONLINES, "application/x-jsonlines")
+LINE_RECORDS = (content_types.CSV, JSONLINES, "application/x-jsonlines")
 ENCODABLE = (content_types.JSON, content_types.CSV, JSONLINES)
 VERBOSE = "verbose"
+BLANK_RECORD = {"error": "blank record"}
+LONGEST_INT = 18  # digits that always fit int64; longer integers stay text (no overflow)
 
 
 def media_type(header: str | None) -> tuple[str, set[str]]:
@@ -32,7 +46,18 @@ def media_type(header: str | None) -> tuple[str, set[str]]:
     return parts[0], {p.split("=")[0] for p in parts[1:] if p}
 
 
-def decode(body: bytes, content_type: str | None, predictor: Predictor) -> pd.DataFrame:
+@dataclass
+class Records:
+    """The rows to predict (index: record number) and, in batch mode, which records of the
+    body were blank lines (they get a placeholder line, not a prediction)."""
+
+    frame: pd.DataFrame
+    blank: np.ndarray | None = None
+
+
+def decode(
+    body: bytes, content_type: str | None, predictor: Predictor, one_line_per_record: bool = False
+) -> Records:
     """Parse a request body into a frame of the model's feature columns."""
     kind, _ = media_type(content_type)
     if kind not in DECODABLE:
@@ -41,24 +66,62 @@ def decode(body: bytes, content_type: str | None, predictor: Predictor) -> pd.Da
             f"Content-Type {content_type!r} is not supported; send one of "
             f"{', '.join(DECODABLE[:3])}.",
         )
-    if not body.strip():
+    if not body or not (one_line_per_record or body.strip()):
         raise UserError("The request body is empty: send at least one row of features.")
+    if one_line_per_record and kind in LINE_RECORDS:
+        lines = body.split(b"\n")
+        if lines[-1] == b"":
+            lines.pop()  # the last record's terminator
+        blank = np.array([not line.strip() for line in lines], dtype=bool)
+        present = [line for line, empty in zip(lines, blank, strict=True) if not empty]
+        frame = _parse(b"\n".join(present), kind, predictor) if present else _empty(predictor)
+        if len(frame) != len(present):
+            raise UserError(
+                f"The body has {len(present)} non-blank lines but {len(frame)} rows: in batch "
+                "mode every line is one record (a quoted field may not span lines)."
+            )
+        frame.index = pd.Index(np.flatnonzero(~blank) + 1, name="row")
+        records = Records(frame, blank)
+    else:
+        frame = _parse(body, kind, predictor)
+        frame.index = pd.RangeIndex(1, len(frame) + 1, name="row")
+        records = Records(frame)
+    _reject_non_finite(records.frame, predictor)
+    return records
+
+
+def _parse(body: bytes, kind: str, predictor: Predictor) -> pd.DataFrame:
     names = predictor.feature_names
     if kind == content_types.CSV:
-        frame = parse_csv(pa.BufferReader(body), names, 0, locate=lambda line: f"row {line}")
-    elif kind == content_types.JSON:
-        frame = _frame_from_instances(_json_instances(body), predictor)
-    else:
-        frame = _frame_from_instances(_jsonlines_instances(body), predictor)
-    frame.index = pd.RangeIndex(1, len(frame) + 1, name="row")
-    return frame
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"The body is not UTF-8 text (byte {e.start}): send UTF-8.") from None
+        return parse_csv(pa.BufferReader(body), names, 0, locate=lambda line: f"row {line}")
+    if kind == content_types.JSON:
+        return _frame_from_instances(_json_instances(body), predictor)
+    return _frame_from_instances(_jsonlines_instances(body), predictor)
+
+
+def _empty(predictor: Predictor) -> pd.DataFrame:
+    return pd.DataFrame(columns=predictor.feature_names, dtype=object)
+
+
+def _parse_int(digits: str) -> int | str:
+    return int(digits) if len(digits) <= LONGEST_INT else digits
+
+
+def _loads(text: bytes, what: str) -> Any:
+    try:
+        return json.loads(text, parse_int=_parse_int)
+    except RecursionError:
+        raise UserError(f"{what} is nested too deeply: rows are flat lists or objects.") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{what} is not valid JSON: {e}.") from None
 
 
 def _json_instances(body: bytes) -> list[Any]:
-    try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UserError(f"The body is not valid JSON: {e}.") from None
+    data = _loads(body, "The body")
     if isinstance(data, dict):
         if "instances" not in data:
             raise UserError(
@@ -72,14 +135,11 @@ def _json_instances(body: bytes) -> list[Any]:
 
 
 def _jsonlines_instances(body: bytes) -> list[Any]:
-    rows = []
-    for number, line in enumerate(body.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except (ValueError, UnicodeDecodeError) as e:
-                raise UserError(f"Line {number} is not valid JSON: {e}.") from None
-    return rows
+    return [
+        _loads(line, f"Line {number}")
+        for number, line in enumerate(body.splitlines(), start=1)
+        if line.strip()
+    ]
 
 
 def _frame_from_instances(rows: list[Any], predictor: Predictor) -> pd.DataFrame:
@@ -89,14 +149,15 @@ def _frame_from_instances(rows: list[Any], predictor: Predictor) -> pd.DataFrame
     if not rows:
         raise UserError("The request holds no rows.")
     if all(isinstance(r, dict) for r in rows):
-        frame = pd.DataFrame.from_records(rows)
+        _reject_nested(r.items() for r in rows)
+        frame = pd.DataFrame(rows, index=range(len(rows)))  # [{}] is a row too
         unknown = [c for c in frame.columns if c not in names]
         if unknown:
             row = next(i for i, r in enumerate(rows, 1) if unknown[0] in r)
             raise UserError(
                 f"row {row}: unknown column {unknown[0]!r}; the model's columns are {names}."
             )
-        return frame.reindex(columns=names)  # absent keys are missing values
+        return frame.reindex(columns=names).astype(object)  # absent keys are missing values
     if all(isinstance(r, list) for r in rows):
         lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
         wrong = np.flatnonzero(lengths != len(names))
@@ -105,12 +166,42 @@ def _frame_from_instances(rows: list[Any], predictor: Predictor) -> pd.DataFrame
                 f"row {wrong[0] + 1}: expected {len(names)} values but found "
                 f"{lengths[wrong[0]]} ({len(wrong)} such row(s))."
             )
+        _reject_nested(zip(names, r, strict=True) for r in rows)
         return pd.DataFrame(rows, columns=names, dtype=object)
-    bad = next(i for i, r in enumerate(rows, 1) if not isinstance(r, (list, dict)))
+    kind = list if isinstance(rows[0], list) else dict
+    bad = next(i for i, r in enumerate(rows, 1) if not isinstance(r, kind))
     raise UserError(
         f"row {bad}: each row must be a list of values or an object of "
         "column: value pairs, all rows the same kind."
     )
+
+
+def _reject_nested(rows: Any) -> None:
+    """Every cell must be a number, text, true/false or null (not a list or an object)."""
+    for number, cells in enumerate(rows, start=1):
+        for column, value in cells:
+            if isinstance(value, (list, dict)):
+                raise UserError(
+                    f"row {number}, column {column!r}: a {type(value).__name__} is not a "
+                    "value; send a number, a string, true/false or null."
+                )
+
+
+def _reject_non_finite(frame: pd.DataFrame, predictor: Predictor) -> None:
+    """inf, -inf and overflowing numbers in numeric columns are errors naming the cell."""
+    for column in predictor.preprocessor.numeric:
+        values = frame[column.name]
+        if pd.api.types.is_bool_dtype(values.dtype):
+            continue
+        numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
+        infinite = np.isinf(numbers)
+        if infinite.any():
+            first = int(infinite.argmax())
+            raise UserError(
+                f"row {frame.index[first]}, column '{column.name}': {values.iloc[first]!r:.60} "
+                f"is not a finite number ({int(infinite.sum())} such value(s)). Send a finite "
+                "number, or an empty cell or null for a missing value."
+            )
 
 
 @dataclass(frozen=True)
@@ -140,39 +231,71 @@ def negotiate(accept: str | None, default: str) -> ResponseFormat:
 
 
 def encode(
-    predictions: np.ndarray, predictor: Predictor, fmt: ResponseFormat, one_line_per_row: bool
+    predictions: np.ndarray,
+    predictor: Predictor,
+    fmt: ResponseFormat,
+    one_line_per_record: bool,
+    blank: np.ndarray | None = None,
 ) -> str:
-    """Serialise predictions; `one_line_per_row` (batch transform) turns JSON into lines."""
+    """Serialise predictions; `one_line_per_record` (batch transform) turns JSON into lines,
+    and `blank` marks the records that get a placeholder line instead of a prediction."""
     classify = predictor.task != "regression"
     kind = (
         JSONLINES
-        if one_line_per_row and fmt.content_type == content_types.JSON
+        if one_line_per_record and fmt.content_type == content_types.JSON
         else (fmt.content_type)
     )
+    finite = np.isfinite(predictions)
+    finite = finite.all(axis=1) if finite.ndim > 1 else finite
+    if not finite.all():
+        log.warning("%d prediction(s) are not finite numbers: answered null", (~finite).sum())
+    values = [v if ok else None for v, ok in zip(predictions.tolist(), finite, strict=True)]
+    labels = _labels(predictions, finite, predictor) if classify else None
     if kind == content_types.CSV:
-        if classify:
-            return "\n".join(",".join(f"{p:.6g}" for p in row) for row in predictions) + "\n"
-        return "\n".join(f"{v:.8g}" for v in predictions) + "\n"
+        pattern = "{:.6g}" if classify else "{:.8g}"
+        lines = [
+            "" if v is None else ",".join(map(pattern.format, np.atleast_1d(v))) for v in values
+        ]
+        return "".join(line + "\n" for line in _with_blanks(lines, blank, ""))
     if kind == JSONLINES:
         if classify:
-            labels = predictor.predict_labels(predictions)
-            lines = (
-                json.dumps({"probabilities": p, "predicted_label": label})
-                for p, label in zip(predictions.tolist(), labels, strict=True)
-            )
+            objects = [
+                {"probabilities": p, "predicted_label": label}
+                for p, label in zip(values, labels, strict=True)
+            ]
         else:
-            lines = (json.dumps({"prediction": v}) for v in predictions.tolist())
-        return "\n".join(lines) + "\n"
+            objects = [{"prediction": v} for v in values]
+        lines = [_dumps(o) for o in objects]
+        return "".join(line + "\n" for line in _with_blanks(lines, blank, _dumps(BLANK_RECORD)))
     if not classify:
-        return json.dumps({"prediction": predictions.tolist()})
-    body: dict[str, Any] = {"probabilities": predictions.tolist()}
+        return _dumps({"prediction": values})
+    body: dict[str, Any] = {"probabilities": values}
     if fmt.verbose:
-        body["predicted_label"] = predictor.predict_labels(predictions)
+        body["predicted_label"] = labels
         body["labels"] = predictor.classes
-    return json.dumps(body)
+    return _dumps(body)
 
 
-def response_content_type(fmt: ResponseFormat, one_line_per_row: bool) -> str:
-    if one_line_per_row and fmt.content_type == content_types.JSON:
+def _labels(predictions: np.ndarray, finite: np.ndarray, predictor: Predictor) -> list[Any]:
+    if not len(predictions):
+        return []
+    labels = predictor.predict_labels(np.nan_to_num(predictions))
+    return [label if ok else None for label, ok in zip(labels, finite, strict=True)]
+
+
+def _with_blanks(lines: list[str], blank: np.ndarray | None, placeholder: str) -> list[str]:
+    """Put `placeholder` at each blank record, the lines in order elsewhere."""
+    if blank is None or not blank.any():
+        return lines
+    answers = iter(lines)
+    return [placeholder if empty else next(answers) for empty in blank]
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, allow_nan=False)
+
+
+def response_content_type(fmt: ResponseFormat, one_line_per_record: bool) -> str:
+    if one_line_per_record and fmt.content_type == content_types.JSON:
         return JSONLINES
     return fmt.content_type
