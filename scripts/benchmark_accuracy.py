@@ -186,6 +186,8 @@ def run_gbdt(
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = train, valid, test
     cats = categorical_columns(x_tr)
     classes = sorted(y_tr.unique()) if task != "regression" else []
+    if classes:  # class indexes: LightGBM refuses text labels
+        y_tr, y_va = (pd.Series(pd.Categorical(y, categories=classes).codes) for y in (y_tr, y_va))
     start = time.perf_counter()
     if kind == "lightgbm":
         import lightgbm as lgb
@@ -231,7 +233,7 @@ def run_gbdt(
     x_test = prepare(x_te)
     out = model.predict(x_test) if task == "regression" else model.predict_proba(x_test)
     if task != "regression":
-        order = [list(model.classes_).index(c) for c in classes]
+        order = [list(model.classes_).index(i) for i in range(len(classes))]
         out = np.asarray(out)[:, order]
     return score(task, y_te, out, classes), seconds
 
