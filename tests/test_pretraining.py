@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -29,6 +31,7 @@ from tabtransformer.pretraining import (
 )
 from tabtransformer.settings import PhaseSettings
 
+OLD_ARTIFACT = Path(__file__).parent / "data" / "old_artifact"  # from before numeric tokens
 PRETRAIN_FAST = {**FAST, "pretrain_epochs": "2", "pretrain_patience": "2"}
 
 
@@ -142,7 +145,14 @@ def pretrained(tmp_path) -> Job:
     return job
 
 
-def fine_tune(tmp_path, pretrained: Job, target: str, name: str, packed: bool = False) -> Job:
+def fine_tune(
+    tmp_path,
+    pretrained: Job,
+    target: str,
+    name: str,
+    packed: bool = False,
+    extra: dict | None = None,
+) -> Job:
     table = make_table("binary", n=400)
     table["score"] = table["size"] * 2 + (table["color"] == "red") * 5
     job = Job(tmp_path / name)
@@ -158,7 +168,7 @@ def fine_tune(tmp_path, pretrained: Job, target: str, name: str, packed: bool = 
     else:
         for path in pretrained.model.iterdir():
             (model_channel / path.name).write_bytes(path.read_bytes())
-    job.hyperparameters({**FAST, "target_column": target})
+    job.hyperparameters({**FAST, "target_column": target, **(extra or {})})
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reused" in result.stdout
@@ -356,3 +366,69 @@ def test_planned_epochs_follow_the_step_budget_within_the_epoch_cap():
     assert settings.planned_epochs(458) == 22  # 234,000 rows
     assert settings.planned_epochs(1) == 200  # a tiny table: the cap
     assert PretrainSettings("rtd", 0.3, phase, steps=0).planned_epochs(458) == 200
+
+
+# --- numeric columns and ensembles through the real entry point -------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective, accuracy", [("rtd", "detection"), ("mlm", "masked")])
+def test_numeric_tokens_take_part_in_a_pretraining_job(job: Job, objective, accuracy):
+    table = make_table("binary", n=400)
+    job.channel("training", table.iloc[:120])
+    job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
+    job.hyperparameters(
+        {**PRETRAIN_FAST, "numeric_embedding": "ple", "pretrain_objective": objective}
+    )
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 categorical and 2 numeric token columns take part" in result.stdout
+    assert f"validation_numeric_{accuracy}_accuracy=" in result.stdout
+    history = pd.read_csv(job.base / "output" / "data" / "pretraining_history.csv")
+    assert history[f"validation_numeric_{accuracy}_accuracy"].notna().all()
+
+
+@pytest.mark.slow
+def test_categorical_only_pretraining_is_one_setting_away(job: Job):
+    table = make_table("binary", n=400)
+    job.channel("training", table.iloc[:120])
+    job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
+    job.hyperparameters(
+        {**PRETRAIN_FAST, "numeric_embedding": "ple", "pretrain_columns": "categorical"}
+    )
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 categorical and 0 numeric token columns take part" in result.stdout
+    assert "numeric_detection_accuracy" not in result.stdout
+
+
+@pytest.mark.slow
+def test_fine_tunes_from_one_pretrained_artifact_take_their_own_ensemble_head(tmp_path, pretrained):
+    """The pretrained artifact has a one-member head shape; each fine-tuning job picks k."""
+    ensemble = fine_tune(tmp_path, pretrained, "label", "ensemble", extra={"ensemble_size": "3"})
+    single = fine_tune(tmp_path, pretrained, "label", "single")
+    config = json.loads((ensemble.model / "model_config.json").read_text())
+    assert config["ensemble_size"] == 3
+    assert json.loads((single.model / "model_config.json").read_text())["ensemble_size"] == 1
+    predictor = load_model(ensemble.model)
+    table = make_table("binary", n=20, seed=5)[["color", "size", "shape", "weight"]]
+    probabilities = predictor.predict(table)
+    assert probabilities.shape == (20, 2) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_artifact_written_before_numeric_tokens_is_a_base_to_fine_tune(tmp_path):
+    """tests/data/old_artifact (headerless, columns c1..c4) predates numeric tokens and
+    ensembles; it still loads as a base, with a new ensemble head and unlabeled rows."""
+    job = Job(tmp_path / "from_old")
+    table = make_table("binary", n=400)
+    job.channel("training", table.iloc[:150])
+    job.channel("unlabeled", table.iloc[150:].drop(columns="label"))
+    shutil.copytree(OLD_ARTIFACT, job.data / "model")
+    job.hyperparameters({**FAST, "ensemble_size": "2", "semi_supervised": "entropy"})
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reused" in result.stdout and "a new head of 2 member(s)" in result.stdout
+    config = json.loads((job.model / "model_config.json").read_text())
+    assert config["ensemble_size"] == 2 and config["dim"] == 8  # the old Transformer's shape
+    assert load_model(job.model).predict(table.drop(columns="label").head(5)).shape == (5, 2)
