@@ -13,6 +13,7 @@ outputs, times `semi_supervised_weight`, is added to the labelled loss.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
 from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -217,6 +220,16 @@ def fit(
     train_on_device = train.to(device)
     semi = settings.semi_supervised != "none" and unlabeled is not None and len(unlabeled) > 0
     unlabeled_on_device = unlabeled.to(device) if semi else None
+    if semi:
+        log.info(
+            "fine-tuning with semi_supervised=%s on %d unlabeled rows (weight %g%s)",
+            settings.semi_supervised,
+            len(unlabeled),
+            settings.semi_supervised_weight,
+            f", threshold {settings.pseudo_label_threshold:g}"
+            if settings.semi_supervised == "pseudo_label"
+            else "",
+        )
     epoch = start.epoch  # the last finished epoch; each train_epoch() runs the next one
 
     def train_epoch() -> Iterator[tuple[float, int]]:
