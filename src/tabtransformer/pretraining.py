@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tabtransformer.checkpoints import Checkpointer
-from tabtransformer.distributed import World, wrap
+from tabtransformer.distributed import wrap
 from tabtransformer.errors import UserError
 from tabtransformer.inference import EVAL_BATCH_ROWS, Encoded, autocast
 from tabtransformer.loop import LoopSettings, run_epochs
@@ -313,7 +313,9 @@ def pretrain_on_rows(
         columns.describe(),
     )
     train, valid = rows.rows(order[n_valid:]), rows.rows(order[:n_valid])
-    return pretrain(model, train, valid, settings, device, checkpointer, columns=columns)
+    return pretrain(
+        model, train, valid, settings, device, columns=columns, checkpointer=checkpointer
+    )
 
 
 def pretrain(
@@ -322,18 +324,19 @@ def pretrain(
     valid: Encoded,
     settings: PretrainSettings,
     device: torch.device,
-    checkpointer: Checkpointer | None = None,
-    world: World | None = None,
+    *,
     columns: TokenColumns | None = None,
+    checkpointer: Checkpointer | None = None,
 ) -> list[dict[str, float]]:
     """Pretrain `model`'s embeddings and Transformer in place; keeps the best epoch.
 
-    `columns` (default: the categorical ones) are corrupted and predicted. Early stopping
+    `columns` (default: the categorical ones) are corrupted and predicted; the processes
+    are `checkpointer`'s. Early stopping
     watches the loss on `valid` (held-out unlabeled rows) under a fixed corruption.
     Resumes from and saves to `checkpointer` (phase "pretrain"). Returns the history.
     """
     checkpointer = checkpointer or Checkpointer(None)
-    world = world or checkpointer.world
+    world = checkpointer.world
     columns = columns or TokenColumns(list(model.config.cardinalities), [])
     objective, phase = settings.objective, settings.phase
     seed = phase.seed
