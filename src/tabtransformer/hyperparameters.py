@@ -274,15 +274,52 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "Only pretrain and write a pretrained artifact, to be fine-tuned by later jobs "
         "through their 'model' channel. Implied when there is no 'training' channel.",
     ),
-    Hyperparameter("pretrain_epochs", int, 30, "Maximum pretraining epochs.", low=1, high=10000),
+    Hyperparameter(
+        "pretrain_epochs",
+        int,
+        200,
+        "Maximum pretraining epochs (the run lasts fewer when pretrain_steps is reached first).",
+        low=1,
+        high=10000,
+    ),
+    Hyperparameter(
+        "pretrain_steps",
+        int,
+        10000,
+        "Planned pretraining optimizer steps: pretraining lasts min(pretrain_epochs, "
+        "ceil(pretrain_steps / steps per epoch)) epochs, so a small unlabeled table gets many "
+        "epochs and a large one is not cut short; the learning-rate schedule spans that run. "
+        "0: pretrain_epochs alone.",
+        low=0,
+        high=100_000_000,
+    ),
     Hyperparameter(
         "pretrain_patience",
         int,
-        3,
-        "Stop pretraining when the loss on held-out unlabeled rows has not improved for "
-        "this many epochs.",
+        10,
+        "Stop pretraining when the loss on held-out unlabeled rows (under a fixed corruption) "
+        "has not improved for this many epochs.",
         low=1,
         high=1000,
+    ),
+    Hyperparameter(
+        "pretrain_lr_schedule",
+        str,
+        "cosine",
+        "Pretraining learning rate: linear warm-up over the first 5% of the planned run, "
+        "then 'cosine' decay to 0 at its end, or 'constant'.",
+        choices=("constant", "cosine"),
+    ),
+    Hyperparameter(
+        "pretrain_columns",
+        str,
+        "all",
+        "Which columns pretraining corrupts and predicts. 'all': with numeric_embedding=ple "
+        "or periodic, numeric cells too (RTD swaps in another row's value of the column; MLM "
+        "masks the cell with the column's missing embedding and predicts its bin among the "
+        "column's bin edges). 'categorical': the paper's method; numeric tokens enter "
+        "pretraining as missing. The same without numeric tokens.",
+        choices=("all", "categorical"),
     ),
     Hyperparameter(
         "pretrain_batch_size",
@@ -320,6 +357,38 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         low=0,
         high=256,
     ),
+    # --- unlabeled rows while fine-tuning (issue 12) ---------------------------------------
+    Hyperparameter(
+        "semi_supervised",
+        str,
+        "none",
+        "Use the 'unlabeled' channel's rows while fine-tuning a classifier: each labelled "
+        "batch is joined by as many unlabeled rows, and their loss times "
+        "semi_supervised_weight is added. 'entropy': minimise the mean entropy of the "
+        "predictions (entropy regularisation). 'pseudo_label': cross-entropy toward the "
+        "model's own prediction where it is at least pseudo_label_threshold confident "
+        "(recomputed each batch, no gradient through the target). 'none': labelled rows "
+        "only. Classification only; needs an 'unlabeled' channel.",
+        choices=("none", "entropy", "pseudo_label"),
+    ),
+    Hyperparameter(
+        "semi_supervised_weight",
+        float,
+        0.5,
+        "Weight of the unlabeled loss (semi_supervised) beside the labelled loss.",
+        low=0.0,
+        high=100.0,
+    ),
+    Hyperparameter(
+        "pseudo_label_threshold",
+        float,
+        0.9,
+        "semi_supervised=pseudo_label: the least predicted probability of a class for an "
+        "unlabeled row to count as that class.",
+        low=0.0,
+        high=1.0,
+        low_open=True,
+    ),
     # --- numeric tokens, ensemble head and training recipe (issue 11) ---------------------
     Hyperparameter(
         "numeric_embedding",
@@ -349,7 +418,9 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "k prediction heads (independent MLPs, each initialised on its own) over the one "
         "Transformer, trained on the same batches (TabM-style). The prediction is the mean of "
         "the members' probabilities (or values), the loss the mean of their losses. 1: the "
-        "paper's single head.",
+        "paper's single head. Fine-tuning from a 'model' channel takes it (and "
+        "mlp_hidden_cap) from the fine-tuning job: k fine-tuned heads over one pretrained "
+        "Transformer.",
         low=1,
         high=64,
     ),

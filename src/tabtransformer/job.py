@@ -56,11 +56,24 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
         "model: %s parameters on %s", f"{sum(p.numel() for p in model.parameters()):,}", device
     )
 
+    fit_settings = (
+        FitSettings.from_hyperparameters(hp, labelled.target.task, "unlabeled" in channels)
+        if labelled
+        else None
+    )
+    semi_supervised = fit_settings is not None and fit_settings.semi_supervised != "none"
+    # Every feature row (training, then unlabeled), encoded once for both uses.
+    features = (
+        encode_table(pre, tables.features)
+        if pretraining.objective != "none" or semi_supervised
+        else None
+    )
+
     target = labelled.target.to_dict() if labelled else None
     job_id = fingerprint(hp, {"features": pre.to_dict(), "target": target}, len(tables.features))
     checkpointer = Checkpointer(paths.checkpoints, job_id, StopFlag().install(), world)
     if pretraining.objective != "none" and checkpointer.resumed_phase() != "finetune":
-        history = pretrain_on_rows(model, pre, tables.features, pretraining, device, checkpointer)
+        history = pretrain_on_rows(model, pre, features, pretraining, device, checkpointer)
         if world.is_main:
             write_history(paths.output_data, "pretraining_history", history)
     pretrained = pretraining.objective if pretraining.objective != "none" else None
@@ -73,10 +86,10 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
             save_artifact(paths.model, artifact, hp)
             log.info("pretrained model written to %s", paths.model)
         return
-    fit_settings = FitSettings.from_hyperparameters(hp, labelled.target.task)
     train, valid = encode_labelled(pre, labelled, "train"), encode_labelled(pre, labelled, "valid")
+    unlabeled = features.rows(slice(len(train), None)) if semi_supervised else None
     history, best_epoch = fit(
-        model, train, valid, labelled.target, fit_settings, device, checkpointer, world
+        model, train, valid, labelled.target, fit_settings, device, checkpointer, world, unlabeled
     )
     if not world.is_main:
         return  # the other processes train; the first one reports and writes
@@ -137,7 +150,8 @@ def build_model(
     shape: TabTransformerConfig, pre: TablePreprocessor, n_outputs: int, base: Artifact | None
 ) -> TabTransformer:
     """A fresh network of `shape` for the table; from a base artifact, its embeddings and
-    Transformer are reused (and its shape applies)."""
+    Transformer are reused (and their shape applies), while the prediction head's shape
+    (ensemble_size, mlp_hidden_cap) comes from `shape`, this job's hyperparameters."""
     if base is None:
         columns = {
             "cardinalities": pre.cardinalities,
@@ -147,14 +161,20 @@ def build_model(
             ),
         }
         return TabTransformer(replace(shape, **columns, n_outputs=n_outputs))
-    config = TabTransformerConfig(**{**base.model.config.to_dict(), "n_outputs": n_outputs})
+    head = {
+        "n_outputs": n_outputs,
+        "ensemble_size": shape.ensemble_size,
+        "mlp_hidden_cap": shape.mlp_hidden_cap,
+    }
+    config = TabTransformerConfig(**{**base.model.config.to_dict(), **head})
     model = TabTransformer(config)
     reused = {k: v for k, v in base.model.state_dict().items() if not k.startswith("mlp.")}
     model.load_state_dict(reused, strict=False)
     log.info(
         "fine-tuning from the 'model' channel: reused %d tensors (embeddings and "
-        "Transformer); its architecture hyperparameters apply",
+        "Transformer, whose architecture hyperparameters apply); a new head of %d member(s)",
         len(reused),
+        config.ensemble_size,
     )
     return model
 

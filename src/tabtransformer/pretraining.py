@@ -1,15 +1,23 @@
 """Semi-supervised pretraining of the embeddings and Transformer (paper, section 3.2).
 
-MLM: in each row a share k of the token cells is replaced by the column's missing/mask
-token (code 0); one multi-class head per column predicts each original value from its
-contextual embedding; the loss counts masked cells only.
-RTD: a share k of the cells is replaced by a value drawn from the same column's empirical
-distribution (never the original; drawn anew every epoch); one binary head per column says
-whether each cell was replaced; the loss counts every cell.
+MLM: in each row a share k of the token cells is masked; one multi-class head per column
+predicts each original value from its contextual embedding; the loss counts masked cells
+only. A categorical cell is masked by the missing/mask token (code 0); a numeric token
+(numeric_embedding=ple|periodic) by the column's learned missing embedding (the model's
+`numeric_mask`), and its head predicts the value's bin among the column's bin edges.
+RTD: a share k of the cells is replaced by the same column's value in another row (never
+the original; drawn anew every epoch); one binary head per column says whether each cell
+was replaced; the loss counts every cell.
 
-Corruption works on whole batches of integer codes. Only the categorical tokens (and the
-binned continuous tokens, with `continuous_bins`) take part: continuous values in the MLP
-branch are not seen by the Transformer.
+Which columns take part (`pretrain_columns`): 'all' — the categorical tokens (and binned
+continuous tokens, with `continuous_bins`) and the numeric tokens; 'categorical' — the
+paper's method: numeric tokens enter as missing and are neither corrupted nor predicted.
+Without numeric tokens both are the same.
+
+Corruption works on whole batches of tensors. The run is planned in optimizer steps
+(`pretrain_steps`, at most `pretrain_epochs` epochs); the learning rate warms up over the
+first WARMUP_SHARE of the planned run, then follows `pretrain_lr_schedule`; early stopping
+watches the loss on held-out unlabeled rows under a fixed corruption.
 """
 
 from __future__ import annotations
@@ -20,33 +28,38 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from tabtransformer.checkpoints import Checkpointer
-from tabtransformer.distributed import World, wrap
+from tabtransformer.distributed import wrap
 from tabtransformer.errors import UserError
-from tabtransformer.inference import EVAL_BATCH_ROWS, autocast
+from tabtransformer.inference import EVAL_BATCH_ROWS, Encoded, autocast
 from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
+from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
 from tabtransformer.training import batches, optimizer_step
 
 log = logging.getLogger(__name__)
 RESAMPLE_ROUNDS = 20
 MAX_HELD_OUT_ROWS = 20000
+WARMUP_SHARE = 0.05  # of the planned pretraining run
 
 
 @dataclass(frozen=True)
 class PretrainSettings:
-    """What pretraining reads: the objective ('none': skip), corruption share, loop."""
+    """What pretraining reads: the objective ('none': skip), corruption share, which
+    columns take part, the loop, the planned steps and the learning-rate schedule."""
 
     objective: str  # never "auto"
     corruption_rate: float
     phase: PhaseSettings
+    columns: str = "all"  # "all" or "categorical"
+    steps: int = 0  # planned optimizer steps (0: phase.n_epochs epochs)
+    lr_schedule: str = "constant"  # "constant" or "cosine"
 
     @classmethod
     def from_hyperparameters(
@@ -63,7 +76,69 @@ class PretrainSettings:
                 "pretrain_only is set (or there is no 'training' channel) but "
                 "pretrain_objective=none: choose mlm or rtd."
             )
-        return cls(objective, hp["corruption_rate"], PhaseSettings.pretraining(hp))
+        return cls(
+            objective,
+            hp["corruption_rate"],
+            PhaseSettings.pretraining(hp),
+            hp["pretrain_columns"],
+            hp["pretrain_steps"],
+            hp["pretrain_lr_schedule"],
+        )
+
+    def planned_epochs(self, batches_per_epoch: int) -> int:
+        """Epochs the run lasts: enough for `steps` optimizer steps, at most n_epochs."""
+        if self.steps <= 0:
+            return self.phase.n_epochs
+        return max(1, min(self.phase.n_epochs, math.ceil(self.steps / batches_per_epoch)))
+
+
+@dataclass(frozen=True)
+class TokenColumns:
+    """The token columns pretraining corrupts and predicts: the categorical (code) columns,
+    then the numeric tokens' columns, each with its bin edges (empty: numeric cells do not
+    take part; they enter the Transformer as missing)."""
+
+    cardinalities: list[int]
+    numeric_bin_edges: list[list[float]]
+
+    @classmethod
+    def of(cls, model: TabTransformer, pre: TablePreprocessor, columns: str) -> TokenColumns:
+        numeric = model.config.numeric_tokens and columns == "all"
+        edges = [list(c.bin_edges or []) for c in pre.numeric] if numeric else []
+        return cls(list(model.config.cardinalities), edges)
+
+    @property
+    def numeric(self) -> bool:
+        return bool(self.numeric_bin_edges)
+
+    @property
+    def n_categorical(self) -> int:
+        return len(self.cardinalities)
+
+    @property
+    def class_counts(self) -> list[int]:
+        """What each column's MLM head predicts among: its codes, or its value's bins."""
+        return self.cardinalities + [max(len(e) - 1, 1) for e in self.numeric_bin_edges]
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_categorical} categorical and {len(self.numeric_bin_edges)} numeric "
+            "token columns take part"
+        )
+
+
+def bin_index(numbers: torch.Tensor, inner_edges: torch.Tensor) -> torch.Tensor:
+    """Each value's bin (N, c): how many of its column's inner edges (c, E; padded with
+    +inf) are at or below it. Below the first edge: 0; above the last: the last bin."""
+    return (numbers[..., None] >= inner_edges).sum(-1)
+
+
+def inner_edges(bin_edges: list[list[float]], device: torch.device) -> torch.Tensor:
+    """The edges between bins of each column (c, E), padded with +inf."""
+    inner = [e[1:-1] for e in bin_edges]
+    width = max((len(e) for e in inner), default=0)
+    padded = [e + [math.inf] * (width - len(e)) for e in inner]
+    return torch.tensor(padded, dtype=torch.float32, device=device).reshape(len(inner), width)
 
 
 def mlm_corrupt(
@@ -75,66 +150,126 @@ def mlm_corrupt(
     return codes.masked_fill(masked, MISSING_CODE), masked
 
 
+def mlm_mask_numbers(
+    numbers: torch.Tensor, rate: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Choose a share `rate` of the present numeric cells to mask (the model's numeric_mask)."""
+    chosen = torch.rand(numbers.shape, generator=generator, device=numbers.device) < rate
+    return chosen & ~numbers.isnan()
+
+
 def rtd_corrupt(
-    codes: torch.Tensor, pool: torch.Tensor, rate: float, generator: torch.Generator
+    values: torch.Tensor, pool: torch.Tensor, rate: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace a share `rate` of the cells by other values of the same column.
 
-    `pool` (P, m) holds rows to draw values from (the column's empirical distribution).
-    A draw equal to the original is drawn again; a cell whose column offers no other value
-    after `RESAMPLE_ROUNDS` tries stays original and is not counted as replaced.
-    Returns (corrupted codes, replaced cells).
+    `values` are codes (int) or numbers (float, NaN = missing, and two missing cells are
+    equal). `pool` (P, m) holds rows to draw values from (the column's empirical
+    distribution). A draw equal to the original is drawn again; a cell whose column offers
+    no other value after `RESAMPLE_ROUNDS` tries stays original and is not counted as
+    replaced. Returns (corrupted values, replaced cells).
     """
-    n, m = codes.shape
-    chosen = torch.rand(codes.shape, generator=generator, device=codes.device) < rate
-    columns = torch.arange(m, device=codes.device).expand(n, m)
-    draws = torch.empty_like(codes)
+    n, m = values.shape
+    chosen = torch.rand(values.shape, generator=generator, device=values.device) < rate
+    columns = torch.arange(m, device=values.device).expand(n, m)
+    draws = values.clone()
     pending = torch.ones_like(chosen)
     for _ in range(RESAMPLE_ROUNDS):
-        rows = torch.randint(len(pool), (n, m), generator=generator, device=codes.device)
-        candidate = pool[rows, columns]
-        draws = torch.where(pending, candidate, draws)
-        pending = pending & (draws == codes)
+        rows = torch.randint(len(pool), (n, m), generator=generator, device=values.device)
+        draws = torch.where(pending, pool[rows, columns], draws)
+        pending = pending & same(draws, values)
         if not (pending & chosen).any():
             break
-    replaced = chosen & (draws != codes)
-    return torch.where(replaced, draws, codes), replaced
+    replaced = chosen & ~same(draws, values)
+    return torch.where(replaced, draws, values), replaced
+
+
+def same(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Cell-wise equality; for numbers, two missing (NaN) cells are equal too."""
+    equal = a == b
+    return equal | (a.isnan() & b.isnan()) if a.is_floating_point() else equal
+
+
+@dataclass
+class Corrupted:
+    """A corrupted batch: model inputs, per-column targets and the corrupted cells (B, T)."""
+
+    codes: torch.Tensor
+    numbers: torch.Tensor | None
+    numeric_mask: torch.Tensor | None
+    targets: torch.Tensor  # MLM: original code or bin; RTD: unused (the cells are targets)
+    cells: torch.Tensor
+
+
+class Corruptor:
+    """Corrupts batches of rows (codes and, when they take part, numbers) by one objective."""
+
+    def __init__(self, objective: str, rate: float, columns: TokenColumns, pool: Encoded) -> None:
+        self.objective, self.rate, self.columns, self.pool = objective, rate, columns, pool
+        self.edges = inner_edges(columns.numeric_bin_edges, pool.codes.device)
+
+    def __call__(self, rows: Encoded, generator: torch.Generator) -> Corrupted:
+        if self.objective == "mlm":
+            codes, cells = mlm_corrupt(rows.codes, self.rate, generator)
+        else:
+            codes, cells = rtd_corrupt(rows.codes, self.pool.codes, self.rate, generator)
+        if not self.columns.numeric:
+            return Corrupted(codes, None, None, rows.codes, cells)
+        numbers, mask = rows.numbers, None
+        if self.objective == "mlm":
+            mask = mlm_mask_numbers(numbers, self.rate, generator)
+            numeric_cells, numeric_targets = mask, bin_index(numbers, self.edges)
+        else:
+            numbers, numeric_cells = rtd_corrupt(numbers, self.pool.numbers, self.rate, generator)
+            numeric_targets = numeric_cells.long()
+        return Corrupted(
+            codes,
+            numbers,
+            mask,
+            torch.cat([rows.codes, numeric_targets], 1),
+            torch.cat([cells, numeric_cells], 1),
+        )
 
 
 class PretrainingHead(nn.Module):
-    """MLM: one classifier per column over its vocabulary. RTD: one logit per column."""
+    """MLM: one classifier per column over its classes (codes, or a numeric column's bins).
+    RTD: one logit per column."""
 
-    def __init__(self, objective: str, cardinalities: list[int], dim: int):
+    def __init__(self, objective: str, class_counts: list[int], dim: int):
         super().__init__()
         self.objective = objective
         if objective == "mlm":
-            self.classifiers = nn.ModuleList(nn.Linear(dim, c) for c in cardinalities)
+            self.classifiers = nn.ModuleList(nn.Linear(dim, c) for c in class_counts)
         else:
-            self.weight = nn.Parameter(torch.randn(len(cardinalities), dim) / math.sqrt(dim))
-            self.bias = nn.Parameter(torch.zeros(len(cardinalities)))
+            self.weight = nn.Parameter(torch.randn(len(class_counts), dim) / math.sqrt(dim))
+            self.bias = nn.Parameter(torch.zeros(len(class_counts)))
 
-    def loss_and_accuracy(
-        self, contextual: torch.Tensor, original: torch.Tensor, corrupted_cells: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """MLM: cross-entropy and accuracy on masked cells. RTD: BCE and accuracy on all."""
+    def forward(
+        self, contextual: torch.Tensor, targets: torch.Tensor, cells: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, hits per column, scored cells per column). MLM: cross-entropy on masked
+        cells; RTD: binary cross-entropy on every cell."""
         if self.objective == "rtd":
             logits = torch.einsum("bmd,md->bm", contextual.float(), self.weight) + self.bias
-            target = corrupted_cells.float()
-            loss = F.binary_cross_entropy_with_logits(logits, target)
-            accuracy = ((logits > 0) == corrupted_cells).float().mean()
-            return loss, accuracy
-        losses, hits, count = [], 0, 0
+            loss = F.binary_cross_entropy_with_logits(logits, cells.float())
+            hits = ((logits > 0) == cells).float().sum(0)
+            return loss, hits, torch.full_like(hits, len(cells))
+        losses, hits = [], []
         for j, classifier in enumerate(self.classifiers):
-            rows = corrupted_cells[:, j]
-            if rows.any():
-                logits = classifier(contextual[rows, j].float())
-                losses.append(F.cross_entropy(logits, original[rows, j], reduction="sum"))
-                hits += (logits.argmax(1) == original[rows, j]).sum()
-                count += int(rows.sum())
-        if not count:
-            zero = contextual.sum() * 0.0
-            return zero, zero.detach()
-        return torch.stack(losses).sum() / count, torch.as_tensor(hits / count)
+            rows = cells[:, j]
+            logits = classifier(contextual[rows, j].float())
+            losses.append(F.cross_entropy(logits, targets[rows, j], reduction="sum"))
+            hits.append((logits.argmax(1) == targets[rows, j]).float().sum())
+        counts = cells.float().sum(0)
+        loss = torch.stack(losses).sum() / counts.sum().clamp(min=1.0)
+        return loss, torch.stack(hits).detach(), counts
+
+    def loss_and_accuracy(
+        self, contextual: torch.Tensor, targets: torch.Tensor, cells: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the accuracy over every scored cell."""
+        loss, hits, counts = self(contextual, targets, cells)
+        return loss, hits.sum() / counts.sum().clamp(min=1.0)
 
 
 class PretrainingTask(nn.Module):
@@ -144,75 +279,68 @@ class PretrainingTask(nn.Module):
         super().__init__()
         self.model, self.head = model, head
 
-    def forward(
-        self, corrupted: torch.Tensor, original: torch.Tensor, cells: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(corrupted.device):
-            # Numeric tokens (numeric_embedding) are not corrupted or predicted yet: they
-            # enter as missing, and the head sees the code columns only.
-            contextual = self.model.contextual(corrupted)[:, : corrupted.shape[1]]
-        return self.head.loss_and_accuracy(contextual, original, cells)
-
-
-def corrupt(
-    objective: str, codes: torch.Tensor, pool: torch.Tensor, rate: float, g: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if objective == "mlm":
-        return mlm_corrupt(codes, rate, g)
-    return rtd_corrupt(codes, pool, rate, g)
+    def forward(self, batch: Corrupted) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with autocast(batch.codes.device):
+            # Without `numbers`, numeric tokens enter as missing and are not predicted.
+            contextual = self.model.contextual(batch.codes, batch.numbers, batch.numeric_mask)
+        return self.head(contextual[:, : batch.cells.shape[1]], batch.targets, batch.cells)
 
 
 def pretrain_on_rows(
     model: TabTransformer,
     pre: TablePreprocessor,
-    rows: pd.DataFrame,
+    rows: Encoded,
     settings: PretrainSettings,
     device: torch.device,
     checkpointer: Checkpointer,
 ) -> list[dict[str, float]]:
-    """Pretrain on feature rows: a seeded tenth (at most 20,000) is held out for early
-    stopping. Returns the per-epoch history."""
-    if not pre.cardinalities:
+    """Pretrain on encoded feature rows: a seeded tenth (at most 20,000) is held out for
+    early stopping. Returns the per-epoch history."""
+    columns = TokenColumns.of(model, pre, settings.columns)
+    if not columns.class_counts:
         raise UserError(
             "Pretraining needs token columns, and this table has no categorical column. "
-            "Set continuous_bins (e.g. 16) to bring continuous columns in, or "
-            "pretrain_objective=none."
+            "Set numeric_embedding=ple (or continuous_bins, e.g. 16) to bring numeric "
+            "columns in, or pretrain_objective=none."
         )
-    codes = torch.from_numpy(pre.transform(rows)[0])
-    order = torch.randperm(len(codes), generator=torch.Generator().manual_seed(settings.phase.seed))
-    n_valid = max(1, min(len(codes) // 10, MAX_HELD_OUT_ROWS))
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(settings.phase.seed))
+    n_valid = max(1, min(len(rows) // 10, MAX_HELD_OUT_ROWS))
     log.info(
-        "pretraining (%s) on %d unlabeled rows, %d held out for early stopping",
+        "pretraining (%s) on %d unlabeled rows, %d held out for early stopping; %s",
         settings.objective,
-        len(codes) - n_valid,
+        len(rows) - n_valid,
         n_valid,
+        columns.describe(),
     )
-    train_codes, valid_codes = codes[order[n_valid:]], codes[order[:n_valid]]
+    train, valid = rows.rows(order[n_valid:]), rows.rows(order[:n_valid])
     return pretrain(
-        model, train_codes, valid_codes, settings, device, checkpointer, checkpointer.world
+        model, train, valid, settings, device, columns=columns, checkpointer=checkpointer
     )
 
 
 def pretrain(
     model: TabTransformer,
-    train_codes: torch.Tensor,
-    valid_codes: torch.Tensor,
+    train: Encoded,
+    valid: Encoded,
     settings: PretrainSettings,
     device: torch.device,
+    *,
+    columns: TokenColumns | None = None,
     checkpointer: Checkpointer | None = None,
-    world: World | None = None,
 ) -> list[dict[str, float]]:
     """Pretrain `model`'s embeddings and Transformer in place; keeps the best epoch.
 
-    Early stopping watches the loss on `valid_codes` (held-out unlabeled rows) under a
-    fixed corruption. Resumes from and saves to `checkpointer` (phase "pretrain").
-    Returns the per-epoch history.
+    `columns` (default: the categorical ones) are corrupted and predicted; the processes
+    are `checkpointer`'s. Early stopping
+    watches the loss on `valid` (held-out unlabeled rows) under a fixed corruption.
+    Resumes from and saves to `checkpointer` (phase "pretrain"). Returns the history.
     """
     checkpointer = checkpointer or Checkpointer(None)
-    world = world or World()
-    objective, rate, phase = settings.objective, settings.corruption_rate, settings.phase
+    world = checkpointer.world
+    columns = columns or TokenColumns(list(model.config.cardinalities), [])
+    objective, phase = settings.objective, settings.phase
     seed = phase.seed
-    head = PretrainingHead(objective, model.config.cardinalities, model.config.dim)
+    head = PretrainingHead(objective, columns.class_counts, model.config.dim)
     encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
     model.to(device).train()
     head.to(device).train()
@@ -223,29 +351,46 @@ def pretrain(
     )
     generator = torch.Generator(device=device).manual_seed(seed)
     order = torch.Generator().manual_seed(seed)
-    train_codes, valid_codes = train_codes.to(device), valid_codes.to(device)
+    train, valid = train.to(device), valid.to(device)
+    corrupt = Corruptor(objective, settings.corruption_rate, columns, train)
     # The validation corruption is drawn once, so that epochs are compared on equal terms.
-    fixed = torch.Generator(device=device).manual_seed(seed + 1)
-    valid_corrupted, valid_cells = corrupt(objective, valid_codes, train_codes, rate, fixed)
-    accuracy_name = "masked_accuracy" if objective == "mlm" else "detection_accuracy"
+    valid_corrupted = corrupt(valid, torch.Generator(device=device).manual_seed(seed + 1))
+    batches_per_epoch = max(1, math.ceil(len(train) // world.size / phase.batch_size))
+    n_epochs = settings.planned_epochs(batches_per_epoch)
+    log.info(
+        "pretraining plan: %d epochs of %d steps (pretrain_steps=%d, pretrain_epochs=%d), "
+        "learning rate %s with %.0f%% warm-up",
+        n_epochs,
+        batches_per_epoch,
+        settings.steps,
+        phase.n_epochs,
+        settings.lr_schedule,
+        100 * WARMUP_SHARE,
+    )
     task = PretrainingTask(model, head)  # what a checkpoint holds
     checkpoint = checkpointer.phase("pretrain", task, optimizer, [generator, order])
     start = checkpoint.restore()  # before DDP shares the first process's weights
     ddp_task = wrap(task, world, partial=True)
+    epoch = start.epoch  # the last finished epoch; each train_epoch() runs the next one
 
     def train_epoch() -> Iterator[tuple[float, int]]:
-        for index in batches(len(train_codes), phase.batch_size, order, world):
-            original = train_codes[index.to(device)]
-            corrupted, cells = corrupt(objective, original, train_codes, rate, generator)
-            loss, _ = ddp_task(corrupted, original, cells)
+        nonlocal epoch
+        epoch += 1
+        epoch_batches = list(batches(len(train), phase.batch_size, order, world))
+        for step, index in enumerate(epoch_batches):
+            progress = epoch - 1 + (step + 1) / len(epoch_batches)
+            factor = learning_rate_factor(
+                progress, n_epochs, WARMUP_SHARE * n_epochs, settings.lr_schedule
+            )
+            set_learning_rate(optimizer, phase.learning_rate * factor)
+            loss, _, _ = ddp_task(corrupt(train.rows(index.to(device)), generator))
             yield optimizer_step(optimizer, loss), len(index)
 
     def validate() -> dict[str, float]:
-        loss, accuracy = held_out_scores(task, valid_codes, valid_corrupted, valid_cells)
-        return {"pretrain_loss": loss, accuracy_name: accuracy}
+        return held_out_scores(task, valid, valid_corrupted, columns)
 
     loop_settings = LoopSettings(
-        n_epochs=phase.n_epochs,
+        n_epochs=n_epochs,
         patience=phase.patience,
         watch="pretrain_loss",
         higher_is_better=False,
@@ -258,20 +403,37 @@ def pretrain(
 
 @torch.inference_mode()
 def held_out_scores(
-    task: PretrainingTask,
-    original: torch.Tensor,
-    corrupted: torch.Tensor,
-    cells: torch.Tensor,
-) -> tuple[float, float]:
-    """Mean loss and accuracy of the pretraining task on a fixed corruption."""
+    task: PretrainingTask, rows: Encoded, corrupted: Corrupted, columns: TokenColumns
+) -> dict[str, float]:
+    """Mean loss and accuracy of the pretraining task on a fixed corruption of `rows`; the
+    accuracy on the categorical and on the numeric columns too when numeric cells take
+    part."""
     task.eval()
-    losses, accuracies, weights = [], [], []
-    for start in range(0, len(original), EVAL_BATCH_ROWS):
+    loss_sum, hits, counts = 0.0, 0.0, 0.0
+    for start in range(0, len(rows), EVAL_BATCH_ROWS):
         part = slice(start, start + EVAL_BATCH_ROWS)
-        loss, accuracy = task(corrupted[part], original[part], cells[part])
-        n = len(original[part])
-        losses.append(float(loss) * n)
-        accuracies.append(float(accuracy) * n)
-        weights.append(n)
+        numbers = corrupted.numbers[part] if corrupted.numbers is not None else None
+        mask = corrupted.numeric_mask[part] if corrupted.numeric_mask is not None else None
+        batch = Corrupted(
+            corrupted.codes[part], numbers, mask, corrupted.targets[part], corrupted.cells[part]
+        )
+        loss, batch_hits, batch_counts = task(batch)
+        # MLM averages over masked cells, RTD over rows: weigh each batch accordingly.
+        weight = float(batch_counts.sum()) if task.head.objective == "mlm" else len(batch.codes)
+        loss_sum += float(loss) * weight
+        hits, counts = hits + batch_hits.cpu(), counts + batch_counts.cpu()
     task.train()
-    return sum(losses) / sum(weights), sum(accuracies) / sum(weights)
+    total = float(counts.sum()) if task.head.objective == "mlm" else len(rows)
+    name = "masked_accuracy" if task.head.objective == "mlm" else "detection_accuracy"
+    scores = {"pretrain_loss": loss_sum / max(total, 1.0), name: accuracy(hits, counts)}
+    if columns.numeric:
+        m = columns.n_categorical
+        if m:
+            scores[f"categorical_{name}"] = accuracy(hits[:m], counts[:m])
+        scores[f"numeric_{name}"] = accuracy(hits[m:], counts[m:])
+    return scores
+
+
+def accuracy(hits: torch.Tensor | float, counts: torch.Tensor | float) -> float:
+    total = float(torch.as_tensor(counts).sum())
+    return float(torch.as_tensor(hits).sum()) / total if total else math.nan

@@ -5,10 +5,15 @@ so the loop has no per-row Python. Uses CUDA with bf16 autocast when available. 
 loop itself (resume, best weights, log line, patience) is `loop.run_epochs`. The learning
 rate follows `schedule.learning_rate_factor` batch by batch; gradients may be clipped.
 With an ensemble head the loss is the mean of the members' losses.
+
+Semi-supervised fine-tuning (`semi_supervised`, classifiers): each labelled batch is joined
+by a batch of unlabeled rows in the same forward pass, and `unlabeled_loss` on their
+outputs, times `semi_supervised_weight`, is added to the labelled loss.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +33,8 @@ from tabtransformer.preprocessing import TargetEncoder
 from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class FitSettings:
@@ -39,6 +46,9 @@ class FitSettings:
     lr_schedule: str = "constant"  # "constant" or "cosine"
     warmup_epochs: float = 0.0  # linear warm-up from 0 (may be fractional)
     grad_clip: float = 0.0  # > 0: clip the gradient's global L2 norm to this
+    semi_supervised: str = "none"  # "none", "entropy" or "pseudo_label"
+    semi_supervised_weight: float = 0.5
+    pseudo_label_threshold: float = 0.9
 
     def learning_rate(self, progress: float) -> float:
         """The learning rate after `progress` epochs (fractional) of fine-tuning."""
@@ -48,8 +58,12 @@ class FitSettings:
         return self.phase.learning_rate * factor
 
     @classmethod
-    def from_hyperparameters(cls, hp: Mapping[str, Any], task: str) -> FitSettings:
-        """Resolve eval_metric=auto for `task`, or check that the metric applies to it."""
+    def from_hyperparameters(
+        cls, hp: Mapping[str, Any], task: str, has_unlabeled: bool = False
+    ) -> FitSettings:
+        """Resolve eval_metric=auto for `task`, or check that the metric applies to it;
+        check that semi_supervised has what it needs (a classifier, unlabeled rows)."""
+        check_semi_supervised(hp["semi_supervised"], task, has_unlabeled)
         name = hp["eval_metric"]
         if name == "auto":
             name = metrics.DEFAULT_EVAL_METRIC[task]
@@ -64,6 +78,26 @@ class FitSettings:
             hp["lr_schedule"],
             hp["warmup_epochs"],
             hp["grad_clip"],
+            hp["semi_supervised"],
+            hp["semi_supervised_weight"],
+            hp["pseudo_label_threshold"],
+        )
+
+
+def check_semi_supervised(mode: str, task: str, has_unlabeled: bool) -> None:
+    """semi_supervised needs a classification task and an `unlabeled` channel."""
+    if mode == "none":
+        return
+    if task == "regression":
+        raise UserError(
+            f"semi_supervised={mode} applies to classification only, and this job's task is "
+            "regression: set semi_supervised=none (pretraining on the unlabeled rows still "
+            "works for regression)."
+        )
+    if not has_unlabeled:
+        raise UserError(
+            f"semi_supervised={mode} learns from unlabeled rows, and this job has no "
+            "'unlabeled' channel: add one (feature columns only) or set semi_supervised=none."
         )
 
 
@@ -106,6 +140,39 @@ def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return loss
 
 
+def unlabeled_loss(mode: str, out: torch.Tensor, threshold: float) -> torch.Tensor:
+    """The loss on unlabeled rows' outputs (B, k, classes), the mean over ensemble members.
+
+    entropy: the mean entropy of each member's predicted distribution. pseudo_label: each
+    member's cross-entropy toward the class the members' mean probability names, on rows
+    where that probability is >= `threshold` (the target carries no gradient), averaged
+    over all B rows (so fewer confident rows weigh less).
+    """
+    log_p = out.float().log_softmax(-1)
+    if mode == "entropy":
+        return -(log_p.exp() * log_p).sum(-1).mean()
+    with torch.no_grad():
+        confidence, label = log_p.exp().mean(1).max(-1)
+        confident = (confidence >= threshold).float()
+    k = log_p.shape[1]
+    nll = -log_p.gather(-1, label[:, None, None].expand(-1, k, 1)).squeeze(-1).mean(1)
+    return (nll * confident).mean()
+
+
+def unlabeled_batches(
+    n_unlabeled: int,
+    n_batches: int,
+    batch_size: int,
+    generator: torch.Generator,
+    world: World | None = None,
+) -> torch.Tensor:
+    """Row indexes (n_batches, batch_size) of the unlabeled rows to join each labelled
+    batch of an epoch, drawn with replacement; with several processes, this one's draw."""
+    world = world or World()
+    draws = torch.randint(n_unlabeled, (world.size, n_batches, batch_size), generator=generator)
+    return draws[world.rank]
+
+
 def validation_scores(
     model: TabTransformer, data: Encoded, target: TargetEncoder, device: torch.device
 ) -> dict[str, float]:
@@ -129,11 +196,14 @@ def fit(
     device: torch.device,
     checkpointer: Checkpointer | None = None,
     world: World | None = None,
+    unlabeled: Encoded | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Train with early stopping on `settings.eval_metric`; leaves the best weights in `model`.
 
-    Resumes from and saves to `checkpointer` each epoch (phase "finetune"). Returns the
-    per-epoch history (train loss and validation metrics) and the best epoch.
+    With `settings.semi_supervised` other than none, `unlabeled` rows (features only) join
+    every batch. Resumes from and saves to `checkpointer` each epoch (phase "finetune").
+    Returns the per-epoch history (train loss, with the weighted unlabeled loss, and
+    validation metrics) and the best epoch.
     """
     checkpointer = checkpointer or Checkpointer(None)
     world = world or World()
@@ -148,19 +218,44 @@ def fit(
     ddp_model = wrap(model, world)  # DistributedDataParallel when there are several processes
     criterion = loss_fn(target.task)
     train_on_device = train.to(device)
+    semi = settings.semi_supervised != "none" and unlabeled is not None and len(unlabeled) > 0
+    unlabeled_on_device = unlabeled.to(device) if semi else None
+    if semi:
+        log.info(
+            "fine-tuning with semi_supervised=%s on %d unlabeled rows (weight %g%s)",
+            settings.semi_supervised,
+            len(unlabeled),
+            settings.semi_supervised_weight,
+            f", threshold {settings.pseudo_label_threshold:g}"
+            if settings.semi_supervised == "pseudo_label"
+            else "",
+        )
     epoch = start.epoch  # the last finished epoch; each train_epoch() runs the next one
 
     def train_epoch() -> Iterator[tuple[float, int]]:
         nonlocal epoch
         epoch += 1
         epoch_batches = list(batches(len(train), phase.batch_size, generator, world))
+        if semi:
+            extra = unlabeled_batches(
+                len(unlabeled_on_device), len(epoch_batches), phase.batch_size, generator, world
+            )
         for step, index in enumerate(epoch_batches):
             progress = epoch - 1 + (step + 1) / len(epoch_batches)
             set_learning_rate(optimizer, settings.learning_rate(progress))
             batch = train_on_device.rows(index.to(device))
+            codes, numbers = batch.codes, batch.numbers
+            if semi:  # one forward pass over the labelled and the unlabeled rows
+                rows = unlabeled_on_device.rows(extra[step].to(device))
+                codes, numbers = torch.cat([codes, rows.codes]), torch.cat([numbers, rows.numbers])
             with autocast(device):
-                out = ddp_model(batch.codes, batch.numbers)
-            loss = criterion(out, batch.target)
+                out = ddp_model(codes, numbers)
+            loss = criterion(out[: len(index)], batch.target)
+            if semi:
+                extra_loss = unlabeled_loss(
+                    settings.semi_supervised, out[len(index) :], settings.pseudo_label_threshold
+                )
+                loss = loss + settings.semi_supervised_weight * extra_loss
             yield optimizer_step(optimizer, loss, settings.grad_clip), len(index)
 
     loop_settings = LoopSettings(
