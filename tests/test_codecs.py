@@ -36,16 +36,16 @@ def binary() -> Predictor:
 
 
 def test_csv_rows_become_a_frame_indexed_by_row(binary):
-    frame = codecs.decode(b"red,1.5\nblue,\n", "text/csv", binary)
+    frame = codecs.decode(b"red,1.5\nblue,\n", "text/csv", binary).frame
     assert list(frame.columns) == ["color", "size"]
     assert frame.index.tolist() == [1, 2]
     assert frame.loc[2, "size"] is None or pd.isna(frame.loc[2, "size"])
 
 
 def test_json_by_position_by_name_and_jsonlines_agree(binary):
-    by_position = codecs.decode(b'{"instances": [["red", 1.5]]}', "application/json", binary)
-    by_name = codecs.decode(b'[{"size": 1.5, "color": "red"}]', "application/json", binary)
-    lines = codecs.decode(b'{"features": ["red", 1.5]}\n', "application/jsonlines", binary)
+    by_position = codecs.decode(b'{"instances": [["red", 1.5]]}', "application/json", binary).frame
+    by_name = codecs.decode(b'[{"size": 1.5, "color": "red"}]', "application/json", binary).frame
+    lines = codecs.decode(b'{"features": ["red", 1.5]}\n', "application/jsonlines", binary).frame
     expected = binary.predict(pd.DataFrame({"color": ["red"], "size": [1.5]}))
     for frame in (by_position, by_name, lines):
         assert np.allclose(binary.predict(frame), expected)
@@ -66,7 +66,7 @@ def test_json_by_position_by_name_and_jsonlines_agree(binary):
 )
 def test_bad_bodies_are_user_errors_naming_the_place(binary, body, content_type, message):
     with pytest.raises(UserError, match=message):
-        frame = codecs.decode(body, content_type, binary)
+        frame = codecs.decode(body, content_type, binary).frame
         binary.predict(frame)  # a bad number surfaces when the frame is encoded
 
 
