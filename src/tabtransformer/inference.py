@@ -134,6 +134,21 @@ class Attributions:
     columns: list[str]
 
 
+def column_cells(pre: TablePreprocessor) -> list[tuple[list[int], list[int]]]:
+    """For each feature column (in `feature_names` order), its positions in the codes
+    (a categorical column, or a numeric column's bin token) and in the numbers."""
+    categorical = {c.name: j for j, c in enumerate(pre.categorical)}
+    numeric = {c.name: j for j, c in enumerate(pre.numeric)}
+    cells = []
+    for name in pre.feature_names:
+        if name in categorical:
+            cells.append(([categorical[name]], []))
+        else:
+            j = numeric[name]
+            cells.append(([len(pre.categorical) + j] if pre.continuous_bins else [], [j]))
+    return cells
+
+
 class Predictor:
     """A trained TabTransformer with its preprocessing: `predict(DataFrame)`."""
 
@@ -218,7 +233,7 @@ class Predictor:
         classify = self.task != "regression"
         chosen = base.argmax(axis=1) if classify else None
         base_value = base[np.arange(len(base)), chosen] if classify else base
-        cells = self._missing_cells()
+        cells = column_cells(self.preprocessor)
         n_columns = len(cells)
         missing_number = np.nan if self.preprocessor.numeric_bins else 0.0
         values = np.empty((len(data), n_columns))
@@ -239,21 +254,6 @@ class Predictor:
                 prediction = np.take_along_axis(prediction, picked, axis=2)
             values[start : start + n] = base_value[start : start + n, None] - prediction[..., 0]
         return Attributions(values, list(self.feature_names))
-
-    def _missing_cells(self) -> list[tuple[list[int], list[int]]]:
-        """For each feature column, its positions in the codes and in the numbers."""
-        pre = self.preprocessor
-        categorical = {c.name: j for j, c in enumerate(pre.categorical)}
-        numeric = {c.name: j for j, c in enumerate(pre.numeric)}
-        cells = []
-        for name in self.feature_names:
-            if name in categorical:
-                cells.append(([categorical[name]], []))
-            else:
-                j = numeric[name]
-                binned = [len(pre.categorical) + j] if pre.continuous_bins else []
-                cells.append((binned, [j]))
-        return cells
 
     def predict_labels(self, probabilities: np.ndarray) -> list[Any]:
         """The most probable original label of each row."""
