@@ -4,7 +4,8 @@
    modeldata/mlc_churn) in the JumpStart layout (no header, target in column 0) with
    `categorical_index.json`, and `hyperparameters.json`.
 2. Runs the very `docker/train` entry point the image runs, with SAGEMAKER_BASE_DIR.
-3. Loads the artifact and prints validation metrics and a few predictions.
+3. Loads the artifact and prints validation metrics, where the training report
+   (`demo/opt_ml/output/data/report.html`) is, and a few predictions.
 4. Starts the very `docker/serve` entry point (gunicorn) on a loopback port, sends CSV and
    JSON requests, prints the responses and stops the server.
 """
@@ -58,6 +59,9 @@ def main() -> int:
     predictor = load_model(BASE / "model")
     print("\n== validation metrics (model/metrics.json)")
     print(json.dumps(predictor.metrics["validation"], indent=2))
+    report = BASE / "output" / "data" / "report.html"
+    if report.is_file():
+        print(f"\n== training report (open it in a browser): {report}")
     print("\n== predictions for 5 rows the model never saw")
     probabilities = predictor.predict(holdout[features])
     for truth, p in zip(holdout["churn"], probabilities, strict=True):

@@ -66,8 +66,8 @@ def test_json_by_position_by_name_and_jsonlines_agree(binary):
 )
 def test_bad_bodies_are_user_errors_naming_the_place(binary, body, content_type, message):
     with pytest.raises(UserError, match=message):
-        frame = codecs.decode(body, content_type, binary).frame
-        binary.predict(frame)  # a bad number surfaces when the frame is encoded
+        records = codecs.decode(body, content_type, binary)
+        binary.predict(records.frame)  # a bad number surfaces when the frame is encoded
 
 
 def test_unsupported_content_type_is_415(binary):
@@ -135,3 +135,70 @@ def test_serving_imports_none_of_the_training_code():
     assert "tabtransformer.inference" in loaded, out.stderr
     for training_module in ("training", "checkpoints", "distributed", "loop", "pretraining"):
         assert f"tabtransformer.{training_module}'" not in loaded
+
+
+@pytest.mark.parametrize(
+    "accept, embeddings, explain",
+    [
+        ("application/json;embeddings", True, False),
+        ("application/json; explain", False, True),
+        ("application/jsonlines;embeddings;explain", True, True),
+        ("application/json;verbose", False, False),
+    ],
+)
+def test_negotiate_reads_the_embeddings_and_explain_parameters(accept, embeddings, explain):
+    fmt = codecs.negotiate(accept, "application/json")
+    assert (fmt.embeddings, fmt.explain) == (embeddings, explain)
+
+
+@pytest.mark.parametrize("accept", ["text/csv;explain", "text/csv; embeddings"])
+def test_csv_cannot_carry_embeddings_or_attributions(accept):
+    with pytest.raises(GenericInferenceToolkitError) as error:
+        codecs.negotiate(accept, "application/json")
+    assert error.value.status_code == 406
+    assert "application/json;explain" in error.value.message
+
+
+def test_embeddings_and_attributions_go_beside_the_predictions(binary):
+    frame = pd.DataFrame({"color": ["red", "blue"], "size": [1.0, 2.0]})
+    p, embeddings, attributions = binary.predict(frame), binary.embed(frame), binary.explain(frame)
+    fmt = codecs.ResponseFormat("application/json", embeddings=True, explain=True)
+    body = json.loads(codecs.encode(p, binary, fmt, False, None, embeddings, attributions))
+    assert body["columns"] == ["color"]
+    assert np.array(body["embeddings"]).shape == (2, 1, 8)
+    assert np.allclose(body["embeddings"], embeddings.values, atol=1e-6)
+    assert [list(a) for a in body["attributions"]] == [["color", "size"]] * 2
+    assert np.allclose([list(a.values()) for a in body["attributions"]], attributions.values)
+    lines = codecs.encode(p, binary, fmt, True, None, embeddings, attributions).splitlines()
+    assert len(lines) == 2
+    first = json.loads(lines[0])
+    assert set(first) == {
+        "probabilities",
+        "predicted_label",
+        "embeddings",
+        "columns",
+        "attributions",
+    }
+    assert np.array(first["embeddings"]).shape == (1, 8)
+
+
+def test_an_embedding_answer_over_the_payload_limit_is_413_saying_how_many_rows_fit(binary):
+    fmt = codecs.ResponseFormat("application/json", embeddings=True)
+    per_row = 1 * 8 * codecs.BYTES_PER_EMBEDDING_VALUE
+    codecs.check_answer_size(fmt, 100, binary, limit=100 * per_row)  # fits exactly
+    with pytest.raises(GenericInferenceToolkitError) as error:
+        codecs.check_answer_size(fmt, 101, binary, limit=100 * per_row)
+    assert error.value.status_code == 413
+    assert "at most 100 rows" in error.value.message
+    codecs.check_answer_size(codecs.ResponseFormat("application/json"), 10**9, binary, 1)
+
+
+def test_embeddings_of_a_model_without_token_columns_are_a_user_error():
+    features = pd.DataFrame({"size": [1.0, 2.0, 3.0]})
+    pre = TablePreprocessor.fit(features, None)
+    target = TargetEncoder.fit(pd.Series(["no", "yes", "no"]), "binary", 20)
+    model = TabTransformer(TabTransformerConfig([], 1, 2, dim=8, n_blocks=1))
+    numbers_only = Predictor(model, pre, target, header=True)
+    fmt = codecs.ResponseFormat("application/json", embeddings=True)
+    with pytest.raises(UserError, match="no token columns"):
+        codecs.check_answer_size(fmt, 1, numbers_only, limit=10**6)

@@ -396,7 +396,7 @@ def set_key(*keys, value):
 @pytest.mark.parametrize(
     "file, change, words",
     [
-        ("model_config.json", set_key("n_blocks", value=10**6), ["'n_blocks'", "1 to 64"]),
+        ("model_config.json", set_key("n_blocks", value=10**6), ["'n_blocks'", "0 to 64"]),
         ("model_config.json", set_key("dim", value=64), ["does not match", "shape"]),
         ("model_config.json", set_key("n_outputs", value=3), ["'n_outputs'"]),
         (

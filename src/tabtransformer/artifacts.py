@@ -196,7 +196,7 @@ CONFIG_RULES = {
     "n_continuous": _integer(0, MAX_COLUMNS),
     "n_outputs": _integer(1, 10**6),
     "dim": _integer(1, 4096),
-    "n_blocks": _integer(1, 64),
+    "n_blocks": _integer(0, 64),
     "n_heads": _integer(1, 4096),
     "frac_shared_embed": _number(0.0, 1.0),
     "attn_dropout": _number(0.0, 1.0),

@@ -154,8 +154,9 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "n_blocks",
         int,
         6,
-        "Number of Transformer encoder blocks (paper: 6).",
-        low=1,
+        "Number of Transformer encoder blocks (paper: 6). 0: no Transformer, the column "
+        "embeddings go straight to the MLP (the paper's MLP baseline).",
+        low=0,
         high=24,
         jumpstart_default=4,
     ),
@@ -459,6 +460,16 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "0: no clipping.",
         low=0.0,
         high=1e6,
+    ),
+    # --- what the model learned (issue 13) ---------------------------------------------
+    Hyperparameter(
+        "report",
+        bool,
+        True,
+        "Write a training report to output/data/ at the end of the job: report.html "
+        "(self-contained) and its PNGs (learning curves, t-SNE of the contextual embeddings, "
+        "permutation importance, task plots). Sampled so that it takes about a tenth of the "
+        "training time; a report error is a warning, never a failed job.",
     ),
 )
 

@@ -7,6 +7,7 @@ checkpoints or processes.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,7 @@ import torch
 
 from tabtransformer.errors import UserError
 from tabtransformer.model import TabTransformer
-from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
+from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor, TargetEncoder
 
 EVAL_BATCH_ROWS = 8192
 
@@ -58,20 +59,48 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 
 @torch.inference_mode()
-def predict_raw(model: TabTransformer, data: Encoded, device: torch.device) -> torch.Tensor:
-    """Model outputs (N, k, n_outputs) of the k ensemble members as float32 on the CPU,
-    in evaluation mode."""
+def _in_batches(
+    model: TabTransformer,
+    data: Encoded,
+    device: torch.device,
+    forward: Callable[[Encoded], torch.Tensor],
+    empty: tuple[int, ...],
+) -> torch.Tensor:
+    """`forward` over batches of EVAL_BATCH_ROWS rows in evaluation mode, concatenated as
+    float32 on the CPU; `empty` is the shape of one row's answer (for zero rows)."""
     was_training = model.training
     model.eval()
     outs = []
     for start in range(0, len(data), EVAL_BATCH_ROWS):
         part = data.rows(slice(start, start + EVAL_BATCH_ROWS)).to(device)
         with autocast(device):
-            outs.append(model(part.codes, part.numbers).float().cpu())
+            outs.append(forward(part).float().cpu())
     model.train(was_training)
-    if not outs:
-        return torch.zeros(0, model.config.ensemble_size, model.config.n_outputs)
-    return torch.cat(outs)
+    return torch.cat(outs) if outs else torch.zeros(0, *empty)
+
+
+def predict_raw(model: TabTransformer, data: Encoded, device: torch.device) -> torch.Tensor:
+    """Model outputs (N, k, n_outputs) of the k ensemble members as float32 on the CPU,
+    in evaluation mode."""
+    c = model.config
+    return _in_batches(
+        model, data, device, lambda p: model(p.codes, p.numbers), (c.ensemble_size, c.n_outputs)
+    )
+
+
+def contextual_embeddings(
+    model: TabTransformer, data: Encoded, device: torch.device, layer: int = -1
+) -> torch.Tensor:
+    """Contextual embeddings (N, n_tokens, d) at `layer` (see `TabTransformer.contextual`)
+    as float32 on the CPU, in evaluation mode."""
+    c = model.config
+    return _in_batches(
+        model,
+        data,
+        device,
+        lambda p: model.contextual(p.codes, p.numbers, layer=layer),
+        (c.n_tokens, c.dim),
+    )
 
 
 def to_prediction(raw: torch.Tensor, target: TargetEncoder) -> np.ndarray:
@@ -82,6 +111,42 @@ def to_prediction(raw: torch.Tensor, target: TargetEncoder) -> np.ndarray:
     if target.task == "regression":
         return target.decode_regression(members[:, :, 0].mean(dim=1).numpy())
     return torch.softmax(members, dim=2).mean(dim=1).numpy()
+
+
+@dataclass
+class Embeddings:
+    """Each row's contextual embedding per token column: `values` (N, tokens, d) at depth
+    `layer` (0 = before the Transformer, n_blocks = after its last block), the token
+    columns named in `columns` (categorical ones, then numeric ones that are tokens)."""
+
+    values: np.ndarray
+    columns: list[str]
+    layer: int
+
+
+@dataclass
+class Attributions:
+    """Per row and feature column, `values` (N, F): the prediction (the probability of the
+    row's predicted class, or the predicted value) minus the prediction with that column
+    set to missing; positive: the column's value pushed towards the prediction."""
+
+    values: np.ndarray
+    columns: list[str]
+
+
+def column_cells(pre: TablePreprocessor) -> list[tuple[list[int], list[int]]]:
+    """For each feature column (in `feature_names` order), its positions in the codes
+    (a categorical column, or a numeric column's bin token) and in the numbers."""
+    categorical = {c.name: j for j, c in enumerate(pre.categorical)}
+    numeric = {c.name: j for j, c in enumerate(pre.numeric)}
+    cells = []
+    for name in pre.feature_names:
+        if name in categorical:
+            cells.append(([categorical[name]], []))
+        else:
+            j = numeric[name]
+            cells.append(([len(pre.categorical) + j] if pre.continuous_bins else [], [j]))
+    return cells
 
 
 class Predictor:
@@ -127,6 +192,68 @@ class Predictor:
         """Class probabilities (N, C) or regression predictions (N,) in target units."""
         data = encode_table(self.preprocessor, self.align(features))
         return to_prediction(predict_raw(self.model, data, self.device), self.target)
+
+    @property
+    def token_columns(self) -> list[str]:
+        """The columns that are tokens, in the model's order: categorical columns, then
+        numeric columns as bin tokens (continuous_bins) or as numeric tokens."""
+        pre = self.preprocessor
+        names = [c.name for c in pre.categorical]
+        if pre.continuous_bins or self.model.config.numeric_tokens:
+            names += [c.name for c in pre.numeric]
+        return names
+
+    def embed(self, features: pd.DataFrame, layer: int = -1) -> Embeddings:
+        """Each row's contextual embeddings per token column at `layer` (0: before the
+        Transformer, -1: after its last block; a list index over n_blocks + 1 layers)."""
+        config = self.model.config
+        if not config.n_tokens:
+            raise UserError(
+                "This model has no token columns (no categorical column, and numeric columns "
+                "are not tokens: numeric_embedding=none), so it has no contextual embeddings."
+            )
+        n_layers = config.n_blocks + 1
+        if not -n_layers <= layer < n_layers:
+            raise UserError(
+                f"layer {layer} is out of range: this model has layers 0 (before the "
+                f"Transformer) to {n_layers - 1} (after its last block); -1 is the last."
+            )
+        data = encode_table(self.preprocessor, self.align(features))
+        values = contextual_embeddings(self.model, data, self.device, layer)
+        return Embeddings(values.numpy(), self.token_columns, layer % n_layers)
+
+    def explain(self, features: pd.DataFrame) -> Attributions:
+        """Per row and feature column, the prediction minus the prediction with that column
+        set to what the model takes for missing: the missing token of a categorical column
+        (and of a numeric column's bin token), the learned missing embedding of a numeric
+        token, else the imputed median (0 on the N(0, 1) scale). Costs F + 1 forward passes
+        per row (F feature columns), batched."""
+        data = encode_table(self.preprocessor, self.align(features))
+        base = to_prediction(predict_raw(self.model, data, self.device), self.target)
+        classify = self.task != "regression"
+        chosen = base.argmax(axis=1) if classify else None
+        base_value = base[np.arange(len(base)), chosen] if classify else base
+        cells = column_cells(self.preprocessor)
+        n_columns = len(cells)
+        missing_number = np.nan if self.preprocessor.numeric_bins else 0.0
+        values = np.empty((len(data), n_columns))
+        rows_per_chunk = max(1, EVAL_BATCH_ROWS // n_columns)
+        for start in range(0, len(data), rows_per_chunk):
+            part = data.rows(slice(start, start + rows_per_chunk))
+            n, m, c = len(part), part.codes.shape[1], part.numbers.shape[1]
+            codes = part.codes.repeat_interleave(n_columns, 0).view(n, n_columns, m).clone()
+            numbers = part.numbers.repeat_interleave(n_columns, 0).view(n, n_columns, c).clone()
+            for f, (code_positions, number_positions) in enumerate(cells):
+                codes[:, f, code_positions] = MISSING_CODE
+                numbers[:, f, number_positions] = missing_number
+            masked = Encoded(codes.view(n * n_columns, m), numbers.view(n * n_columns, c))
+            raw = predict_raw(self.model, masked, self.device)
+            prediction = to_prediction(raw, self.target).reshape(n, n_columns, -1)
+            if classify:
+                picked = chosen[start : start + n, None, None]
+                prediction = np.take_along_axis(prediction, picked, axis=2)
+            values[start : start + n] = base_value[start : start + n, None] - prediction[..., 0]
+        return Attributions(values, list(self.feature_names))
 
     def predict_labels(self, probabilities: np.ndarray) -> list[Any]:
         """The most probable original label of each row."""

@@ -1,6 +1,6 @@
 """The training job, start to end, as one readable flow (`run`).
 
-config -> tables -> preprocessing -> model -> pretraining? -> fine-tuning -> artifact.
+config -> tables -> preprocessing -> model -> pretraining? -> fine-tuning -> artifact -> report.
 Reading and checking the channels is in `channels` and `tables`, the loops in `training`,
 `pretraining` and `loop`; this module only puts them in order.
 """
@@ -8,6 +8,7 @@ Reading and checking the channels is in `channels` and `tables`, the loops in `t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any
@@ -25,7 +26,7 @@ from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor
 from tabtransformer.pretraining import PretrainSettings, pretrain_on_rows
-from tabtransformer.reports import write_history
+from tabtransformer.reports import ReportInputs, write_history, write_training_report
 from tabtransformer.tables import Labelled, Tables, TableSettings, load_tables
 from tabtransformer.training import FitSettings, fit, validation_scores
 
@@ -34,6 +35,7 @@ log = logging.getLogger(__name__)
 
 def run(paths: SageMakerPaths, world: World | None = None) -> None:
     """Run one training job over the `/opt/ml` tree `paths` (as process `world.rank`)."""
+    started = time.monotonic()
     world = world or World()
     hp = hyperparameters.parse(read_json_config(paths.hyperparameters, {}))
     channels = validate_channels(paths)
@@ -99,6 +101,12 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
     artifact = Artifact(model.cpu(), pre, labelled.target, table_settings.header, report)
     save_artifact(paths.model, artifact, hp)
     log.info("model written to %s", paths.model)
+    write_training_report(
+        paths.output_data,
+        hp["report"],
+        ReportInputs(model, pre, labelled.target, valid, report, hp["eval_metric"], device),
+        time.monotonic() - started,
+    )
 
 
 def read_base(paths: SageMakerPaths, header: bool) -> Artifact:

@@ -3,6 +3,7 @@
 The paper's network (numeric_embedding="none", ensemble_size=1):
 
     categorical codes (B, m) --ColumnEmbedding--> (B, m, d) --N x Block--> contextual (B, m, d)
+    (N = 0, the paper's MLP baseline: the plain embeddings are the contextual ones)
     continuous x (B, c) --LayerNorm--> (B, c)
     [flatten(contextual), normed x] (B, l = m*d + c) --MLP {4l, 2l}--> logits (B, n_outputs)
 
@@ -195,7 +196,8 @@ class TabTransformer(nn.Module):
             self.blocks = nn.ModuleList(
                 Block(c.dim, c.n_heads, c.attn_dropout, c.mlp_dropout) for _ in range(c.n_blocks)
             )
-            self.ln_f = nn.LayerNorm(c.dim)
+            # n_blocks = 0 (the paper's MLP baseline): the plain embeddings reach the MLP.
+            self.ln_f = nn.LayerNorm(c.dim) if c.n_blocks else nn.Identity()
         scalars = 0 if c.numeric_tokens else c.n_continuous  # numbers that bypass attention
         layer_norm = c.continuous_norm == "layer" and scalars > 1
         self.continuous_norm = nn.LayerNorm(scalars) if layer_norm else None
@@ -210,14 +212,22 @@ class TabTransformer(nn.Module):
         codes: torch.Tensor,
         numbers: torch.Tensor | None = None,
         numeric_mask: torch.Tensor | None = None,
+        layer: int = -1,
     ) -> torch.Tensor:
         """Contextual embeddings (B, n_tokens, d) of every token column: the categorical
         codes (B, m), then, with numeric tokens, the numbers (B, c) (NaN = missing).
 
+        `layer` picks the depth, like a list index over n_blocks + 1 layers: 0 = the token
+        embeddings before the Transformer, i = after block i, -1 = after the last block and
+        the final LayerNorm (what the MLP reads). With n_blocks = 0, layer 0 is also the last.
         `numeric_mask` (B, c, bool) gives chosen numeric cells the column's missing vector
         (an MLM mask); replacing a row's numbers by another row's is an RTD corruption.
         Without `numbers`, every numeric cell counts as missing.
         """
+        n_layers = self.config.n_blocks + 1
+        if not -n_layers <= layer < n_layers:
+            raise IndexError(f"layer {layer} is out of range for {n_layers} layers")
+        depth = layer % n_layers  # blocks to run
         parts = []
         if self.config.cardinalities:
             parts.append(self.embed(codes))
@@ -228,9 +238,9 @@ class TabTransformer(nn.Module):
                 )
             parts.append(self.embed_numbers(numbers, numeric_mask))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
-        for block in self.blocks:
+        for block in self.blocks[:depth]:
             x = block(x)
-        return self.ln_f(x)
+        return self.ln_f(x) if depth == self.config.n_blocks else x
 
     def forward(self, codes: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """Outputs (B, k, n_outputs) of the k ensemble members (k = 1: the paper's head)."""

@@ -97,8 +97,19 @@ def create_app(predictor: Predictor, workers: int = 1) -> Flask:
         body = read_body(request.environ["wsgi.input"], request.content_length, limit)
         records = codecs.decode(body, request.content_type, predictor, one_line_per_record)
         frame = records.frame
+        codecs.check_answer_size(fmt, len(frame), predictor, limit)
         predictions = predictor.predict(frame) if len(frame) else np.empty(0)
-        text = codecs.encode(predictions, predictor, fmt, one_line_per_record, records.blank)
+        embeddings = predictor.embed(frame) if fmt.embeddings and len(frame) else None
+        attributions = predictor.explain(frame) if fmt.explain and len(frame) else None
+        text = codecs.encode(
+            predictions,
+            predictor,
+            fmt,
+            one_line_per_record,
+            records.blank,
+            embeddings,
+            attributions,
+        )
         return Response(
             text, status=200, mimetype=codecs.response_content_type(fmt, one_line_per_record)
         )

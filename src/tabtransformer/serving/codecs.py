@@ -8,6 +8,13 @@ Numbers: a non-finite value in a numeric column (inf, -inf, 1e400, "Infinity", a
 values. A prediction that is not a finite number (a broken model) is answered `null` in
 JSON and an empty field in CSV, so every response is strict JSON.
 
+Accept parameters: `;verbose` adds labels (JSON), `;embeddings` adds each row's contextual
+embeddings under "embeddings" (rows x token columns x d, 6 decimals) with the token columns
+named under "columns", `;explain` adds each row's attributions under "attributions" (an
+object column -> number, see `Predictor.explain`); both only for JSON and JSON Lines (CSV
+with them is a 406). An embedding answer estimated larger than the payload limit is a 413
+naming how many rows fit.
+
 Batch transform (one line per record): each line of a CSV or JSON Lines body is one
 record, as SageMaker splits them; a blank line is a record too and gets an empty line
 (CSV) or `{"error": "blank record"}` (JSON Lines) in its place.
@@ -28,14 +35,16 @@ from sagemaker_inference.errors import GenericInferenceToolkitError
 
 from tabtransformer.channels import parse_csv
 from tabtransformer.errors import UserError
-from tabtransformer.inference import Predictor
+from tabtransformer.inference import Attributions, Embeddings, Predictor
 
 log = logging.getLogger(__name__)
 JSONLINES = "application/jsonlines"
 DECODABLE = (content_types.CSV, content_types.JSON, JSONLINES, "application/x-jsonlines")
 LINE_RECORDS = (content_types.CSV, JSONLINES, "application/x-jsonlines")
 ENCODABLE = (content_types.JSON, content_types.CSV, JSONLINES)
-VERBOSE = "verbose"
+VERBOSE, EMBEDDINGS, EXPLAIN = "verbose", "embeddings", "explain"
+EMBEDDING_DECIMALS = 6
+BYTES_PER_EMBEDDING_VALUE = 12  # "-0.123456, " in JSON
 BLANK_RECORD = {"error": "blank record"}
 LONGEST_INT = 18  # digits that always fit int64; longer integers stay text (no overflow)
 
@@ -206,10 +215,13 @@ def _reject_non_finite(frame: pd.DataFrame, predictor: Predictor) -> None:
 
 @dataclass(frozen=True)
 class ResponseFormat:
-    """What the client asked for: a content type, and whether to add labels."""
+    """What the client asked for: a content type, and whether to add labels, contextual
+    embeddings or attributions."""
 
     content_type: str
     verbose: bool = False
+    embeddings: bool = False
+    explain: bool = False
 
 
 def negotiate(accept: str | None, default: str) -> ResponseFormat:
@@ -221,13 +233,45 @@ def negotiate(accept: str | None, default: str) -> ResponseFormat:
             kind, params = media_type(default)
         if kind == "application/x-jsonlines":
             kind = JSONLINES
+        if kind == content_types.CSV and params & {EMBEDDINGS, EXPLAIN}:
+            raise GenericInferenceToolkitError(
+                406,
+                f"Accept {candidate.strip()!r}: CSV answers carry predictions only; ask for "
+                "application/json;embeddings or application/json;explain (or "
+                "application/jsonlines with the same parameters).",
+            )
         if kind in ENCODABLE:
-            return ResponseFormat(kind, VERBOSE in params)
+            return ResponseFormat(kind, VERBOSE in params, EMBEDDINGS in params, EXPLAIN in params)
     raise GenericInferenceToolkitError(
         406,
         f"Accept {accept!r} is not supported; ask for one of "
-        f"{', '.join(ENCODABLE)} (application/json;verbose adds labels).",
+        f"{', '.join(ENCODABLE)} (application/json;verbose adds labels, ;embeddings the "
+        "contextual embeddings, ;explain per-column attributions).",
     )
+
+
+def check_answer_size(fmt: ResponseFormat, rows: int, predictor: Predictor, limit: int) -> None:
+    """Before any computing: `;embeddings` needs token columns (else a 400), and the
+    estimated embedding answer (rows x tokens x d x 12 bytes) must fit in `limit` bytes
+    (else a 413 saying how many rows fit)."""
+    if not fmt.embeddings:
+        return
+    tokens, dim = len(predictor.token_columns), predictor.model.config.dim
+    if not tokens:
+        raise UserError(
+            "Accept ;embeddings: this model has no token columns (no categorical column, and "
+            "numeric columns are not tokens: numeric_embedding=none), so it has no contextual "
+            "embeddings. Ask without ;embeddings."
+        )
+    per_row = tokens * dim * BYTES_PER_EMBEDDING_VALUE
+    if rows * per_row > limit:
+        raise GenericInferenceToolkitError(
+            413,
+            f"The embeddings of {rows} rows ({tokens} token columns x {dim} numbers each) would "
+            f"make an answer of about {rows * per_row / 2**20:.1f} MB, over the payload limit of "
+            f"{limit / 2**20:g} MB (SAGEMAKER_MAX_PAYLOAD_IN_MB): send at most "
+            f"{limit // per_row} rows per request.",
+        )
 
 
 def encode(
@@ -236,9 +280,12 @@ def encode(
     fmt: ResponseFormat,
     one_line_per_record: bool,
     blank: np.ndarray | None = None,
+    embeddings: Embeddings | None = None,
+    attributions: Attributions | None = None,
 ) -> str:
     """Serialise predictions; `one_line_per_record` (batch transform) turns JSON into lines,
-    and `blank` marks the records that get a placeholder line instead of a prediction."""
+    and `blank` marks the records that get a placeholder line instead of a prediction.
+    `embeddings` and `attributions` (JSON and JSON Lines only) go beside the predictions."""
     classify = predictor.task != "regression"
     kind = (
         JSONLINES
@@ -257,6 +304,9 @@ def encode(
             "" if v is None else ",".join(map(pattern.format, np.atleast_1d(v))) for v in values
         ]
         return "".join(line + "\n" for line in _with_blanks(lines, blank, ""))
+    extras = _extras(embeddings, attributions)
+    if embeddings is not None:
+        extras["columns"] = embeddings.columns  # the token columns, the same for every row
     if kind == JSONLINES:
         if classify:
             objects = [
@@ -265,15 +315,41 @@ def encode(
             ]
         else:
             objects = [{"prediction": v} for v in values]
+        for i, line in enumerate(objects):
+            line.update({k: v if k == "columns" else v[i] for k, v in extras.items()})
         lines = [_dumps(o) for o in objects]
         return "".join(line + "\n" for line in _with_blanks(lines, blank, _dumps(BLANK_RECORD)))
-    if not classify:
-        return _dumps({"prediction": values})
-    body: dict[str, Any] = {"probabilities": values}
-    if fmt.verbose:
+    body: dict[str, Any] = {"probabilities": values} if classify else {"prediction": values}
+    if classify and fmt.verbose:
         body["predicted_label"] = labels
         body["labels"] = predictor.classes
-    return _dumps(body)
+    return _dumps({**body, **extras})
+
+
+def _extras(embeddings: Embeddings | None, attributions: Attributions | None) -> dict[str, Any]:
+    """Per key, the list of what each row's answer gains."""
+    extras: dict[str, Any] = {}
+    if embeddings is not None:
+        extras["embeddings"] = _finite_lists(embeddings.values.round(EMBEDDING_DECIMALS))
+    if attributions is not None:
+        names = attributions.columns
+        extras["attributions"] = [
+            dict(zip(names, row, strict=True)) for row in _finite_lists(attributions.values)
+        ]
+    return extras
+
+
+def _finite_lists(values: np.ndarray) -> list[Any]:
+    """Nested lists of floats, None where a value is not finite (strict JSON)."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return values.tolist()
+    log.warning(
+        "%d embedding or attribution value(s) are not finite: answered null", (~finite).sum()
+    )
+    cells = values.astype(object)
+    cells[~finite] = None
+    return cells.tolist()
 
 
 def _labels(predictions: np.ndarray, finite: np.ndarray, predictor: Predictor) -> list[Any]:
