@@ -241,7 +241,9 @@ def served(tmp_path_factory):
     """The real `train` (subprocess) and `serve` over one tree, a small payload limit."""
     job = Job(tmp_path_factory.mktemp("served") / "opt_ml")
     job.channel("training", TABLE, header=True)
-    job.hyperparameters({**FAST, "target_column": "label", "report": "false"})
+    # numeric columns as scalars: the two categorical columns are the token columns
+    settings = {"target_column": "label", "report": "false", "numeric_embedding": "none"}
+    job.hyperparameters({**FAST, **settings})
     assert job.train().returncode == 0
     server = Server(job.base, SAGEMAKER_MAX_PAYLOAD_IN_MB=str(PAYLOAD_MB))
     yield job, server

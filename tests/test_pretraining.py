@@ -133,13 +133,17 @@ def test_unlabeled_channel_means_rtd_by_default(job: Job):
     assert out["report"]["pretrained"] == "rtd"
 
 
+# numeric columns as quantile-bin tokens (the earlier extension) instead of PLE tokens
+BIN_TOKENS = {"continuous_bins": "8", "numeric_embedding": "none"}
+
+
 @pytest.fixture
 def pretrained(tmp_path) -> Job:
     """A pretraining-only job: an `unlabeled` channel with a header, no `training`."""
     job = Job(tmp_path / "pretrain")
     table = make_table("binary", n=400)
     job.channel("unlabeled", table.drop(columns="label"), header=True)
-    job.hyperparameters({**PRETRAIN_FAST, "target_column": "label", "continuous_bins": "8"})
+    job.hyperparameters({**PRETRAIN_FAST, "target_column": "label", **BIN_TOKENS})
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     return job
@@ -404,9 +408,9 @@ def test_categorical_only_pretraining_is_one_setting_away(job: Job):
 
 @pytest.mark.slow
 def test_fine_tunes_from_one_pretrained_artifact_take_their_own_ensemble_head(tmp_path, pretrained):
-    """The pretrained artifact has a one-member head shape; each fine-tuning job picks k."""
+    """Each fine-tuning job of one pretrained artifact picks its own k."""
     ensemble = fine_tune(tmp_path, pretrained, "label", "ensemble", extra={"ensemble_size": "3"})
-    single = fine_tune(tmp_path, pretrained, "label", "single")
+    single = fine_tune(tmp_path, pretrained, "label", "single", extra={"ensemble_size": "1"})
     config = json.loads((ensemble.model / "model_config.json").read_text())
     assert config["ensemble_size"] == 3
     assert json.loads((single.model / "model_config.json").read_text())["ensemble_size"] == 1
