@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import random
 import signal
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -454,3 +458,35 @@ def test_restarted_early_stopped_job_writes_the_same_model_without_training(job:
     assert f"epoch {first['epochs_run'] + 1}/40" not in again["log"]
     assert (job.model / "model.safetensors").read_bytes() == weights
     assert again["validation"] == first["validation"]
+
+
+@pytest.mark.slow
+def test_kill_9_at_random_points_then_restart_always_finishes(job: Job):
+    """SIGKILL gives no chance to save: whatever it leaves (a torn `.partial`, a checkpoint
+    of an earlier epoch, a half-written model folder), restarts finish the job, and once it
+    has finished a restart writes the identical model (the README's exactness promise)."""
+    job.channel("training", make_table("binary", n=400))
+    job.hyperparameters({**FAST, "n_epochs": "25", "patience": "25", "report": "false"})
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(job.base)}
+    rng = random.Random(7)
+    killed = 0
+    for _ in range(3):  # kill -9 at a random moment (start-up, an epoch, a save)
+        process = subprocess.Popen(
+            [sys.executable, str(REPO / "docker" / "train")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            process.wait(timeout=rng.uniform(3.0, 9.0))
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            killed += 1
+    assert killed, "every run finished before its kill: nothing was tested"
+    finished = trained(job)
+    assert finished["epochs_run"] == 25
+    weights = (job.model / "model.safetensors").read_bytes()
+    again = trained(job)
+    assert "/25 train_loss" not in again["log"]  # no epoch trained again
+    assert (job.model / "model.safetensors").read_bytes() == weights
