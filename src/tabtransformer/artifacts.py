@@ -106,6 +106,19 @@ def read_artifact(path: str | os.PathLike) -> Artifact:
     return _read_folder(path)
 
 
+def read_base_artifact(path: Path, header: bool) -> Artifact:
+    """The artifact in a job's `model` channel, to fine-tune from: its files' layout (with
+    or without a header row) must be the job's."""
+    base = read_artifact(path)
+    if base.header != header:
+        raise UserError(
+            "The model in the 'model' channel was trained on files "
+            f"{'with' if base.header else 'without'} a header row; set "
+            "target_column the same way (empty means no header)."
+        )
+    return base
+
+
 def load_model(path: str | os.PathLike) -> Predictor:
     """Load a trained model (folder or `model.tar.gz`) ready to `predict`."""
     artifact = read_artifact(path)

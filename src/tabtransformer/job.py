@@ -16,11 +16,10 @@ from typing import Any
 import torch
 
 from tabtransformer import hyperparameters, metrics
-from tabtransformer.artifacts import Artifact, read_artifact, save_artifact
+from tabtransformer.artifacts import Artifact, read_base_artifact, save_artifact
 from tabtransformer.channels import read_json_config, validate_channels
 from tabtransformer.checkpoints import Checkpointer, StopFlag, fingerprint
 from tabtransformer.distributed import World
-from tabtransformer.errors import UserError
 from tabtransformer.inference import Encoded, encode_table
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.paths import SageMakerPaths
@@ -43,7 +42,11 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
     pretraining = PretrainSettings.from_hyperparameters(hp, channels, pretrain_only)
     table_settings = TableSettings.from_hyperparameters(hp)
     torch.manual_seed(hp["seed"])
-    base = read_base(paths, table_settings.header) if "model" in channels else None
+    base = (
+        read_base_artifact(paths.channel("model"), table_settings.header)
+        if "model" in channels
+        else None
+    )
 
     base_names = base.preprocessor.feature_names if base else None
     tables = load_tables(paths, channels, table_settings, pretrain_only, base_names)
@@ -88,7 +91,7 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
             save_artifact(paths.model, artifact, hp)
             log.info("pretrained model written to %s", paths.model)
         return
-    train, valid = encode_labelled(pre, labelled, "train"), encode_labelled(pre, labelled, "valid")
+    train, valid = labelled.encoded(pre)
     unlabeled = features.rows(slice(len(train), None)) if semi_supervised else None
     history, best_epoch = fit(
         model, train, valid, labelled.target, fit_settings, device, checkpointer, world, unlabeled
@@ -107,18 +110,6 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
         ReportInputs(model, pre, labelled.target, valid, report, hp["eval_metric"], device),
         time.monotonic() - started,
     )
-
-
-def read_base(paths: SageMakerPaths, header: bool) -> Artifact:
-    """The artifact in the `model` channel, to fine-tune from; its files' layout must match."""
-    base = read_artifact(paths.channel("model"))
-    if base.header != header:
-        raise UserError(
-            "The model in the 'model' channel was trained on files "
-            f"{'with' if base.header else 'without'} a header row; set "
-            "target_column the same way (empty means no header)."
-        )
-    return base
 
 
 def fit_preprocessor(
@@ -185,12 +176,6 @@ def build_model(
         config.ensemble_size,
     )
     return model
-
-
-def encode_labelled(pre: TablePreprocessor, labelled: Labelled, part: str) -> Encoded:
-    """The training or validation rows as tensors, labels encoded."""
-    table = labelled.train if part == "train" else labelled.valid
-    return encode_table(pre, table.features, labelled.target.encode(table.target))
 
 
 def final_report(

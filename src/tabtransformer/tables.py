@@ -19,8 +19,9 @@ from sklearn.model_selection import train_test_split
 
 from tabtransformer.channels import LabelledTable, read_labelled, read_unlabeled
 from tabtransformer.errors import UserError
+from tabtransformer.inference import Encoded, encode_table
 from tabtransformer.paths import SageMakerPaths
-from tabtransformer.preprocessing import TargetEncoder
+from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.settings import pick
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,13 @@ class Labelled:
     train: LabelledTable
     valid: LabelledTable
     target: TargetEncoder
+
+    def encoded(self, pre: TablePreprocessor) -> tuple[Encoded, Encoded]:
+        """The training and validation rows as tensors, labels encoded."""
+        return tuple(
+            encode_table(pre, t.features, self.target.encode(t.target))
+            for t in (self.train, self.valid)
+        )
 
 
 @dataclass(frozen=True)
