@@ -38,6 +38,7 @@ from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from tabtransformer import hyperparameters, load_model
+from tabtransformer.inference import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_ENTRY = REPO / "docker" / "train"
@@ -144,10 +145,12 @@ def categorical_columns(x: pd.DataFrame) -> list[str]:
     return [c for c in x.columns if not pd.api.types.is_numeric_dtype(x[c])]
 
 
-def run_tabtransformer(
-    settings: dict[str, str], train: Split, valid: Split, test: Split, task: str, seed: int
-) -> tuple[float, float]:
-    """Train through the real `train` entry point; (test score, fit seconds)."""
+def train_through_entry_point(
+    hyperparameters: dict[str, str], train: Split, valid: Split
+) -> tuple[Predictor, float]:
+    """One job of the real `train` entry point over a temporary SAGEMAKER_BASE_DIR tree
+    (`training` and `validation` channels with a `__target__` header column); returns the
+    loaded model and the fit time in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp) / "opt_ml"
         for channel, (x, y) in {"training": train, "validation": valid}.items():
@@ -156,9 +159,7 @@ def run_tabtransformer(
             pd.concat([y.rename("__target__"), x], axis=1).to_csv(folder / "data.csv", index=False)
         config = base / "input" / "config"
         config.mkdir(parents=True)
-        hp = {"seed": str(seed), "target_column": "__target__", **settings}
-        if task != "regression":
-            hp.setdefault("task", task)
+        hp = {"target_column": "__target__", **hyperparameters}
         (config / "hyperparameters.json").write_text(json.dumps(hp))
         env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
         start = time.perf_counter()
@@ -168,10 +169,20 @@ def run_tabtransformer(
         seconds = time.perf_counter() - start
         if result.returncode != 0:
             raise RuntimeError(f"train failed ({result.returncode}): {result.stderr[-3000:]}")
-        predictor = load_model(base / "model")
-        out = predictor.predict(test[0])
-        classes = [str(c) for c in predictor.classes] if predictor.classes else []
-        return score(task, test[1], out, classes), seconds
+        return load_model(base / "model"), seconds  # in memory: the folder may go
+
+
+def run_tabtransformer(
+    settings: dict[str, str], train: Split, valid: Split, test: Split, task: str, seed: int
+) -> tuple[float, float]:
+    """Train through the real `train` entry point; (test score, fit seconds)."""
+    hp = {"seed": str(seed), **settings}
+    if task != "regression":
+        hp.setdefault("task", task)
+    predictor, seconds = train_through_entry_point(hp, train, valid)
+    out = predictor.predict(test[0])
+    classes = [str(c) for c in predictor.classes] if predictor.classes else []
+    return score(task, test[1], out, classes), seconds
 
 
 def run_gbdt(

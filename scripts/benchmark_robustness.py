@@ -23,11 +23,7 @@ Never run it beside another torch job.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,15 +39,13 @@ from sklearn.metrics import roc_auc_score
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchmark_accuracy import (
     TABLES,
-    TRAIN_ENTRY,
     Split,
     categorical_columns,
     load,
     parse_tt_config,
     split,
+    train_through_entry_point,
 )
-
-from tabtransformer import load_model
 
 MODELS = {"tabtransformer": {}, "mlp": {"n_blocks": "0"}, "lightgbm": None}
 CORRUPTIONS = ("noise", "missing")
@@ -61,23 +55,8 @@ Scorer = Callable[[pd.DataFrame], np.ndarray]  # features -> P(second class)
 
 def fit_network(settings: dict[str, str], train: Split, valid: Split, seed: int) -> Scorer:
     """Train through the real `train` entry point; the model's P(second class)."""
-    with tempfile.TemporaryDirectory(prefix="robustness-") as tmp:
-        base = Path(tmp) / "opt_ml"
-        for channel, (x, y) in {"training": train, "validation": valid}.items():
-            folder = base / "input" / "data" / channel
-            folder.mkdir(parents=True)
-            pd.concat([y.rename("__target__"), x], axis=1).to_csv(folder / "data.csv", index=False)
-        config = base / "input" / "config"
-        config.mkdir(parents=True)
-        hp = {"seed": str(seed), "target_column": "__target__", "task": "binary", "report": "false"}
-        (config / "hyperparameters.json").write_text(json.dumps({**hp, **settings}))
-        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
-        result = subprocess.run(
-            [sys.executable, str(TRAIN_ENTRY)], env=env, capture_output=True, text=True
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"train failed ({result.returncode}): {result.stderr[-3000:]}")
-        predictor = load_model(base / "model")  # in memory: the folder may go
+    hp = {"seed": str(seed), "task": "binary", "report": "false", **settings}
+    predictor, _ = train_through_entry_point(hp, train, valid)
     return lambda x: predictor.predict(x)[:, 1]
 
 
