@@ -255,8 +255,17 @@ def run_pytabkit(
     (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = train, valid, test
     cats = categorical_columns(x_tr)
 
+    # pytabkit refuses missing numbers: the training median fills them, and a 0/1 column
+    # says where one was missing (for the numeric columns with a missing value in training).
+    numeric = [c for c in x_tr.columns if c not in cats]
+    medians = x_tr[numeric].median()
+    flagged = [c for c in numeric if x_tr[c].isna().any()]
+
     def prepare(x: pd.DataFrame) -> pd.DataFrame:
         x = x.copy()
+        for c in flagged:
+            x[f"{c}_missing"] = x[c].isna().astype(float)
+        x[numeric] = x[numeric].fillna(medians).fillna(0.0)
         for c in cats:
             x[c] = x[c].astype("category")
         return x
@@ -391,6 +400,9 @@ def main() -> None:
                     value, seconds = run_model(model, train, valid, test, task, seed)
                 except ImportError as e:
                     print(f"{table} seed {seed} {model}: skipped ({e})", flush=True)
+                    continue
+                except Exception as e:  # one failed model must not end a run of hours
+                    print(f"{table} seed {seed} {model}: FAILED {type(e).__name__}: {e}")
                     continue
                 row = {
                     "table": table,
