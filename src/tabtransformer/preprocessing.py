@@ -214,36 +214,12 @@ class TablePreprocessor:
         numeric_bins: int = 0,
     ) -> TablePreprocessor:
         """Learn vocabularies, quantiles and (numeric_bins > 0) bin edges.
-        `categorical=None`: text columns are categorical."""
-        names = [str(c) for c in features.columns]
-        if categorical is None:
-            categorical = [n for n in names if not _is_numeric_column(features[n])]
-        cat_cols, num_cols = [], []
-        for name in names:
-            values = features[name]
-            if name in categorical:
-                counts = to_tokens(values).value_counts(dropna=True)
-                ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-                cat_cols.append(CategoricalColumn(name, [str(k) for k, _ in ordered]))
-            else:
-                x = to_numbers(values, name, MAX_TRAINING_MAGNITUDE)
-                present = x[~np.isnan(x)]
-                n_missing = len(x) - len(present)
-                median = float(np.median(present)) if len(present) else 0.0
-                if n_missing and not numeric_bins:
-                    log.info(
-                        "column '%s': %d missing value(s) imputed with the median %g",
-                        name,
-                        n_missing,
-                        median,
-                    )
-                n_q = min(MAX_QUANTILES, len(present))
-                quantiles = np.quantile(present, np.linspace(0, 1, n_q)) if n_q else []
-                column = NumericColumn(name, [float(v) for v in quantiles], median)
-                if numeric_bins:
-                    column.bin_edges = fit_bin_edges(column.normal(values), numeric_bins)
-                num_cols.append(column)
-        return cls(names, cat_cols, num_cols, continuous_bins, numeric_bins)
+        `categorical=None`: text columns are categorical. Numbers beyond
+        statistics.SAMPLE_SIZE per column are sampled (see `statistics`)."""
+        from tabtransformer.statistics import FeatureStatistics  # it builds on this module
+
+        stats = FeatureStatistics.of(features, categorical)
+        return stats.preprocessor(continuous_bins, numeric_bins)
 
     def transform(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Encode a frame whose columns are `feature_names` into int64 codes and float32
