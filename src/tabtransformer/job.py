@@ -7,12 +7,16 @@ Reading and checking the channels is in `channels` and `tables`, the loops in `t
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tabtransformer import hyperparameters, metrics
@@ -20,20 +24,28 @@ from tabtransformer.artifacts import Artifact, read_base_artifact, save_artifact
 from tabtransformer.channels import read_json_config, validate_channels
 from tabtransformer.checkpoints import Checkpointer, StopFlag, fingerprint
 from tabtransformer.distributed import World
-from tabtransformer.inference import Encoded, encode_table
+from tabtransformer.errors import UserError
+from tabtransformer.host_store import MappedRows
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor
 from tabtransformer.pretraining import PretrainSettings, pretrain_on_rows
 from tabtransformer.reports import ReportInputs, write_history, write_training_report
-from tabtransformer.tables import Labelled, Tables, TableSettings, load_tables
+from tabtransformer.tables import (
+    Labelled,
+    Tables,
+    TableSettings,
+    load_tables,
+    sharded_channels,
+)
 from tabtransformer.training import FitSettings, fit, validation_scores
 
 log = logging.getLogger(__name__)
 
 
-def run(paths: SageMakerPaths, world: World | None = None) -> None:
-    """Run one training job over the `/opt/ml` tree `paths` (as process `world.rank`)."""
+def run(paths: SageMakerPaths, world: World | None = None, scratch: Path | None = None) -> None:
+    """Run one training job over the `/opt/ml` tree `paths` (as process `world.rank`);
+    `scratch`: the host's folder for the encoded tables (None: a temporary one)."""
     started = time.monotonic()
     world = world or World()
     hp = hyperparameters.parse(read_json_config(paths.hyperparameters, {}))
@@ -48,11 +60,35 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
         else None
     )
 
-    base_names = base.preprocessor.feature_names if base else None
-    tables = load_tables(paths, channels, table_settings, pretrain_only, base_names)
     shape = architecture(hp)
     numeric_bins = hp["numeric_bins"] if shape.numeric_embedding != "none" else 0
-    pre = fit_preprocessor(tables, base, hp["continuous_bins"], numeric_bins)
+    check_sharding(paths, channels, world, pretraining.objective)
+    with scratch_folder(scratch) as folder:
+        tables = load_tables(
+            paths,
+            channels,
+            table_settings,
+            pretrain_only,
+            base.preprocessor if base else None,
+            (hp["continuous_bins"], numeric_bins),
+            world,
+            folder,
+        )
+        train_tables(paths, hp, tables, base, shape, pretraining, channels, started)
+
+
+def train_tables(
+    paths: SageMakerPaths,
+    hp: Mapping[str, Any],
+    tables: Tables,
+    base: Artifact | None,
+    shape: TabTransformerConfig,
+    pretraining: PretrainSettings,
+    channels: set[str],
+    started: float,
+) -> None:
+    """Pretrain and/or fine-tune on the loaded tables, then write the artifact and report."""
+    world, pre, table_settings = tables.world, tables.pre, TableSettings.from_hyperparameters(hp)
     labelled = tables.labelled
     n_outputs = labelled.target.n_outputs if labelled else 1
     model = build_model(shape, pre, n_outputs, base)
@@ -68,14 +104,10 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
     )
     semi_supervised = fit_settings is not None and fit_settings.semi_supervised != "none"
     # Every feature row (training, then unlabeled), encoded once for both uses.
-    features = (
-        encode_table(pre, tables.features)
-        if pretraining.objective != "none" or semi_supervised
-        else None
-    )
+    features = tables.features if pretraining.objective != "none" or semi_supervised else None
 
     target = labelled.target.to_dict() if labelled else None
-    job_id = fingerprint(hp, {"features": pre.to_dict(), "target": target}, len(tables.features))
+    job_id = fingerprint(hp, {"features": pre.to_dict(), "target": target}, tables.n_rows_all_hosts)
     checkpointer = Checkpointer(paths.checkpoints, job_id, StopFlag().install(), world)
     if pretraining.objective != "none" and checkpointer.resumed_phase() != "finetune":
         history = pretrain_on_rows(model, pre, features, pretraining, device, checkpointer)
@@ -91,8 +123,8 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
             save_artifact(paths.model, artifact, hp)
             log.info("pretrained model written to %s", paths.model)
         return
-    train, valid = labelled.encoded(pre)
-    unlabeled = features.rows(slice(len(train), None)) if semi_supervised else None
+    train, valid = labelled.train, labelled.valid
+    unlabeled = features.subset(np.arange(len(train), len(features))) if semi_supervised else None
     history, best_epoch = fit(
         model, train, valid, labelled.target, fit_settings, device, checkpointer, world, unlabeled
     )
@@ -112,21 +144,27 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
     )
 
 
-def fit_preprocessor(
-    tables: Tables, base: Artifact | None, continuous_bins: int, numeric_bins: int
-) -> TablePreprocessor:
-    """Fit on every feature row, or reuse the base model's after checking the schema.
-    `continuous_bins` > 0: numeric columns also become bin tokens; `numeric_bins` > 0
-    (numeric tokens): each numeric column's bin edges are fitted too."""
-    if base is not None:
-        base.preprocessor.check_schema(tables.features, tables.categorical)
-        pre = base.preprocessor
-    else:
-        pre = TablePreprocessor.fit(
-            tables.features, tables.categorical, continuous_bins, numeric_bins
+def check_sharding(
+    paths: SageMakerPaths, channels: set[str], world: World, objective: str
+) -> None:
+    """Pretraining reads every feature row on every process: refuse sharded rows for it."""
+    sharded = sharded_channels(paths) & channels & {"training", "unlabeled"}
+    if sharded and world.distributed and objective != "none":
+        raise UserError(
+            f"The channel(s) {sorted(sharded)} are ShardedByS3Key, and pretraining "
+            f"(pretrain_objective={objective}) needs every row on every host: use "
+            "FullyReplicated for them, or pretrain_objective=none."
         )
-    log.info("%s", pre.describe())
-    return pre
+
+
+@contextlib.contextmanager
+def scratch_folder(scratch: Path | None) -> Iterator[Path]:
+    """The host's folder for encoded tables: `scratch`, or a temporary one for this run."""
+    if scratch is not None:
+        yield scratch
+        return
+    with tempfile.TemporaryDirectory(prefix="tabtransformer-") as folder:
+        yield Path(folder)
 
 
 def architecture(hp: Mapping[str, Any]) -> TabTransformerConfig:
@@ -180,7 +218,7 @@ def build_model(
 
 def final_report(
     model: TabTransformer,
-    valid: Encoded,
+    valid: MappedRows,
     labelled: Labelled,
     device: torch.device,
     history: list[dict[str, float]],
