@@ -96,7 +96,7 @@ def train_process(
     from tabtransformer.checkpoints import Stopped
 
     world = cluster.world(local_rank)
-    if not world.is_main:
+    if local_rank != 0:  # each host's first process logs (its own log stream)
         logging.getLogger().setLevel(logging.WARNING)
     try:
         if world.distributed:

@@ -20,6 +20,8 @@ rows of all hosts are gathered to every process so that early stopping agrees.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -438,6 +440,8 @@ def load_tables(
         ]
         pre = merged(parts, True).preprocessor(*bins)
     log.info("%s", pre.describe())
+    state = json.dumps(pre.to_dict(), sort_keys=True).encode()
+    log.info("preprocessing state sha256=%s", hashlib.sha256(state).hexdigest())
     own_valid = not pretrain_only and "validation" in channels
     gather_valid = not pretrain_only and (
         "validation" in sharded if own_valid else "training" in sharded
@@ -478,7 +482,8 @@ def open_tables(
     feature_rows = (
         np.concatenate([train_rows, unlabeled_rows]) if train_rows is not None else None
     )
-    features = features_all.subset(feature_rows) if feature_rows is not None else features_all
+    features = replace(features_all, target_array=None)  # training and unlabeled rows
+    features = features.subset(feature_rows) if feature_rows is not None else features
     labelled = None
     if encoder is not None:
         train = features_all.subset(train_rows)
