@@ -144,9 +144,7 @@ def train_tables(
     )
 
 
-def check_sharding(
-    paths: SageMakerPaths, channels: set[str], world: World, objective: str
-) -> None:
+def check_sharding(paths: SageMakerPaths, channels: set[str], world: World, objective: str) -> None:
     """Pretraining reads every feature row on every process: refuse sharded rows for it."""
     sharded = sharded_channels(paths) & channels & {"training", "unlabeled"}
     if sharded and world.distributed and objective != "none":

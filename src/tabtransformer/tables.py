@@ -281,7 +281,6 @@ class HostReader:
         return result
 
 
-
 def statistics(
     channel: Channel, categorical: list[str] | None, keep: np.ndarray | None
 ) -> FeatureStatistics:
@@ -304,9 +303,7 @@ def _kept(chunks: Iterator[pd.DataFrame], keep: np.ndarray | None) -> Iterator[p
         offset += len(chunk)
 
 
-def encode_into(
-    store: HostStore, name: str, pre: TablePreprocessor, sources: list[Channel]
-) -> int:
+def encode_into(store: HostStore, name: str, pre: TablePreprocessor, sources: list[Channel]) -> int:
     """Encode the rows of `sources`, one after the other, into `<name>_codes` (compact
     integers) and `<name>_numbers` (float32); returns the number of rows."""
     n_rows = sum(sum(len(t) for t in s.files.chunks([s.feature_columns[0]])) for s in sources)
@@ -479,9 +476,7 @@ def open_tables(
     n_train_channel = len(store.load("labels")) if encoder is not None else host["n_train"]
     train_rows = store.load("train_rows") if store.path("train_rows").is_file() else None
     unlabeled_rows = np.arange(n_train_channel, host["n_features"])
-    feature_rows = (
-        np.concatenate([train_rows, unlabeled_rows]) if train_rows is not None else None
-    )
+    feature_rows = np.concatenate([train_rows, unlabeled_rows]) if train_rows is not None else None
     features = replace(features_all, target_array=None)  # training and unlabeled rows
     features = features.subset(feature_rows) if feature_rows is not None else features
     labelled = None
