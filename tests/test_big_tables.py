@@ -7,17 +7,15 @@ from __future__ import annotations
 import gzip
 import json
 import multiprocessing
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import FAST, TRAIN_ENTRY, Job, free_port, make_table
+from conftest import FAST, Job, free_port, make_table
+from test_distributed import start
 
 from tabtransformer import load_model, streaming
 from tabtransformer.channels import read_labelled
@@ -175,7 +173,7 @@ def _load_on_one_host(rank: int, port: int, base: str, scratch: str, queue) -> N
         world, Path(scratch),
     )  # fmt: skip
     train = tables.labelled.train
-    queue.put((rank, type(train.codes_array).__name__, train.codes_array.filename, len(train)))
+    queue.put((rank, type(train.codes_array).__name__, str(train.codes_array.filename), len(train)))
     torch.distributed.barrier()
     torch.distributed.destroy_process_group()
 
@@ -210,16 +208,6 @@ def test_two_processes_on_a_host_map_the_one_copy_its_first_process_wrote(tmp_pa
     )  # fmt: skip
 
 
-def _start(job: Job, **env: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(TRAIN_ENTRY)],
-        env={**os.environ, "SAGEMAKER_BASE_DIR": str(job.base), **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
 @pytest.mark.slow
 def test_sharded_hosts_train_on_their_own_files_and_agree_on_the_preprocessing(
     tmp_path: Path,
@@ -239,7 +227,7 @@ def test_sharded_hosts_train_on_their_own_files_and_agree_on_the_preprocessing(
         )
         job.hyperparameters({**FAST, "n_epochs": "2"})
         jobs.append(job)
-        processes.append(_start(job, **rendezvous))
+        processes.append(start(job, **rendezvous))
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
     digests = [re.findall(r"preprocessing state sha256=(\w+)", out) for out in outputs]

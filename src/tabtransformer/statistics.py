@@ -87,12 +87,16 @@ class NumberSample:
         return NumberSample(values, seen)
 
 
-@dataclass
-class OutOfRange:
-    """The first number out of range in a column that may be numeric, reported at the end
-    if the column stays numeric."""
-
-    error: UserError
+def _beyond_training_range(values: pd.Series, bad: np.ndarray, column: str) -> UserError:
+    """The error `to_numbers` gives in training for the `bad` values, kept to raise later
+    (when the column turns out numeric)."""
+    return _bad_number(
+        values,
+        bad,
+        column,
+        f"is out of range: numbers must be finite and at most {MAX_TRAINING_MAGNITUDE:g} "
+        "in magnitude",
+    )
 
 
 @dataclass
@@ -118,13 +122,7 @@ class ColumnStatistics:
             x = _parse_numbers(values).to_numpy(dtype="float64")
             bad = np.isinf(x) | (np.abs(x) > MAX_TRAINING_MAGNITUDE)
             if bad.any() and self.out_of_range is None:
-                self.out_of_range = _bad_number(
-                    values,
-                    bad,
-                    self.name,
-                    f"is out of range: numbers must be finite and at most "
-                    f"{MAX_TRAINING_MAGNITUDE:g} in magnitude",
-                )
+                self.out_of_range = _beyond_training_range(values, bad, self.name)
             self._add_numbers(np.where(bad, np.nan, x), rng)
         self._count(values)
 
@@ -284,13 +282,7 @@ class TargetStatistics:
                 )
             huge = np.isfinite(x) & (np.abs(x) > MAX_TRAINING_MAGNITUDE)
             if huge.any() and self.too_large is None:
-                self.too_large = _bad_number(
-                    target,
-                    huge,
-                    self.name,
-                    f"is out of range: numbers must be finite and at most "
-                    f"{MAX_TRAINING_MAGNITUDE:g} in magnitude",
-                )
+                self.too_large = _beyond_training_range(target, huge, self.name)
             self.numbers.append(x)
         self.labels.update(str(v).strip() for v in target.dropna().unique())
 

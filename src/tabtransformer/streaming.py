@@ -27,9 +27,9 @@ from tabtransformer.channels import (
     _check_flat,
     _csv_advice,
     _damaged_gzip,
-    _first_record,
     _magic,
     channel_files,
+    csv_columns,
 )
 from tabtransformer.errors import UserError
 
@@ -86,18 +86,7 @@ def _file_columns(path: Path, header: bool) -> list[str]:
         _check_flat(path, schema)
         names = [str(n) for n in schema.names]
         return names if header else [str(i) for i in range(len(names))]
-    names = _first_record(path)
-    if not names or names == [""]:
-        raise UserError(
-            f"File {path} is empty (its first line is blank). Remove it from the "
-            "channel or fill it with rows."
-        )
-    if not header:
-        return [str(i) for i in range(len(names))]
-    if len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        raise UserError(f"File {path} has duplicate column names in its header: {dupes}.")
-    return names
+    return csv_columns(path, header)
 
 
 def _indexed(frame: pd.DataFrame, path: Path, first_line: int) -> pd.DataFrame:
