@@ -13,6 +13,9 @@ int16, int32), numbers as float32, labels as the target encoder gives them.
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -122,3 +125,13 @@ class MappedRows:
         p = self._positions(slice(None))
         target = np.array(self.target_array[p]) if self.target_array is not None else None
         return np.array(self.codes_array[p]), np.array(self.numbers_array[p]), target
+
+
+@contextlib.contextmanager
+def scratch_folder(scratch: Path | None) -> Iterator[Path]:
+    """The host's folder for encoded tables: `scratch`, or a temporary one for this run."""
+    if scratch is not None:
+        yield scratch
+        return
+    with tempfile.TemporaryDirectory(prefix="tabtransformer-") as folder:
+        yield Path(folder)

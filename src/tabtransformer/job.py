@@ -7,11 +7,9 @@ Reading and checking the channels is in `channels` and `tables`, the loops in `t
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -24,8 +22,7 @@ from tabtransformer.artifacts import Artifact, read_base_artifact, save_artifact
 from tabtransformer.channels import read_json_config, validate_channels
 from tabtransformer.checkpoints import Checkpointer, StopFlag, fingerprint
 from tabtransformer.distributed import World
-from tabtransformer.errors import UserError
-from tabtransformer.host_store import MappedRows
+from tabtransformer.host_store import MappedRows, scratch_folder
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor
@@ -35,8 +32,8 @@ from tabtransformer.tables import (
     Labelled,
     Tables,
     TableSettings,
+    check_sharding,
     load_tables,
-    sharded_channels,
 )
 from tabtransformer.training import FitSettings, fit, validation_scores
 
@@ -142,27 +139,6 @@ def train_tables(
         ReportInputs(model, pre, labelled.target, valid, report, hp["eval_metric"], device),
         time.monotonic() - started,
     )
-
-
-def check_sharding(paths: SageMakerPaths, channels: set[str], world: World, objective: str) -> None:
-    """Pretraining reads every feature row on every process: refuse sharded rows for it."""
-    sharded = sharded_channels(paths) & channels & {"training", "unlabeled"}
-    if sharded and world.distributed and objective != "none":
-        raise UserError(
-            f"The channel(s) {sorted(sharded)} are ShardedByS3Key, and pretraining "
-            f"(pretrain_objective={objective}) needs every row on every host: use "
-            "FullyReplicated for them, or pretrain_objective=none."
-        )
-
-
-@contextlib.contextmanager
-def scratch_folder(scratch: Path | None) -> Iterator[Path]:
-    """The host's folder for encoded tables: `scratch`, or a temporary one for this run."""
-    if scratch is not None:
-        yield scratch
-        return
-    with tempfile.TemporaryDirectory(prefix="tabtransformer-") as folder:
-        yield Path(folder)
 
 
 def architecture(hp: Mapping[str, Any]) -> TabTransformerConfig:

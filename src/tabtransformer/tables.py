@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from tabtransformer.channels import headerless_names, read_categorical_index, read_json_config
+from tabtransformer.channels import read_json_config
 from tabtransformer.distributed import World
 from tabtransformer.errors import UserError
 from tabtransformer.host_store import HostStore, MappedRows, code_dtype
@@ -40,7 +40,7 @@ from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.settings import pick
 from tabtransformer.statistics import FeatureStatistics, TargetStatistics
-from tabtransformer.streaming import ChannelFiles
+from tabtransformer.streaming import Channel, labelled_channel, unlabeled_channel
 
 log = logging.getLogger(__name__)
 SHARDED = "ShardedByS3Key"
@@ -86,87 +86,6 @@ class Tables:
     labelled: Labelled | None
     n_rows_all_hosts: int
     world: World
-
-
-@dataclass(frozen=True)
-class Channel:
-    """A channel's files, where its features and target are, and its feature names."""
-
-    files: ChannelFiles
-    feature_columns: list[str]  # file columns
-    names: list[str]  # feature names
-    target_column: str | None  # file column (None: unlabeled)
-    categorical: list[str] | None  # from categorical_index.json
-
-    def features(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
-        """Chunks of feature columns, named by the feature names."""
-        wanted = columns or self.names
-        by_name = dict(zip(self.names, self.feature_columns, strict=True))
-        for chunk in self.files.chunks([by_name[n] for n in wanted]):
-            chunk.columns = wanted
-            yield chunk
-
-    def targets(self) -> Iterator[pd.Series]:
-        for chunk in self.files.chunks([self.target_column]):
-            yield chunk.iloc[:, 0]
-
-
-def labelled_channel(directory: Path, target_column: str) -> Channel:
-    """A labelled channel (training or validation): target named or in column 0."""
-    header = bool(target_column)
-    files = ChannelFiles.open(directory, header)
-    columns = files.columns
-    if header:
-        if target_column not in columns:
-            raise UserError(
-                f"Target column '{target_column}' (hyperparameter target_column) is not in "
-                f"the header of the files in {directory}. Columns found: "
-                f"{', '.join(columns)}."
-            )
-        feature_columns = [c for c in columns if c != target_column]
-        names, target = feature_columns, target_column
-    else:
-        if len(columns) < 2:
-            raise UserError(
-                f"Files in {directory} have a single column: the JumpStart layout needs the "
-                "target in column 0 followed by at least one feature column."
-            )
-        feature_columns, target = columns[1:], columns[0]
-        names = headerless_names(len(feature_columns))
-    target_index = columns.index(target)
-    cat_index = read_categorical_index(directory, len(columns), target_index)
-    categorical = None
-    if cat_index is not None:
-        categorical = [columns[i] if header else f"c{i}" for i in cat_index]
-    return Channel(files, feature_columns, names, target, categorical)
-
-
-def unlabeled_channel(directory: Path, header: bool, names: list[str] | None) -> Channel:
-    """The `unlabeled` channel: the training features (`names`; None: the files')."""
-    files = ChannelFiles.open(directory, header)
-    found = files.columns if header else headerless_names(len(files.columns))
-    names = names if names is not None else found
-    if header:
-        missing = [n for n in names if n not in found]
-        if missing:
-            raise UserError(
-                f"Files in {directory} lack the feature column(s) {missing} that the "
-                "training data has."
-            )
-        columns = names
-        cat_index = read_categorical_index(directory, len(names), target_index=-1)
-        categorical = [names[i] for i in cat_index] if cat_index is not None else None
-    else:
-        if len(found) != len(names):
-            raise UserError(
-                f"Files in {directory} have {len(found)} columns but the training data has "
-                f"{len(names)} feature columns: unlabeled rows hold the features only, in "
-                "the same order, without the target."
-            )
-        columns = files.columns
-        cat_index = read_categorical_index(directory, len(names) + 1, target_index=0)
-        categorical = [f"c{i}" for i in cat_index] if cat_index is not None else None
-    return Channel(files, columns, names, None, categorical)
 
 
 def sharded_channels(paths: SageMakerPaths) -> set[str]:
@@ -384,6 +303,17 @@ def merged(parts: list[Any], sharded: bool) -> Any:
     for part in parts[1:]:
         total = total.merged(part)
     return total
+
+
+def check_sharding(paths: SageMakerPaths, channels: set[str], world: World, objective: str) -> None:
+    """Pretraining reads every feature row on every process: refuse sharded rows for it."""
+    sharded = sharded_channels(paths) & channels & {"training", "unlabeled"}
+    if sharded and world.distributed and objective != "none":
+        raise UserError(
+            f"The channel(s) {sorted(sharded)} are ShardedByS3Key, and pretraining "
+            f"(pretrain_objective={objective}) needs every row on every host: use "
+            "FullyReplicated for them, or pretrain_objective=none."
+        )
 
 
 def load_tables(
