@@ -29,6 +29,7 @@ from tabtransformer.statistics import SAMPLE_SIZE, NumberSample
 from tabtransformer.streaming import labelled_channel
 from tabtransformer.tables import (
     TableSettings,
+    check_sharding,
     encode_into,
     load_tables,
     statistics,
@@ -251,3 +252,14 @@ def test_mapped_rows_gather_batches_and_subsets():
     batch = rows.rows(torch.tensor([2, 0]))
     assert batch.codes.tolist() == [[10, 11], [2, 3]] and batch.target.tolist() == [5, 1]
     assert len(rows) == 3 and rows.target.tolist() == [1, 3, 5]
+
+
+def test_pretraining_on_sharded_rows_is_refused_before_reading(tmp_path: Path):
+    job = Job(tmp_path / "opt_ml")
+    sharded = {"unlabeled": {"S3DistributionType": "ShardedByS3Key"}, "training": {}}
+    (job.config / "inputdataconfig.json").write_text(json.dumps(sharded))
+    paths = SageMakerPaths(job.base)
+    with pytest.raises(UserError, match=r"\['unlabeled'\] are ShardedByS3Key.*FullyReplicated"):
+        check_sharding(paths, {"training", "unlabeled"}, World(0, 2), "rtd")
+    check_sharding(paths, {"training", "unlabeled"}, World(0, 2), "none")
+    check_sharding(paths, {"training", "unlabeled"}, World(), "rtd")  # one host: all rows

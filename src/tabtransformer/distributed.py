@@ -3,9 +3,11 @@
 `resourceconfig.json` names the hosts (sorted) and this host. Every host runs one process
 per GPU (one process on a CPU-only host); they rendezvous at the first host (port 29500,
 or MASTER_ADDR / MASTER_PORT when set). Each process trains on its shard of every epoch's
-shuffled rows, gradients are averaged by DDP, every process evaluates the whole validation
+shuffled rows (of the host's own rows when the training channel is ShardedByS3Key, see
+`World.shard`), gradients are averaged by DDP, every process evaluates the whole validation
 set (so early-stopping decisions agree), and only the first process writes the model,
-reports and checkpoints.
+reports and checkpoints. The first process of each host reads and encodes the channels
+for its host (`World.on_hosts`); the hosts exchange what they fitted over the group.
 """
 
 from __future__ import annotations
