@@ -19,6 +19,7 @@ from sklearn.model_selection import train_test_split
 from test_distributed import start
 
 from tabtransformer import load_model, streaming
+from tabtransformer import statistics as statistics_module
 from tabtransformer.channels import read_labelled
 from tabtransformer.distributed import World
 from tabtransformer.errors import UserError
@@ -263,3 +264,16 @@ def test_pretraining_on_sharded_rows_is_refused_before_reading(tmp_path: Path):
         check_sharding(paths, {"training", "unlabeled"}, World(0, 2), "rtd")
     check_sharding(paths, {"training", "unlabeled"}, World(0, 2), "none")
     check_sharding(paths, {"training", "unlabeled"}, World(), "rtd")  # one host: all rows
+
+
+def test_text_labels_after_many_numeric_ones_are_all_counted(tmp_path: Path, monkeypatch):
+    monkeypatch.setattr(statistics_module, "MAX_NUMERIC_TOKENS", 5)
+    folder = tmp_path / "input" / "data" / "training"
+    folder.mkdir(parents=True)
+    labels = [str(i % 9) for i in range(40)] + ["x"]
+    (folder / "a.csv").write_text("".join(f"{y},{i}\n" for i, y in enumerate(labels)))
+    tables = load_tables(
+        SageMakerPaths(tmp_path), {"training"}, TableSettings(), False, None, (0, 0),
+        World(), tmp_path / "scratch",
+    )  # fmt: skip
+    assert tables.labelled.target.classes == sorted({*labels})

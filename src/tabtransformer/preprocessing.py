@@ -354,9 +354,9 @@ class TargetEncoder:
         if self.task == "regression":
             x = to_numbers(target, _column_name(target), MAX_TRAINING_MAGNITUDE)
             return ((x - self.mean) / self.std).astype(np.float32)  # a fresh, writable array
-        labels = pd.Series(
-            _labels(target, _is_numeric_column(target)), index=target.index, dtype=object
-        )
+        # Text classes take labels as text (a chunk of a text column may hold numbers only).
+        numeric = not isinstance(self.classes[0], str) and _is_numeric_column(target)
+        labels = pd.Series(_labels(target, numeric), index=target.index, dtype=object)
         index = {c: i for i, c in enumerate(self.classes)}
         codes = labels.map(index)
         unknown = codes.isna()

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -249,13 +250,16 @@ def _rng(n_rows: int) -> np.random.Generator:
 @dataclass
 class TargetStatistics:
     """A labelled channel's target: its name, the number of rows, whether every label is a
-    number, the numbers (float64, while all are), and the distinct text labels."""
+    number, the numbers (float64, while all are), and the distinct text labels (None: more
+    than MAX_NUMERIC_TOKENS while every label was a number; when a later label is not,
+    `recount_labels` reads the earlier chunks again)."""
 
     name: str
     n_rows: int = 0
     numeric: bool = True
     numbers: list[np.ndarray] = field(default_factory=list)
-    labels: set[str] = field(default_factory=set)
+    labels: set[str] | None = field(default_factory=set)
+    labels_from_row: int = 0  # the labels of rows before this one are not in `labels`
     first_missing: str | None = None
     n_missing: int = 0
     non_finite: UserError | None = None
@@ -268,9 +272,11 @@ class TargetStatistics:
                 file, line = target.index[int(missing.argmax())]
                 self.first_missing = f"File {file}, line {line}"
             self.n_missing += int(missing.sum())
-        self.n_rows += len(target)
         if self.numeric and not _is_numeric_column(target):
             self.numeric, self.numbers = False, []
+            if self.labels is None:
+                self.labels, self.labels_from_row = set(), self.n_rows
+        self.n_rows += len(target)
         if self.numeric:
             x = _parse_numbers(target).to_numpy(dtype="float64")
             if np.isinf(x).any() and self.non_finite is None:
@@ -284,16 +290,38 @@ class TargetStatistics:
             if huge.any() and self.too_large is None:
                 self.too_large = _beyond_training_range(target, huge, self.name)
             self.numbers.append(x)
-        self.labels.update(str(v).strip() for v in target.dropna().unique())
+        if self.labels is not None:
+            self.labels.update(str(v).strip() for v in target.dropna().unique())
+            if self.numeric and len(self.labels) > MAX_NUMERIC_TOKENS:
+                self.labels = None
+
+    def recount_labels(self, targets: Iterator[pd.Series]) -> None:
+        """Collect the text labels of every row (when the first chunks looked numeric)."""
+        if self.numeric or not self.labels_from_row:
+            return
+        self.labels = set()
+        for target in targets:
+            self.labels.update(str(v).strip() for v in target.dropna().unique())
+        self.labels_from_row = 0
 
     def merged(self, other: TargetStatistics) -> TargetStatistics:
         numeric = self.numeric and other.numeric
+        labels = None
+        if self.labels is not None and other.labels is not None:
+            labels = self.labels | other.labels
+        elif not numeric:
+            raise UserError(
+                f"The target ({self.name}) holds text on one host and more than "
+                f"{MAX_NUMERIC_TOKENS} distinct numbers on another: give every host "
+                "labels of one kind."
+            )
         return TargetStatistics(
             self.name,
             self.n_rows + other.n_rows,
             numeric,
             self.numbers + other.numbers if numeric else [],
-            self.labels | other.labels,
+            labels,
+            max(self.labels_from_row, other.labels_from_row),
             self.first_missing or other.first_missing,
             self.n_missing + other.n_missing,
             self.non_finite or other.non_finite,

@@ -137,6 +137,7 @@ class HostReader:
             target = TargetStatistics(self.train.target_column)
             for chunk in self.train.targets():
                 target.update(chunk)
+            target.recount_labels(self.train.targets())
             if target.n_rows == 0:
                 files = [p.name for p in self.train.files.files]
                 raise UserError(f"The files {files} contain no data rows.")
