@@ -108,8 +108,10 @@ def to_tokens(values: pd.Series) -> pd.Series:
         return values.map({True: "true", False: "false"})
     if pd.api.types.is_numeric_dtype(values.dtype):
         x = values.to_numpy(dtype="float64")
-        whole = np.isfinite(x) & (np.mod(x, 1) == 0)
-        text = np.where(whole, np.where(whole, x, 0).astype(np.int64).astype(str), x.astype(str))
+        with np.errstate(invalid="ignore"):  # infinite and huge numbers stay as text
+            whole = np.isfinite(x) & (np.mod(x, 1) == 0) & (np.abs(x) < 2.0**63)
+            ints = np.where(whole, x, 0).astype(np.int64).astype(str)
+        text = np.where(whole, ints, x.astype(str))
         return pd.Series(text, index=values.index, dtype=object).where(~np.isnan(x))
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
         return values.astype(object).str.strip()
