@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,12 @@ class Peak:
     rss: int = 0
     pss: int = 0
     encoded: int = 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pss_bytes(pid: int) -> int:
@@ -123,7 +130,7 @@ def run_job(base: Path, processes: int) -> tuple[Peak, float]:
             "SAGEMAKER_BASE_DIR": str(base),
             "PROCESSES_PER_HOST": str(processes),
             "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": "29517",
+            "MASTER_PORT": str(free_port()),
             "TABTRANSFORMER_SCRATCH": scratch,
         }
         peak, done = Peak(), threading.Event()
