@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
+from datetime import timedelta
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,6 +26,9 @@ import torch.distributed as dist
 from tabtransformer.errors import UserError
 
 DEFAULT_PORT = "29500"
+# How long a process waits in a collective: the other processes of a host wait while its
+# first process reads and encodes the channels, which takes minutes on big tables.
+COLLECTIVE_TIMEOUT = timedelta(hours=3)
 T = TypeVar("T")
 
 
@@ -144,7 +148,11 @@ class Cluster:
         if torch.cuda.is_available():
             torch.cuda.set_device(world.local_rank)
         dist.init_process_group(
-            backend, init_method=f"tcp://{address}:{port}", rank=world.rank, world_size=world.size
+            backend,
+            init_method=f"tcp://{address}:{port}",
+            rank=world.rank,
+            world_size=world.size,
+            timeout=COLLECTIVE_TIMEOUT,
         )
 
 
