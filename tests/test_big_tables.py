@@ -8,6 +8,7 @@ import gzip
 import json
 import multiprocessing
 import re
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,11 @@ import pandas as pd
 import pytest
 import torch
 from conftest import FAST, Job, free_port, make_table
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from sklearn.model_selection import train_test_split
 from test_distributed import start
+from test_input_robustness import csv_tables, write_csv
 
 from tabtransformer import load_model, streaming
 from tabtransformer import statistics as statistics_module
@@ -277,3 +281,50 @@ def test_text_labels_after_many_numeric_ones_are_all_counted(tmp_path: Path, mon
         World(), tmp_path / "scratch",
     )  # fmt: skip
     assert tables.labelled.target.classes == sorted({*labels})
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
+@given(
+    table=csv_tables(),
+    header=st.booleans(),
+    compress=st.booleans(),
+    split=st.integers(0, 15),
+)
+def test_streamed_chunks_equal_the_whole_table_reader_on_generated_csv(
+    table, header: bool, compress: bool, split: int
+):
+    """Two files (the second optionally gzip), read in chunks of 7 rows."""
+    names, records = table
+    target = names[0] if header else ""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "training"
+        folder.mkdir()
+        for name, part in (("a.csv", records[:split]), ("b.csv", records[split:])):
+            data = write_csv(names if header else None, part, False, "\n").encode()
+            (folder / name).write_bytes(gzip.compress(data) if compress else data)
+        try:
+            whole = read_labelled(folder, target)
+        except UserError as error:
+            try:
+                channel = labelled_channel(folder, target)
+                n_rows = sum(len(t) for t in channel.targets())
+            except UserError:
+                return
+            assert "no data rows" in str(error) and n_rows == 0
+            return
+        channel = labelled_channel(folder, target)
+        features, targets = pd.concat(channel.features()), pd.concat(channel.targets())
+    assert features.index.tolist() == whole.features.index.tolist()
+    assert list(features.columns) == list(whole.features.columns)
+    assert targets.tolist() == whole.target.tolist()
+    same = features.astype(object).where(features.notna(), None)
+    expected = whole.features.astype(object).where(whole.features.notna(), None)
+    assert same.values.tolist() == expected.values.tolist()
