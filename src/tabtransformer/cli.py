@@ -62,21 +62,25 @@ def scratch_root() -> str | None:
 
 
 def train_host(paths: SageMakerPaths, cluster: Cluster, scratch: Path) -> int:
-    """Run this host's training processes (one in this process, or spawned)."""
+    """Run this host's training processes: this process is the first (local rank 0), the
+    others are spawned (no idle parent holds memory while they train)."""
     if cluster.processes_per_host == 1:
         return train_process(paths, cluster, 0, scratch)
     context = multiprocessing.get_context("spawn")
-    processes = [
+    others = [
         context.Process(target=_spawned_train, args=(cluster, rank, scratch))
-        for rank in range(cluster.processes_per_host)
+        for rank in range(1, cluster.processes_per_host)
     ]
-    for process in processes:
+    for process in others:
         process.start()
-    # SageMaker signals this process only: pass SIGTERM on, so every rank checkpoints.
-    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in processes])
-    for process in processes:
+    # SageMaker signals this process only: pass SIGTERM on, so every rank checkpoints (once
+    # training runs, this process's own SIGTERM flag replaces this handler; the ranks agree
+    # on stopping through the process group).
+    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in others])
+    code = train_process(paths, cluster, 0, scratch)
+    for process in others:
         process.join()
-    codes = [p.exitcode or 0 for p in processes]
+    codes = [code, *(p.exitcode or 0 for p in others)]
     return next((c for c in codes if c), 0)
 
 
