@@ -158,7 +158,7 @@ class HostReader:
                 n_train = len(self.labels)
             else:
                 n_train = sum(len(t) for t in self.train.targets())
-            self.train_rows = np.arange(n_train)
+            self.train_rows = np.arange(n_train, dtype=position_dtype(n_train))
             if encoder is not None and self.valid is None:
                 self.train_rows, self.valid_rows = split_validation(
                     self.labels, encoder, self.settings
@@ -258,6 +258,11 @@ def open_valid(store: HostStore, own_channel: bool) -> MappedRows:
     return features.subset(store.load("valid_rows"))
 
 
+def position_dtype(n_rows: int) -> np.dtype:
+    """Row positions as int32 where they fit (half the memory of int64)."""
+    return np.dtype(np.int32 if n_rows < 2**31 else np.int64)
+
+
 def split_validation(
     labels: np.ndarray, encoder: TargetEncoder, settings: TableSettings
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -292,7 +297,8 @@ def split_validation(
         n,
         settings.seed,
     )
-    return np.sort(train), np.sort(valid)
+    dtype = position_dtype(n)
+    return np.sort(train).astype(dtype), np.sort(valid).astype(dtype)
 
 
 def merged(parts: list[Any], sharded: bool) -> Any:
