@@ -203,6 +203,22 @@ def _magic(path: Path, n: int) -> bytes:
         return f.read(n)
 
 
+def csv_columns(path: Path, header: bool) -> list[str]:
+    """A CSV file's column names: its header's, or "0", "1", ... without one."""
+    names = _first_record(path)
+    if not names or names == [""]:
+        raise UserError(
+            f"File {path} is empty (its first line is blank). Remove it from the "
+            "channel or fill it with rows."
+        )
+    if not header:
+        return [str(i) for i in range(len(names))]
+    if len(set(names)) != len(names):
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        raise UserError(f"File {path} has duplicate column names in its header: {dupes}.")
+    return names
+
+
 def read_file(path: Path, header: bool) -> pd.DataFrame:
     """Read one CSV/gzip/Parquet file as strings (Parquet keeps its types).
 
@@ -220,17 +236,7 @@ def read_file(path: Path, header: bool) -> pd.DataFrame:
             frame.columns = [str(i) for i in range(frame.shape[1])]
         frame.index = pd.RangeIndex(1, len(frame) + 1, name="line")
         return frame
-    names = _first_record(path)
-    if not names or names == [""]:
-        raise UserError(
-            f"File {path} is empty (its first line is blank). Remove it from the "
-            "channel or fill it with rows."
-        )
-    if not header:
-        names = [str(i) for i in range(len(names))]
-    elif len(set(names)) != len(names):
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        raise UserError(f"File {path} has duplicate column names in its header: {dupes}.")
+    names = csv_columns(path, header)
     compression = "gzip" if _magic(path, 2) == GZIP_MAGIC else None
     try:
         frame = parse_csv(

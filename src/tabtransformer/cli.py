@@ -6,8 +6,11 @@ import argparse
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import sys
+import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tabtransformer import hyperparameters, metrics
@@ -48,43 +51,62 @@ def train() -> int:
         )
         log.error("%s", failure_reason(reason))
         return write_failure(paths.failure, reason)
+    # The host's encoded tables: written once, memory-mapped by every process of the host.
+    with tempfile.TemporaryDirectory(prefix="tabtransformer-", dir=scratch_root()) as scratch:
+        return train_host(paths, cluster, Path(scratch))
+
+
+def scratch_root() -> str | None:
+    """Where the host's encoded tables go: TABTRANSFORMER_SCRATCH, else the temp folder."""
+    return os.environ.get("TABTRANSFORMER_SCRATCH") or None
+
+
+def train_host(paths: SageMakerPaths, cluster: Cluster, scratch: Path) -> int:
+    """Run this host's training processes: this process is the first (local rank 0), the
+    others are spawned (no idle parent holds memory while they train)."""
     if cluster.processes_per_host == 1:
-        return train_process(paths, cluster, 0)
+        return train_process(paths, cluster, 0, scratch)
     context = multiprocessing.get_context("spawn")
-    processes = [
-        context.Process(target=_spawned_train, args=(cluster, rank))
-        for rank in range(cluster.processes_per_host)
+    others = [
+        context.Process(target=_spawned_train, args=(cluster, rank, scratch))
+        for rank in range(1, cluster.processes_per_host)
     ]
-    for process in processes:
+    for process in others:
         process.start()
-    # SageMaker signals this process only: pass SIGTERM on, so every rank checkpoints.
-    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in processes])
-    for process in processes:
+    # SageMaker signals this process only: pass SIGTERM on, so every rank checkpoints (once
+    # training runs, this process's own SIGTERM flag replaces this handler; the ranks agree
+    # on stopping through the process group).
+    signal.signal(signal.SIGTERM, lambda *_: [p.terminate() for p in others])
+    code = train_process(paths, cluster, 0, scratch)
+    for process in others:
         process.join()
-    codes = [p.exitcode or 0 for p in processes]
+    codes = [code, *(p.exitcode or 0 for p in others)]
     return next((c for c in codes if c), 0)
 
 
-def _spawned_train(cluster: Cluster, local_rank: int) -> None:
+def _spawned_train(cluster: Cluster, local_rank: int, scratch: Path) -> None:
     setup_logging()
-    sys.exit(train_process(SageMakerPaths.from_env(), cluster, local_rank))
+    sys.exit(train_process(SageMakerPaths.from_env(), cluster, local_rank, scratch))
 
 
-def train_process(paths: SageMakerPaths, cluster: Cluster, local_rank: int) -> int:
-    """Train as one process of the cluster; the first process of each host reports."""
+def train_process(
+    paths: SageMakerPaths, cluster: Cluster, local_rank: int, scratch: Path | None = None
+) -> int:
+    """Train as one process of the cluster; the first process of each host reports.
+    `scratch`: the host's folder for encoded tables (None: a temporary one)."""
     import torch.distributed as dist
 
     from tabtransformer import job  # imports torch: keep `--help` fast
     from tabtransformer.checkpoints import Stopped
 
     world = cluster.world(local_rank)
-    if not world.is_main:
+    if local_rank != 0:  # each host's first process logs (its own log stream)
         logging.getLogger().setLevel(logging.WARNING)
     try:
         if world.distributed:
             cluster.init_process_group(world)
             log.info("process %d of %d (hosts %s)", world.rank, world.size, cluster.hosts)
-        job.run(paths, world)
+        job.run(paths, world, scratch)
     except Stopped as stopped:
         log.warning("%s; a job restarted with the same checkpoints resumes there", stopped)
         return STOPPED_EXIT_CODE

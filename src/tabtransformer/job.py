@@ -11,8 +11,10 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from tabtransformer import hyperparameters, metrics
@@ -20,20 +22,27 @@ from tabtransformer.artifacts import Artifact, read_base_artifact, save_artifact
 from tabtransformer.channels import read_json_config, validate_channels
 from tabtransformer.checkpoints import Checkpointer, StopFlag, fingerprint
 from tabtransformer.distributed import World
-from tabtransformer.inference import Encoded, encode_table
+from tabtransformer.host_store import MappedRows, scratch_folder
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor
 from tabtransformer.pretraining import PretrainSettings, pretrain_on_rows
 from tabtransformer.reports import ReportInputs, write_history, write_training_report
-from tabtransformer.tables import Labelled, Tables, TableSettings, load_tables
+from tabtransformer.tables import (
+    Labelled,
+    Tables,
+    TableSettings,
+    check_sharding,
+    load_tables,
+)
 from tabtransformer.training import FitSettings, fit, validation_scores
 
 log = logging.getLogger(__name__)
 
 
-def run(paths: SageMakerPaths, world: World | None = None) -> None:
-    """Run one training job over the `/opt/ml` tree `paths` (as process `world.rank`)."""
+def run(paths: SageMakerPaths, world: World | None = None, scratch: Path | None = None) -> None:
+    """Run one training job over the `/opt/ml` tree `paths` (as process `world.rank`);
+    `scratch`: the host's folder for the encoded tables (None: a temporary one)."""
     started = time.monotonic()
     world = world or World()
     hp = hyperparameters.parse(read_json_config(paths.hyperparameters, {}))
@@ -48,11 +57,35 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
         else None
     )
 
-    base_names = base.preprocessor.feature_names if base else None
-    tables = load_tables(paths, channels, table_settings, pretrain_only, base_names)
     shape = architecture(hp)
     numeric_bins = hp["numeric_bins"] if shape.numeric_embedding != "none" else 0
-    pre = fit_preprocessor(tables, base, hp["continuous_bins"], numeric_bins)
+    check_sharding(paths, channels, world, pretraining.objective)
+    with scratch_folder(scratch) as folder:
+        tables = load_tables(
+            paths,
+            channels,
+            table_settings,
+            pretrain_only,
+            base.preprocessor if base else None,
+            (hp["continuous_bins"], numeric_bins),
+            world,
+            folder,
+        )
+        train_tables(paths, hp, tables, base, shape, pretraining, channels, started)
+
+
+def train_tables(
+    paths: SageMakerPaths,
+    hp: Mapping[str, Any],
+    tables: Tables,
+    base: Artifact | None,
+    shape: TabTransformerConfig,
+    pretraining: PretrainSettings,
+    channels: set[str],
+    started: float,
+) -> None:
+    """Pretrain and/or fine-tune on the loaded tables, then write the artifact and report."""
+    world, pre, table_settings = tables.world, tables.pre, TableSettings.from_hyperparameters(hp)
     labelled = tables.labelled
     n_outputs = labelled.target.n_outputs if labelled else 1
     model = build_model(shape, pre, n_outputs, base)
@@ -68,14 +101,10 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
     )
     semi_supervised = fit_settings is not None and fit_settings.semi_supervised != "none"
     # Every feature row (training, then unlabeled), encoded once for both uses.
-    features = (
-        encode_table(pre, tables.features)
-        if pretraining.objective != "none" or semi_supervised
-        else None
-    )
+    features = tables.features if pretraining.objective != "none" or semi_supervised else None
 
     target = labelled.target.to_dict() if labelled else None
-    job_id = fingerprint(hp, {"features": pre.to_dict(), "target": target}, len(tables.features))
+    job_id = fingerprint(hp, {"features": pre.to_dict(), "target": target}, tables.n_rows_all_hosts)
     checkpointer = Checkpointer(paths.checkpoints, job_id, StopFlag().install(), world)
     if pretraining.objective != "none" and checkpointer.resumed_phase() != "finetune":
         history = pretrain_on_rows(model, pre, features, pretraining, device, checkpointer)
@@ -91,8 +120,8 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
             save_artifact(paths.model, artifact, hp)
             log.info("pretrained model written to %s", paths.model)
         return
-    train, valid = labelled.encoded(pre)
-    unlabeled = features.rows(slice(len(train), None)) if semi_supervised else None
+    train, valid = labelled.train, labelled.valid
+    unlabeled = features.subset(np.arange(len(train), len(features))) if semi_supervised else None
     history, best_epoch = fit(
         model, train, valid, labelled.target, fit_settings, device, checkpointer, world, unlabeled
     )
@@ -110,23 +139,6 @@ def run(paths: SageMakerPaths, world: World | None = None) -> None:
         ReportInputs(model, pre, labelled.target, valid, report, hp["eval_metric"], device),
         time.monotonic() - started,
     )
-
-
-def fit_preprocessor(
-    tables: Tables, base: Artifact | None, continuous_bins: int, numeric_bins: int
-) -> TablePreprocessor:
-    """Fit on every feature row, or reuse the base model's after checking the schema.
-    `continuous_bins` > 0: numeric columns also become bin tokens; `numeric_bins` > 0
-    (numeric tokens): each numeric column's bin edges are fitted too."""
-    if base is not None:
-        base.preprocessor.check_schema(tables.features, tables.categorical)
-        pre = base.preprocessor
-    else:
-        pre = TablePreprocessor.fit(
-            tables.features, tables.categorical, continuous_bins, numeric_bins
-        )
-    log.info("%s", pre.describe())
-    return pre
 
 
 def architecture(hp: Mapping[str, Any]) -> TabTransformerConfig:
@@ -180,7 +192,7 @@ def build_model(
 
 def final_report(
     model: TabTransformer,
-    valid: Encoded,
+    valid: MappedRows,
     labelled: Labelled,
     device: torch.device,
     history: list[dict[str, float]],

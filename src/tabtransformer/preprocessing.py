@@ -108,8 +108,10 @@ def to_tokens(values: pd.Series) -> pd.Series:
         return values.map({True: "true", False: "false"})
     if pd.api.types.is_numeric_dtype(values.dtype):
         x = values.to_numpy(dtype="float64")
-        whole = np.isfinite(x) & (np.mod(x, 1) == 0)
-        text = np.where(whole, np.where(whole, x, 0).astype(np.int64).astype(str), x.astype(str))
+        with np.errstate(invalid="ignore"):  # infinite and huge numbers stay as text
+            whole = np.isfinite(x) & (np.mod(x, 1) == 0) & (np.abs(x) < 2.0**63)
+            ints = np.where(whole, x, 0).astype(np.int64).astype(str)
+        text = np.where(whole, ints, x.astype(str))
         return pd.Series(text, index=values.index, dtype=object).where(~np.isnan(x))
     if pd.api.types.infer_dtype(values, skipna=True) in ("string", "empty"):
         return values.astype(object).str.strip()
@@ -214,36 +216,12 @@ class TablePreprocessor:
         numeric_bins: int = 0,
     ) -> TablePreprocessor:
         """Learn vocabularies, quantiles and (numeric_bins > 0) bin edges.
-        `categorical=None`: text columns are categorical."""
-        names = [str(c) for c in features.columns]
-        if categorical is None:
-            categorical = [n for n in names if not _is_numeric_column(features[n])]
-        cat_cols, num_cols = [], []
-        for name in names:
-            values = features[name]
-            if name in categorical:
-                counts = to_tokens(values).value_counts(dropna=True)
-                ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-                cat_cols.append(CategoricalColumn(name, [str(k) for k, _ in ordered]))
-            else:
-                x = to_numbers(values, name, MAX_TRAINING_MAGNITUDE)
-                present = x[~np.isnan(x)]
-                n_missing = len(x) - len(present)
-                median = float(np.median(present)) if len(present) else 0.0
-                if n_missing and not numeric_bins:
-                    log.info(
-                        "column '%s': %d missing value(s) imputed with the median %g",
-                        name,
-                        n_missing,
-                        median,
-                    )
-                n_q = min(MAX_QUANTILES, len(present))
-                quantiles = np.quantile(present, np.linspace(0, 1, n_q)) if n_q else []
-                column = NumericColumn(name, [float(v) for v in quantiles], median)
-                if numeric_bins:
-                    column.bin_edges = fit_bin_edges(column.normal(values), numeric_bins)
-                num_cols.append(column)
-        return cls(names, cat_cols, num_cols, continuous_bins, numeric_bins)
+        `categorical=None`: text columns are categorical. Numbers beyond
+        statistics.SAMPLE_SIZE per column are sampled (see `statistics`)."""
+        from tabtransformer.statistics import FeatureStatistics  # it builds on this module
+
+        stats = FeatureStatistics.of(features, categorical)
+        return stats.preprocessor(continuous_bins, numeric_bins)
 
     def transform(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Encode a frame whose columns are `feature_names` into int64 codes and float32
@@ -378,9 +356,9 @@ class TargetEncoder:
         if self.task == "regression":
             x = to_numbers(target, _column_name(target), MAX_TRAINING_MAGNITUDE)
             return ((x - self.mean) / self.std).astype(np.float32)  # a fresh, writable array
-        labels = pd.Series(
-            _labels(target, _is_numeric_column(target)), index=target.index, dtype=object
-        )
+        # Text classes take labels as text (a chunk of a text column may hold numbers only).
+        numeric = not isinstance(self.classes[0], str) and _is_numeric_column(target)
+        labels = pd.Series(_labels(target, numeric), index=target.index, dtype=object)
         index = {c: i for i, c in enumerate(self.classes)}
         codes = labels.map(index)
         unknown = codes.isna()

@@ -1,30 +1,49 @@
-"""The tables a training job learns from, read from its channels in one step.
+"""The tables a training job learns from: read from its channels in passes, fitted, and
+encoded once per host (`load_tables`).
 
-`load_tables` reads `training` (split into training and validation rows unless there is a
-`validation` channel) and `unlabeled`, fits the target encoding, and returns `Tables`:
-every feature row (what preprocessing and pretraining see) plus, unless the job only
-pretrains, the labelled rows.
+Channels are streamed in chunks (`streaming`), never held whole. On the first process of
+each host (the others wait and map the result):
+1. the target column is read and summarised (`TargetStatistics`); the target encoding is
+   fitted on the hosts' agreed statistics;
+2. the labels are encoded and, without a `validation` channel, a seeded share of the rows
+   is held out; the preprocessing statistics (`FeatureStatistics`) are gathered on the
+   training rows and the `unlabeled` rows; every process fits the same preprocessor;
+3. every channel is encoded into compact arrays in the host's scratch folder
+   (`host_store`), which every process of the host memory-maps.
+
+Channels (`S3DistributionType` in inputdataconfig.json): FullyReplicated (the default)
+gives every host the same files, so the first host's statistics stand for all; with
+ShardedByS3Key each host gets its own files, the hosts' statistics are merged (an
+all-gather), every host trains on its own rows (`World.rows_per_rank`), and the validation
+rows of all hosts are gathered to every process so that early stopping agrees.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from tabtransformer.channels import LabelledTable, read_labelled, read_unlabeled
+from tabtransformer.channels import read_json_config
+from tabtransformer.distributed import World
 from tabtransformer.errors import UserError
-from tabtransformer.inference import Encoded, encode_table
+from tabtransformer.host_store import HostStore, MappedRows, code_dtype
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.settings import pick
+from tabtransformer.statistics import FeatureStatistics, TargetStatistics
+from tabtransformer.streaming import Channel, labelled_channel, unlabeled_channel
 
 log = logging.getLogger(__name__)
+SHARDED = "ShardedByS3Key"
 
 
 @dataclass(frozen=True)
@@ -51,26 +70,257 @@ class TableSettings:
 class Labelled:
     """The labelled rows of a fine-tuning job and their target encoding."""
 
-    train: LabelledTable
-    valid: LabelledTable
+    train: MappedRows
+    valid: MappedRows
     target: TargetEncoder
-
-    def encoded(self, pre: TablePreprocessor) -> tuple[Encoded, Encoded]:
-        """The training and validation rows as tensors, labels encoded."""
-        return tuple(
-            encode_table(pre, t.features, self.target.encode(t.target))
-            for t in (self.train, self.valid)
-        )
 
 
 @dataclass(frozen=True)
 class Tables:
-    """Every feature row (training, then unlabeled) with its categorical columns (from
-    categorical_index.json, else None), and the labelled rows (None: pretraining only)."""
+    """The fitted preprocessor; every feature row (training, then unlabeled), encoded; the
+    labelled rows (None: pretraining only); the feature rows over all hosts; and the
+    process's place, with `rows_per_rank` set when each host trains on its own rows."""
 
-    features: pd.DataFrame
-    categorical: list[str] | None
+    pre: TablePreprocessor
+    features: MappedRows
     labelled: Labelled | None
+    n_rows_all_hosts: int
+    world: World
+
+
+def sharded_channels(paths: SageMakerPaths) -> set[str]:
+    """The channels whose S3DistributionType is ShardedByS3Key (each host its own files)."""
+    config = read_json_config(paths.input_data_config, {})
+    return {
+        name
+        for name, spec in config.items()
+        if isinstance(spec, dict) and spec.get("S3DistributionType") == SHARDED
+    }
+
+
+@dataclass
+class HostReader:
+    """What the first process of a host reads and keeps between the passes."""
+
+    paths: SageMakerPaths
+    channels: set[str]
+    settings: TableSettings
+    pretrain_only: bool
+    base_names: list[str] | None
+    store: HostStore
+    train: Channel | None = None
+    valid: Channel | None = None
+    unlabeled: Channel | None = None
+    labels: np.ndarray | None = None
+    train_rows: np.ndarray | None = None  # training-channel rows trained on (after hold-out)
+    valid_rows: np.ndarray | None = None  # training-channel rows held out
+    encoder: TargetEncoder | None = None  # the agreed target encoding (labelled jobs)
+
+    def open(self) -> tuple[list[str], list[str] | None, TargetStatistics | None]:
+        """Open the channels; the feature names, categorical columns and target summary."""
+        s = self.settings
+        if "training" in self.channels:
+            self.train = labelled_channel(self.paths.channel("training"), s.target_column)
+        names = self.train.names if self.train else self.base_names
+        if "unlabeled" in self.channels:
+            self.unlabeled = unlabeled_channel(self.paths.channel("unlabeled"), s.header, names)
+        if not self.pretrain_only and "validation" in self.channels:
+            self.valid = labelled_channel(self.paths.channel("validation"), s.target_column)
+            if self.valid.names != self.train.names:
+                raise UserError(
+                    f"The validation channel has the feature columns {self.valid.names} "
+                    f"but the training channel has {self.train.names}."
+                )
+        source = self.train or self.unlabeled
+        target = None
+        if self.train is not None:
+            target = TargetStatistics(self.train.target_column)
+            for chunk in self.train.targets():
+                target.update(chunk)
+            target.recount_labels(self.train.targets())
+            if target.n_rows == 0:
+                files = [p.name for p in self.train.files.files]
+                raise UserError(f"The files {files} contain no data rows.")
+            log.info(
+                "training channel: %d rows, %d feature columns",
+                target.n_rows,
+                len(self.train.names),
+            )
+        return source.names, source.categorical, target
+
+    def fit(self, encoder: TargetEncoder | None, fitting: bool) -> dict[str, Any]:
+        """Encode the labels, hold out validation rows, and (`fitting`) gather the
+        preprocessing statistics of the training and unlabeled rows."""
+        n_train = 0
+        if self.train is not None:
+            if encoder is not None:
+                self.labels = np.concatenate([encoder.encode(t) for t in self.train.targets()])
+                n_train = len(self.labels)
+            else:
+                n_train = sum(len(t) for t in self.train.targets())
+            self.train_rows = np.arange(n_train, dtype=position_dtype(n_train))
+            if encoder is not None and self.valid is None:
+                self.train_rows, self.valid_rows = split_validation(
+                    self.labels, encoder, self.settings
+                )
+        result: dict[str, Any] = {"n_train": n_train}
+        if not fitting:
+            return result
+        categorical = (self.train or self.unlabeled).categorical
+        if self.train is not None:
+            keep = np.zeros(n_train, dtype=bool)
+            keep[self.train_rows] = True
+            result["training"] = statistics(self.train, categorical, keep)
+        if self.unlabeled is not None:
+            result["unlabeled"] = statistics(self.unlabeled, categorical, None)
+        return result
+
+    def encode(self, pre: TablePreprocessor, gather_valid: bool) -> dict[str, Any]:
+        """Encode every channel into the host store; the row counts (and, `gather_valid`,
+        the validation rows for the other hosts)."""
+        sources = [c for c in (self.train, self.unlabeled) if c is not None]
+        n_features = encode_into(self.store, "features", pre, sources)
+        if self.labels is not None:
+            self.store.save("labels", self.labels)
+        if self.train_rows is not None:
+            self.store.save("train_rows", self.train_rows)
+        if self.valid_rows is not None:
+            self.store.save("valid_rows", self.valid_rows)
+        if self.valid is not None:
+            encode_into(self.store, "validation", pre, [self.valid])
+            labels = [self.encoder.encode(t) for t in self.valid.targets()]
+            self.store.save("validation_labels", np.concatenate(labels))
+        n_train = len(self.train_rows) if self.train_rows is not None else 0
+        result: dict[str, Any] = {
+            "n_features": n_features,
+            "n_train": n_train,
+            "n_rows": n_features - (len(self.valid_rows) if self.valid_rows is not None else 0),
+        }
+        if gather_valid:
+            result["valid"] = open_valid(self.store, self.valid is not None).compact()
+        return result
+
+
+def statistics(
+    channel: Channel, categorical: list[str] | None, keep: np.ndarray | None
+) -> FeatureStatistics:
+    """A channel's preprocessing statistics over its rows where `keep` (None: all)."""
+    stats = FeatureStatistics.start(channel.names, categorical)
+    offset = 0
+    for chunk in channel.features():
+        rows = chunk if keep is None else chunk[keep[offset : offset + len(chunk)]]
+        offset += len(chunk)
+        stats.update(rows)
+    for name in stats.needs_recount():
+        stats.recount(name, _kept(channel.features([name]), keep))
+    return stats
+
+
+def _kept(chunks: Iterator[pd.DataFrame], keep: np.ndarray | None) -> Iterator[pd.DataFrame]:
+    offset = 0
+    for chunk in chunks:
+        yield chunk if keep is None else chunk[keep[offset : offset + len(chunk)]]
+        offset += len(chunk)
+
+
+def encode_into(store: HostStore, name: str, pre: TablePreprocessor, sources: list[Channel]) -> int:
+    """Encode the rows of `sources`, one after the other, into `<name>_codes` (compact
+    integers) and `<name>_numbers` (float32); returns the number of rows."""
+    n_rows = sum(sum(len(t) for t in s.files.chunks([s.feature_columns[0]])) for s in sources)
+    width = len(pre.cardinalities)
+    codes = store.create(f"{name}_codes", (n_rows, width), code_dtype(pre.cardinalities))
+    numbers = store.create(f"{name}_numbers", (n_rows, len(pre.numeric)), np.dtype(np.float32))
+    start = 0
+    for source in sources:
+        for chunk in source.features():
+            chunk_codes, chunk_numbers = pre.transform(chunk)
+            codes[start : start + len(chunk)] = chunk_codes
+            numbers[start : start + len(chunk)] = chunk_numbers
+            start += len(chunk)
+    codes.flush()
+    numbers.flush()
+    del codes, numbers
+    return n_rows
+
+
+def open_valid(store: HostStore, own_channel: bool) -> MappedRows:
+    """The validation rows in the host store: the `validation` channel's, or the rows held
+    out of the training channel."""
+    if own_channel:
+        return MappedRows(
+            store.load("validation_codes"),
+            store.load("validation_numbers"),
+            store.load("validation_labels"),
+        )
+    features = MappedRows(
+        store.load("features_codes"), store.load("features_numbers"), store.load("labels")
+    )
+    return features.subset(store.load("valid_rows"))
+
+
+def position_dtype(n_rows: int) -> np.dtype:
+    """Row positions as int32 where they fit (half the memory of int64)."""
+    return np.dtype(np.int32 if n_rows < 2**31 else np.int64)
+
+
+def split_validation(
+    labels: np.ndarray, encoder: TargetEncoder, settings: TableSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded hold-out of row positions, stratified by class when every class has two rows
+    or more (classes in the order of their text, as the labels' text would sort)."""
+    n = len(labels)
+    if n < 2:
+        raise UserError(
+            f"The training channel has {n} row(s): too few to hold out "
+            "a validation share. Add rows or a 'validation' channel."
+        )
+    stratify = None
+    if encoder.task != "regression":
+        text_rank = np.argsort(np.argsort([str(c) for c in encoder.classes], kind="stable"))
+        strata = text_rank[labels]
+        counts = np.bincount(strata)
+        if counts[counts > 0].min() >= 2:
+            stratify = strata
+    rows = np.arange(n)
+    try:
+        train, valid = train_test_split(
+            rows, test_size=settings.validation_fraction, random_state=settings.seed,
+            stratify=stratify,
+        )  # fmt: skip
+    except ValueError:  # too few rows per class for a stratified split
+        train, valid = train_test_split(
+            rows, test_size=settings.validation_fraction, random_state=settings.seed
+        )
+    log.info(
+        "no validation channel: held out %d of %d rows (seed %d)",
+        len(valid),
+        n,
+        settings.seed,
+    )
+    dtype = position_dtype(n)
+    return np.sort(train).astype(dtype), np.sort(valid).astype(dtype)
+
+
+def merged(parts: list[Any], sharded: bool) -> Any:
+    """One statistics object from the hosts' parts: the first host's when every host read
+    the same files, else all of them merged."""
+    if not sharded:
+        return parts[0]
+    total = parts[0]
+    for part in parts[1:]:
+        total = total.merged(part)
+    return total
+
+
+def check_sharding(paths: SageMakerPaths, channels: set[str], world: World, objective: str) -> None:
+    """Pretraining reads every feature row on every process: refuse sharded rows for it."""
+    sharded = sharded_channels(paths) & channels & {"training", "unlabeled"}
+    if sharded and world.distributed and objective != "none":
+        raise UserError(
+            f"The channel(s) {sorted(sharded)} are ShardedByS3Key, and pretraining "
+            f"(pretrain_objective={objective}) needs every row on every host: use "
+            "FullyReplicated for them, or pretrain_objective=none."
+        )
 
 
 def load_tables(
@@ -78,93 +328,111 @@ def load_tables(
     channels: set[str],
     settings: TableSettings,
     pretrain_only: bool,
-    base_feature_names: list[str] | None = None,
+    base: TablePreprocessor | None,
+    bins: tuple[int, int],
+    world: World,
+    scratch: Path,
 ) -> Tables:
-    """Read the channels present; `base_feature_names`: the columns of a base model (a
-    pretraining-only job without `training` reads unlabeled rows by those names)."""
-    train = None
-    if "training" in channels:  # a pretraining-only job still pretrains on its features
-        train = read_labelled(paths.channel("training"), settings.target_column)
-        log.info(
-            "training channel: %d rows, %d feature columns",
-            len(train.target),
-            train.features.shape[1],
-        )
-    labelled = None if pretrain_only else label(paths, channels, settings, train)
-    names = train.features.columns.tolist() if train else base_feature_names
-    unlabeled, unlabeled_categorical = (
-        read_unlabeled(paths.channel("unlabeled"), settings.header, names)
-        if "unlabeled" in channels
-        else (None, None)
+    """Read, fit and encode the channels present (see the module docstring).
+
+    `base`: the preprocessor of a base model (its schema is checked and it is reused);
+    `bins`: (continuous_bins, numeric_bins) for a fresh preprocessor; `scratch`: this
+    host's folder for the encoded arrays."""
+    sharded = sharded_channels(paths) & channels
+    reader = HostReader(
+        paths,
+        channels,
+        settings,
+        pretrain_only,
+        base.feature_names if base else None,
+        HostStore(scratch / "encoded"),
     )
-    if unlabeled is not None:
-        log.info("unlabeled channel: %d rows", len(unlabeled))
-    if labelled is not None:  # the training rows, without the held-out validation rows
-        train = labelled.train
-    parts = [t for t in (train.features if train else None, unlabeled) if t is not None]
-    categorical = train.categorical_columns if train else unlabeled_categorical
-    return Tables(pd.concat(parts), categorical, labelled)
-
-
-def label(
-    paths: SageMakerPaths, channels: set[str], settings: TableSettings, train: LabelledTable
-) -> Labelled:
-    """Fit the target encoding on `train`; validation rows from their channel or held out."""
-    target = TargetEncoder.fit(train.target, settings.task, settings.max_classes)
-    if "validation" in channels:
-        valid = read_labelled(paths.channel("validation"), settings.target_column)
-        check_same_columns(train.features, valid.features)
+    opened = world.on_hosts(reader.open)
+    names, categorical, _ = opened[0]
+    for host, (other, _, _) in enumerate(opened[1:], start=2):
+        if other != names:
+            raise UserError(
+                f"Host {host} reads the feature columns {other} but host 1 reads {names}: "
+                "every host's files must share one column layout."
+            )
+    encoder = None
+    if not pretrain_only:
+        target = merged([t for _, _, t in opened], "training" in sharded)
+        target.check_present(settings.target_column or "column 0")
+        encoder = target.target_encoder(settings.task, settings.max_classes)
+        describe_target(encoder)
+    reader.encoder = encoder
+    fitted = world.on_hosts(lambda: reader.fit(encoder, base is None))
+    if base is not None:
+        base.check_schema(pd.DataFrame(columns=names), categorical)
+        pre = base
     else:
-        train, valid = split_validation(
-            train, settings.validation_fraction, settings.seed, target.task != "regression"
-        )
-        log.info(
-            "no validation channel: held out %d of %d rows (seed %d)",
-            len(valid.target),
-            len(valid.target) + len(train.target),
-            settings.seed,
-        )
-    label_info = (
-        f"classes {target.classes}"
-        if target.classes
-        else f"target mean {target.mean:.6g}, std {target.std:.6g}"
+        parts = [
+            merged([f[c] for f in fitted], c in sharded)
+            for c in ("training", "unlabeled")
+            if c in fitted[0]
+        ]
+        pre = merged(parts, True).preprocessor(*bins)
+    log.info("%s", pre.describe())
+    state = json.dumps(pre.to_dict(), sort_keys=True).encode()
+    log.info("preprocessing state sha256=%s", hashlib.sha256(state).hexdigest())
+    own_valid = not pretrain_only and "validation" in channels
+    gather_valid = not pretrain_only and (
+        "validation" in sharded if own_valid else "training" in sharded
     )
-    log.info("task: %s (%s)", target.task, label_info)
-    return Labelled(train, valid, target)
+    encoded = world.on_hosts(lambda: reader.encode(pre, gather_valid))
+    return open_tables(reader.store, pre, encoder, encoded, own_valid, gather_valid, sharded, world)
 
 
-def split_validation(
-    table: LabelledTable, fraction: float, seed: int, classify: bool
-) -> tuple[LabelledTable, LabelledTable]:
-    """Seeded hold-out, stratified by class when every class has two rows or more."""
-    labels = table.target.astype(str)
-    if len(labels) < 2:
-        raise UserError(
-            f"The training channel has {len(labels)} row(s): too few to hold out "
-            "a validation share. Add rows or a 'validation' channel."
-        )
-    stratify = labels if classify and labels.value_counts().min() >= 2 else None
-    try:
-        train_idx, valid_idx = train_test_split(
-            np.arange(len(labels)), test_size=fraction, random_state=seed, stratify=stratify
-        )
-    except ValueError:  # too few rows per class for a stratified split
-        train_idx, valid_idx = train_test_split(
-            np.arange(len(labels)), test_size=fraction, random_state=seed
-        )
-
-    def take(idx: np.ndarray) -> LabelledTable:
-        idx = np.sort(idx)
-        return LabelledTable(
-            table.features.iloc[idx], table.target.iloc[idx], table.categorical_columns
-        )
-
-    return take(train_idx), take(valid_idx)
+def describe_target(encoder: TargetEncoder) -> None:
+    label_info = (
+        f"classes {encoder.classes}"
+        if encoder.classes
+        else f"target mean {encoder.mean:.6g}, std {encoder.std:.6g}"
+    )
+    log.info("task: %s (%s)", encoder.task, label_info)
 
 
-def check_same_columns(train: pd.DataFrame, valid: pd.DataFrame) -> None:
-    if list(train.columns) != list(valid.columns):
-        raise UserError(
-            f"The validation channel has the feature columns {list(valid.columns)} "
-            f"but the training channel has {list(train.columns)}."
-        )
+def open_tables(
+    store: HostStore,
+    pre: TablePreprocessor,
+    encoder: TargetEncoder | None,
+    encoded: list[dict[str, Any]],
+    own_valid: bool,
+    gather_valid: bool,
+    sharded: set[str],
+    world: World,
+) -> Tables:
+    """Map the host's encoded arrays (written by its first process) as the job's tables."""
+    host = encoded[world.host_index]
+    features_all = MappedRows(
+        store.load("features_codes"),
+        store.load("features_numbers"),
+        store.load("labels") if encoder is not None else None,
+    )
+    n_train_channel = len(store.load("labels")) if encoder is not None else host["n_train"]
+    train_rows = store.load("train_rows") if store.path("train_rows").is_file() else None
+    unlabeled_rows = np.arange(n_train_channel, host["n_features"])
+    feature_rows = np.concatenate([train_rows, unlabeled_rows]) if train_rows is not None else None
+    features = replace(features_all, target_array=None)  # training and unlabeled rows
+    features = features.subset(feature_rows) if feature_rows is not None else features
+    labelled = None
+    if encoder is not None:
+        train = features_all.subset(train_rows)
+        if gather_valid:
+            parts = [e["valid"] for e in encoded]
+            valid = MappedRows(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
+        else:
+            valid = open_valid(store, own_valid)
+        labelled = Labelled(train, valid, encoder)
+        if "training" in sharded and world.distributed:
+            largest = max(e["n_train"] for e in encoded)
+            world = replace(world, rows_per_rank=-(-largest // world.per_host))
+            log.info(
+                "sharded training channel: hosts hold %s training rows; every process "
+                "takes %d rows an epoch",
+                [e["n_train"] for e in encoded],
+                world.rows_per_rank,
+            )
+    n_rows = sum(e["n_rows"] for e in encoded) if sharded else host["n_rows"]
+    return Tables(pre, features, labelled, n_rows, world)

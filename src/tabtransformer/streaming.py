@@ -1,0 +1,261 @@
+"""Channel files read in chunks, never whole: the streamed reader of big tables.
+
+`labelled_channel` / `unlabeled_channel` open a channel as a `Channel`: where its target
+and features are, by the layouts `channels.read_labelled` and `read_unlabeled` accept.
+`ChannelFiles.open` lists a channel's files (the layouts of `channels`), reads their column
+names only, and checks that they share one layout. `chunks()` then yields pandas frames of
+at most CHUNK_ROWS rows, indexed by `(file, line)` like `channels.read_files`, for the
+columns asked for; CSV (optionally gzip) through pyarrow's streaming CSV reader, Parquet
+by record batches. Values are those `channels.read_files` gives (CSV cells as text,
+Parquet typed), and the errors name the file and line as its errors do.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from tabtransformer.channels import (
+    GZIP_ERRORS,
+    GZIP_MAGIC,
+    MAX_ROW_BYTES,
+    PARQUET_MAGIC,
+    _check_flat,
+    _csv_advice,
+    _damaged_gzip,
+    _magic,
+    channel_files,
+    csv_columns,
+    headerless_names,
+    read_categorical_index,
+)
+from tabtransformer.errors import UserError
+
+CHUNK_ROWS = 65536  # rows per chunk: bounds the pandas frames alive at one time
+
+
+@dataclass(frozen=True)
+class ChannelFiles:
+    """A channel's data files and their shared file columns ("0", "1", ... without a
+    header; Parquet column i is read as "i" then)."""
+
+    directory: Path
+    files: list[Path]
+    header: bool
+    columns: list[str]
+
+    @classmethod
+    def open(cls, directory: Path, header: bool) -> ChannelFiles:
+        """List the files and check that they share one column layout (names only)."""
+        files = channel_files(directory)
+        layouts = [_file_columns(path, header) for path in files]
+        for path, layout in zip(files[1:], layouts[1:], strict=True):
+            if layout != layouts[0]:
+                raise UserError(
+                    f"File {path} has {len(layout)} columns {_describe(layout, header)} but "
+                    f"{files[0]} has {len(layouts[0])} {_describe(layouts[0], header)}: all "
+                    "files of a channel must share one column layout."
+                )
+        return cls(directory, files, header, layouts[0])
+
+    def chunks(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """Frames of at most CHUNK_ROWS rows of `columns` (default: all), file by file,
+        indexed by (file name, line)."""
+        wanted = list(columns if columns is not None else self.columns)
+        for path in self.files:
+            if _magic(path, 4) == PARQUET_MAGIC:
+                yield from _parquet_chunks(path, self.header, self.columns, wanted)
+            else:
+                yield from _csv_chunks(path, self.header, self.columns, wanted)
+
+
+def _describe(layout: list[str], header: bool) -> str:
+    return f"({', '.join(layout)})" if header else ""
+
+
+def _file_columns(path: Path, header: bool) -> list[str]:
+    """A file's column names (a header's, or "0", "1", ...), from its first record or
+    Parquet schema."""
+    if _magic(path, 4) == PARQUET_MAGIC:
+        try:
+            schema = pq.read_schema(path)
+        except (pa.ArrowException, OSError) as e:
+            raise UserError(f"Cannot read Parquet file {path}: {e}") from None
+        _check_flat(path, schema)
+        names = [str(n) for n in schema.names]
+        return names if header else [str(i) for i in range(len(names))]
+    return csv_columns(path, header)
+
+
+def _indexed(frame: pd.DataFrame, path: Path, first_line: int) -> pd.DataFrame:
+    lines = range(first_line, first_line + len(frame))
+    frame.index = pd.MultiIndex.from_arrays(
+        [[path.name] * len(frame), lines], names=["file", "line"]
+    )
+    return frame
+
+
+def _parquet_chunks(
+    path: Path, header: bool, columns: list[str], wanted: list[str]
+) -> Iterator[pd.DataFrame]:
+    try:
+        parquet = pq.ParquetFile(path)
+        names = parquet.schema_arrow.names
+        read = wanted if header else [names[int(c)] for c in wanted]
+        line = 1
+        for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=read):
+            frame = batch.to_pandas()
+            frame.columns = wanted
+            yield _indexed(frame, path, line)
+            line += len(frame)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"Cannot read Parquet file {path}: {e}") from None
+
+
+def _csv_chunks(
+    path: Path, header: bool, columns: list[str], wanted: list[str]
+) -> Iterator[pd.DataFrame]:
+    """CSV records as text; a record with another number of fields than the header (or
+    the first record) raises a UserError naming its line, as `channels.parse_csv` does."""
+    compression = "gzip" if _magic(path, 2) == GZIP_MAGIC else None
+    bad_rows: list[pacsv.InvalidRow] = []
+
+    def on_invalid(row: pacsv.InvalidRow) -> str:
+        bad_rows.append(row)
+        return "skip"
+
+    line = 2 if header else 1
+    try:
+        reader = pacsv.open_csv(
+            pa.input_stream(str(path), compression=compression),
+            read_options=pacsv.ReadOptions(
+                column_names=columns,
+                skip_rows_after_names=1 if header else 0,
+                use_threads=False,
+                block_size=MAX_ROW_BYTES,
+            ),
+            parse_options=pacsv.ParseOptions(
+                invalid_row_handler=on_invalid, newlines_in_values=True
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types={n: pa.string() for n in wanted},
+                strings_can_be_null=True,
+                include_columns=wanted,
+            ),
+        )
+        for batch in reader:
+            if bad_rows:
+                for _ in reader:  # count every bad row of the file before reporting
+                    pass
+                raise _ragged(path, bad_rows, len(columns))
+            for start in range(0, batch.num_rows, CHUNK_ROWS):
+                frame = batch.slice(start, CHUNK_ROWS).to_pandas()
+                yield _indexed(frame, path, line)
+                line += len(frame)
+        if bad_rows:
+            raise _ragged(path, bad_rows, len(columns))
+    except pa.ArrowException as e:
+        if compression is not None and isinstance(e, GZIP_ERRORS):
+            raise _damaged_gzip(path, e) from None
+        raise UserError(f"File {path}, line ?: cannot parse the CSV: {_csv_advice(e)}") from None
+    except GZIP_ERRORS as e:
+        if compression is None:
+            raise
+        raise _damaged_gzip(path, e) from None
+
+
+def _ragged(path: Path, bad_rows: list[pacsv.InvalidRow], n_columns: int) -> UserError:
+    row = bad_rows[0]
+    number = row.number if row.number is not None else "?"
+    return UserError(
+        f"File {path}, line {number}: expected {row.expected_columns} columns but found "
+        f"{row.actual_columns} ({len(bad_rows)} such row(s)). Every row must have "
+        f"{n_columns} columns. Row text: {row.text[:200]!r}"
+    )
+
+
+@dataclass(frozen=True)
+class Channel:
+    """A channel's files, where its features and target are, and its feature names."""
+
+    files: ChannelFiles
+    feature_columns: list[str]  # file columns
+    names: list[str]  # feature names
+    target_column: str | None  # file column (None: unlabeled)
+    categorical: list[str] | None  # from categorical_index.json
+
+    def features(self, columns: list[str] | None = None) -> Iterator[pd.DataFrame]:
+        """Chunks of feature columns, named by the feature names."""
+        wanted = columns or self.names
+        by_name = dict(zip(self.names, self.feature_columns, strict=True))
+        for chunk in self.files.chunks([by_name[n] for n in wanted]):
+            chunk.columns = wanted
+            yield chunk
+
+    def targets(self) -> Iterator[pd.Series]:
+        for chunk in self.files.chunks([self.target_column]):
+            yield chunk.iloc[:, 0]
+
+
+def labelled_channel(directory: Path, target_column: str) -> Channel:
+    """A labelled channel (training or validation): target named or in column 0."""
+    header = bool(target_column)
+    files = ChannelFiles.open(directory, header)
+    columns = files.columns
+    if header:
+        if target_column not in columns:
+            raise UserError(
+                f"Target column '{target_column}' (hyperparameter target_column) is not in "
+                f"the header of the files in {directory}. Columns found: "
+                f"{', '.join(columns)}."
+            )
+        feature_columns = [c for c in columns if c != target_column]
+        names, target = feature_columns, target_column
+    else:
+        if len(columns) < 2:
+            raise UserError(
+                f"Files in {directory} have a single column: the JumpStart layout needs the "
+                "target in column 0 followed by at least one feature column."
+            )
+        feature_columns, target = columns[1:], columns[0]
+        names = headerless_names(len(feature_columns))
+    target_index = columns.index(target)
+    cat_index = read_categorical_index(directory, len(columns), target_index)
+    categorical = None
+    if cat_index is not None:
+        categorical = [columns[i] if header else f"c{i}" for i in cat_index]
+    return Channel(files, feature_columns, names, target, categorical)
+
+
+def unlabeled_channel(directory: Path, header: bool, names: list[str] | None) -> Channel:
+    """The `unlabeled` channel: the training features (`names`; None: the files')."""
+    files = ChannelFiles.open(directory, header)
+    found = files.columns if header else headerless_names(len(files.columns))
+    names = names if names is not None else found
+    if header:
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise UserError(
+                f"Files in {directory} lack the feature column(s) {missing} that the "
+                "training data has."
+            )
+        columns = names
+        cat_index = read_categorical_index(directory, len(names), target_index=-1)
+        categorical = [names[i] for i in cat_index] if cat_index is not None else None
+    else:
+        if len(found) != len(names):
+            raise UserError(
+                f"Files in {directory} have {len(found)} columns but the training data has "
+                f"{len(names)} feature columns: unlabeled rows hold the features only, in "
+                "the same order, without the target."
+            )
+        columns = files.columns
+        cat_index = read_categorical_index(directory, len(names) + 1, target_index=0)
+        categorical = [f"c{i}" for i in cat_index] if cat_index is not None else None
+    return Channel(files, columns, names, None, categorical)
