@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import multiprocessing
@@ -63,12 +64,19 @@ def scratch_root() -> str | None:
 
 def train_host(paths: SageMakerPaths, cluster: Cluster, scratch: Path) -> int:
     """Run this host's training processes: this process is the first (local rank 0), the
-    others are spawned (no idle parent holds memory while they train)."""
+    others are forked from it (no idle parent holds memory while they train)."""
     if cluster.processes_per_host == 1:
         return train_process(paths, cluster, 0, scratch)
-    context = multiprocessing.get_context("spawn")
+    # Fork after the imports and before any torch computation (no thread pool, no CUDA
+    # context yet): the processes share the imported modules' pages instead of each
+    # importing torch again (about 270 MB per process). gc.freeze keeps the collector
+    # from touching, and so copying, those pages.
+    from tabtransformer import job  # noqa: F401  (imports torch)
+
+    gc.freeze()
+    context = multiprocessing.get_context("fork")
     others = [
-        context.Process(target=_spawned_train, args=(cluster, rank, scratch))
+        context.Process(target=_forked_train, args=(cluster, rank, scratch))
         for rank in range(1, cluster.processes_per_host)
     ]
     for process in others:
@@ -84,7 +92,7 @@ def train_host(paths: SageMakerPaths, cluster: Cluster, scratch: Path) -> int:
     return next((c for c in codes if c), 0)
 
 
-def _spawned_train(cluster: Cluster, local_rank: int, scratch: Path) -> None:
+def _forked_train(cluster: Cluster, local_rank: int, scratch: Path) -> None:
     setup_logging()
     sys.exit(train_process(SageMakerPaths.from_env(), cluster, local_rank, scratch))
 
