@@ -229,7 +229,10 @@ def peer_auc(name: str, split: Split, n: int, seed: int, table: pd.DataFrame) ->
         cats = [c for c in x.columns if isinstance(x[c].dtype, pd.CategoricalDtype)]
 
         def as_text(frame: pd.DataFrame) -> pd.DataFrame:
-            return frame.assign(**{c: frame[c].astype(str) for c in cats})
+            # CatBoost takes text categories only: a missing one becomes its own category
+            return frame.assign(
+                **{c: frame[c].astype(object).where(frame[c].notna(), "missing") for c in cats}
+            )
 
         model = CatBoostClassifier(iterations=500, random_seed=seed, verbose=0, thread_count=2)
         model.fit(as_text(x), y, cat_features=cats)
