@@ -137,7 +137,36 @@ class NumericEmbedding(nn.Module):
         return torch.cat([shared, values], dim=-1)
 
 
+class Dropout(nn.Module):
+    """nn.Dropout, faster on the CPU: the keep mask comes from one uniform draw compared in
+    place (PyTorch's CPU bernoulli costs about four times as much); elsewhere F.dropout."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training)
+
+
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Zero each element with probability `p` and scale the rest by 1 / (1 - p)."""
+    if not training or p == 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    keep = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1 / (1 - p)
+    return x * keep
+
+
 class SelfAttention(nn.Module):
+    """Multi-head self-attention over the m tokens, with the scores laid out keys first.
+
+    With m ~ 10 tokens and d / heads ~ 4 the work is a great many tiny matrices; a softmax
+    over a last dimension of size m is slow on the CPU, so the scores are kept as
+    (keys, B * heads, queries) and normalised over the leading dimension (about twice as
+    fast as F.scaled_dot_product_attention for a training step at the paper's size)."""
+
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
         self.n_heads, self.dropout = n_heads, dropout
@@ -146,14 +175,14 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, m, d = x.shape
-        q, k, v = self.qkv(x).view(b, m, 3, self.n_heads, d // self.n_heads).unbind(2)
-        y = F.scaled_dot_product_attention(
-            q.transpose(1, 2),
-            k.transpose(1, 2),
-            v.transpose(1, 2),
-            dropout_p=self.dropout if self.training else 0.0,
-        )
-        return self.proj(y.transpose(1, 2).reshape(b, m, d))
+        h, e = self.n_heads, d // self.n_heads
+        qkv = self.qkv(x).view(b, m, 3, h, e).permute(2, 0, 3, 1, 4).reshape(3, b * h, m, e)
+        q, k, v = qkv.unbind(0)  # (B * h, m, e) each
+        scores = torch.bmm(k * e**-0.5, q.transpose(1, 2))  # (B * h, keys, queries)
+        weights = scores.transpose(0, 1).contiguous().softmax(0)  # (keys, B * h, queries)
+        weights = dropout(weights, self.dropout, self.training)
+        y = torch.bmm(weights.permute(1, 2, 0), v)  # (B * h, queries, e)
+        return self.proj(y.view(b, h, m, e).transpose(1, 2).reshape(b, m, d))
 
 
 class Block(nn.Module):
@@ -167,9 +196,9 @@ class Block(nn.Module):
         self.ffn = nn.Sequential(
             nn.Linear(dim, 4 * dim),
             nn.GELU(),
-            nn.Dropout(ff_dropout),
+            Dropout(ff_dropout),
             nn.Linear(4 * dim, dim),
-            nn.Dropout(ff_dropout),
+            Dropout(ff_dropout),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -264,5 +293,5 @@ def mlp_head(widths: list[int], dropout: float, k: int) -> nn.Sequential:
     for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
         layers.append(nn.Linear(n_in, n_out) if k == 1 else LinearEnsemble(n_in, n_out, k=k))
         if i < len(widths) - 2:
-            layers += [nn.ReLU(), nn.Dropout(dropout)]
+            layers += [nn.ReLU(), Dropout(dropout)]
     return nn.Sequential(*layers)
