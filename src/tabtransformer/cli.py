@@ -76,10 +76,12 @@ def train_process(paths: SageMakerPaths, cluster: Cluster, local_rank: int) -> i
 
     from tabtransformer import job  # imports torch: keep `--help` fast
     from tabtransformer.checkpoints import Stopped
+    from tabtransformer.hardware import configure_threads
 
     world = cluster.world(local_rank)
     if not world.is_main:
         logging.getLogger().setLevel(logging.WARNING)
+    configure_threads(cluster.processes_per_host)
     try:
         if world.distributed:
             cluster.init_process_group(world)

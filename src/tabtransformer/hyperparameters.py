@@ -483,6 +483,16 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "permutation importance, task plots). Sampled so that it takes about a tenth of the "
         "training time; a report error is a warning, never a failed job.",
     ),
+    # --- speed (issue 14) ---------------------------------------------------------------
+    Hyperparameter(
+        "compile",
+        bool,
+        False,
+        "torch.compile the network for pretraining and fine-tuning (validation and serving "
+        "run eagerly). Compiling takes about a minute at the start; it pays off on long runs "
+        "and GPUs. If compiling fails (e.g. no C++ compiler in the image), the job logs a "
+        "warning and trains eagerly, with the same results.",
+    ),
 )
 
 BY_NAME: dict[str, Hyperparameter] = {p.name: p for p in SCHEMA}

@@ -26,6 +26,7 @@ from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import World, wrap
 from tabtransformer.errors import UserError
+from tabtransformer.hardware import compiled, place
 from tabtransformer.inference import Encoded, autocast, predict_raw, to_prediction
 from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
@@ -102,28 +103,36 @@ def check_semi_supervised(mode: str, task: str, has_unlabeled: bool) -> None:
 
 
 def batches(
-    n_rows: int, batch_size: int, generator: torch.Generator, world: World | None = None
-) -> Iterator[torch.Tensor]:
-    """Shuffled row indexes, one tensor per batch; with several processes, this one's
-    shard of the shared permutation (every process gets as many batches)."""
+    n_rows: int,
+    batch_size: int,
+    generator: torch.Generator,
+    world: World | None = None,
+    device: torch.device | None = None,
+) -> list[torch.Tensor]:
+    """Shuffled row indexes, one tensor per batch (moved to `device` once per epoch, not
+    batch by batch); with several processes, this one's shard of the shared permutation
+    (every process gets as many batches)."""
     order = torch.randperm(n_rows, generator=generator)
     if world is not None:
         order = world.shard(order)
-    yield from order.split(batch_size)
+    if device is not None:
+        order = order.to(device)
+    return list(order.split(batch_size))
 
 
 def optimizer_step(
     optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float = 0.0
-) -> float:
+) -> torch.Tensor:
     """One gradient step on `loss` (its global gradient norm clipped to `grad_clip` when
-    > 0); returns its value."""
+    > 0); returns it detached, where it was computed: reading it (`.item()`) would make
+    the host wait for the device every batch, so the loop sums it there instead."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return loss.item()
+    return loss.detach()
 
 
 def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -215,11 +224,12 @@ def fit(
     )
     checkpoint = checkpointer.phase("finetune", model, optimizer, [generator])
     start = checkpoint.restore()  # before DDP shares the first process's weights
-    ddp_model = wrap(model, world)  # DistributedDataParallel when there are several processes
+    # DistributedDataParallel when there are several processes; compiled on request.
+    forward = compiled(wrap(model, world), phase.compile)
     criterion = loss_fn(target.task)
-    train_on_device = train.to(device)
+    train_rows = place(train, device)  # on the device when it fits (a GPU), else pinned
     semi = settings.semi_supervised != "none" and unlabeled is not None and len(unlabeled) > 0
-    unlabeled_on_device = unlabeled.to(device) if semi else None
+    unlabeled_rows = place(unlabeled, device) if semi else None
     if semi:
         log.info(
             "fine-tuning with semi_supervised=%s on %d unlabeled rows (weight %g%s)",
@@ -232,24 +242,26 @@ def fit(
         )
     epoch = start.epoch  # the last finished epoch; each train_epoch() runs the next one
 
-    def train_epoch() -> Iterator[tuple[float, int]]:
+    def train_epoch() -> Iterator[tuple[torch.Tensor, int]]:
         nonlocal epoch
         epoch += 1
-        epoch_batches = list(batches(len(train), phase.batch_size, generator, world))
+        epoch_batches = batches(
+            len(train_rows), phase.batch_size, generator, world, train_rows.device
+        )
         if semi:
             extra = unlabeled_batches(
-                len(unlabeled_on_device), len(epoch_batches), phase.batch_size, generator, world
-            )
+                len(unlabeled_rows), len(epoch_batches), phase.batch_size, generator, world
+            ).to(unlabeled_rows.device)
         for step, index in enumerate(epoch_batches):
             progress = epoch - 1 + (step + 1) / len(epoch_batches)
             set_learning_rate(optimizer, settings.learning_rate(progress))
-            batch = train_on_device.rows(index.to(device))
+            batch = train_rows.batch(index, device)
             codes, numbers = batch.codes, batch.numbers
             if semi:  # one forward pass over the labelled and the unlabeled rows
-                rows = unlabeled_on_device.rows(extra[step].to(device))
+                rows = unlabeled_rows.batch(extra[step], device)
                 codes, numbers = torch.cat([codes, rows.codes]), torch.cat([numbers, rows.numbers])
             with autocast(device):
-                out = ddp_model(codes, numbers)
+                out = forward(codes, numbers)
             loss = criterion(out[: len(index)], batch.target)
             if semi:
                 extra_loss = unlabeled_loss(
