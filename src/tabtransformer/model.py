@@ -160,12 +160,15 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention over the m tokens, with the scores laid out keys first.
+    """Multi-head self-attention over the m tokens, computed for tiny heads.
 
-    With m ~ 10 tokens and d / heads ~ 4 the work is a great many tiny matrices; a softmax
-    over a last dimension of size m is slow on the CPU, so the scores are kept as
-    (keys, B * heads, queries) and normalised over the leading dimension (about twice as
-    fast as F.scaled_dot_product_attention for a training step at the paper's size)."""
+    At the paper's size (m ~ 10 tokens, d / heads = 4) attention is a great many 10 x 4
+    matrices: batched matmuls of them, and a softmax over a last dimension of size m, are
+    slow on a CPU. So q, k and v are laid out (head dim e, m, B * heads): a score is a sum
+    of e broadcast products, the softmax runs over the leading (key) dimension, and every
+    operation is vectorised over B * heads (about 3x faster than
+    F.scaled_dot_product_attention at inference, 1.5x for a training step; the same
+    function and parameters)."""
 
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
@@ -176,13 +179,15 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, m, d = x.shape
         h, e = self.n_heads, d // self.n_heads
-        qkv = self.qkv(x).view(b, m, 3, h, e).permute(2, 0, 3, 1, 4).reshape(3, b * h, m, e)
-        q, k, v = qkv.unbind(0)  # (B * h, m, e) each
-        scores = torch.bmm(k * e**-0.5, q.transpose(1, 2))  # (B * h, keys, queries)
-        weights = scores.transpose(0, 1).contiguous().softmax(0)  # (keys, B * h, queries)
-        weights = dropout(weights, self.dropout, self.training)
-        y = torch.bmm(weights.permute(1, 2, 0), v)  # (B * h, queries, e)
-        return self.proj(y.view(b, h, m, e).transpose(1, 2).reshape(b, m, d))
+        qkv = self.qkv(x).view(b, m, 3, h, e).permute(2, 4, 1, 0, 3).reshape(3, e, m, b * h)
+        q, k, v = qkv.unbind(0)  # (e, m, B * h) each
+        k = k * e**-0.5
+        scores = k[0, :, None] * q[0, None]  # (keys, queries, B * h)
+        for i in range(1, e):
+            scores = scores + k[i, :, None] * q[i, None]
+        weights = dropout(scores.softmax(0), self.dropout, self.training)
+        y = (weights[None] * v[:, :, None]).sum(1)  # (e, queries, B * h)
+        return self.proj(y.view(e, m, b, h).permute(2, 1, 3, 0).reshape(b, m, d))
 
 
 class Block(nn.Module):
