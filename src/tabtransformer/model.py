@@ -138,8 +138,7 @@ class NumericEmbedding(nn.Module):
 
 
 class Dropout(nn.Module):
-    """nn.Dropout, faster on the CPU: the keep mask comes from one uniform draw compared in
-    place (PyTorch's CPU bernoulli costs about four times as much); elsewhere F.dropout."""
+    """nn.Dropout, faster on the CPU (see `dropout`)."""
 
     def __init__(self, p: float):
         super().__init__()
@@ -150,13 +149,21 @@ class Dropout(nn.Module):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Zero each element with probability `p` and scale the rest by 1 / (1 - p)."""
+    """Zero each element with probability `p` and scale the rest by 1 / (1 - p).
+
+    On the CPU, PyTorch draws one random number per element (its bernoulli costs ten times
+    a multiplication); here one 64-bit draw gives four 16-bit lanes, and an element is kept
+    when its lane is at or above p's share of the 65536 values (p rounded to 1/65536).
+    Elsewhere, F.dropout."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training=True)
-    keep = torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))  # 0 or 1 / (1 - p)
-    return x * keep
+    n = x.numel()
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    lanes = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
+    scale = (lanes >= round(p * 65536) - 32768) * (1.0 / (1.0 - p))  # 0 or 1 / (1 - p)
+    return x * scale.to(x.dtype)
 
 
 class SelfAttention(nn.Module):
