@@ -42,7 +42,7 @@ from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
 from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
-from tabtransformer.training import batches, optimizer_step
+from tabtransformer.training import adamw, batches, optimizer_step
 
 log = logging.getLogger(__name__)
 RESAMPLE_ROUNDS = 20
@@ -345,11 +345,7 @@ def pretrain(
     encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
     model.to(device).train()
     head.to(device).train()
-    optimizer = torch.optim.AdamW(
-        [*encoder, *head.parameters()],
-        lr=phase.learning_rate,
-        weight_decay=phase.weight_decay,
-    )
+    optimizer = adamw([*encoder, *head.parameters()], phase, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     order = torch.Generator().manual_seed(seed)
     train, valid = train.to(device), valid.to(device)
