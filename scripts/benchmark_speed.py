@@ -45,7 +45,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tabtransformer import hyperparameters
 from tabtransformer.hardware import configure_threads
-from tabtransformer.inference import EVAL_BATCH_ROWS, Encoded, encode_table, predict_raw
+from tabtransformer.inference import Encoded, encode_table, eval_batch_rows, predict_raw
 from tabtransformer.job import architecture, build_model
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
@@ -215,7 +215,9 @@ def benchmark_peer(
     flops = step_flops(model, batch.codes, batch.numbers)
     model.eval()
     eval_loader = DataLoader(
-        TensorDataset(train.codes, train.numbers), batch_size=EVAL_BATCH_ROWS, shuffle=False
+        TensorDataset(train.codes, train.numbers),
+        batch_size=eval_batch_rows(device),
+        shuffle=False,
     )
 
     @torch.inference_mode()
