@@ -192,9 +192,11 @@ class SelfAttention(nn.Module):
         k = k * e**-0.5
         scores = k[:, 0, :, None] * q[:, 0, None]  # (heads, keys, queries, B)
         for i in range(1, e):
-            scores = scores + k[:, i, :, None] * q[:, i, None]
+            scores = torch.addcmul(scores, k[:, i, :, None], q[:, i, None])
         weights = dropout(scores.softmax(1), self.dropout, self.training)
-        y = (weights[:, None] * v[:, :, :, None]).sum(2)  # (heads, e, queries, B)
+        y = weights[:, None, 0] * v[:, :, 0, None]  # (heads, e, queries, B)
+        for j in range(1, m):
+            y = torch.addcmul(y, weights[:, None, j], v[:, :, j, None])
         return F.linear(y.view(d, m * b).t(), self.proj.weight, self.proj.bias).view(m, b, d)
 
 
