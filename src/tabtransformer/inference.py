@@ -74,9 +74,9 @@ class Encoded:
         """The rows `index` (on this table's device) on `device`: gathered where the table
         is, then, from pinned host memory to a GPU, copied without blocking."""
         part = self.rows(index)
-        if part.device == device:
-            return part
-        return part.pin_memory().to(device, non_blocking=True)
+        if part.device.type == "cpu" and device.type == "cuda":
+            return part.pin_memory().to(device, non_blocking=True)
+        return part.to(device)  # nothing to do when it is there already
 
 
 def encode_table(

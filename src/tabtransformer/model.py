@@ -31,6 +31,12 @@ Preprocessing has already mapped each continuous column onto N(0, 1);
 `continuous_norm="none"` skips the per-row LayerNorm, and a single continuous column always
 skips it (LayerNorm over one feature would erase it). `mlp_hidden_cap` > 0 caps the MLP's
 first hidden width (4l) at that value; the second is always half of the first.
+
+Speed (the paper's size is many tiny matrices: ~10 tokens of d = 32, heads of 4): the
+blocks run token-major (m, B, d), attention is computed with broadcast products over the
+batch (`SelfAttention`), dropout draws 16 random bits per element on the CPU (`dropout`),
+and all categorical tables are one nn.Embedding. None of it changes the function or the
+parameter names: artifacts written before load and predict the same.
 """
 
 from __future__ import annotations
