@@ -16,7 +16,13 @@ from tabtransformer import hardware, hyperparameters, training
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.inference import encode_table, predict_raw
 from tabtransformer.loop import LoopSettings, run_epochs
-from tabtransformer.model import SelfAttention, TabTransformer, TabTransformerConfig, dropout
+from tabtransformer.model import (
+    SelfAttention,
+    TabTransformer,
+    TabTransformerConfig,
+    TinyHeadAttention,
+    dropout,
+)
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 
 CPU = torch.device("cpu")
@@ -36,6 +42,14 @@ def test_attention_computes_scaled_dot_product_attention():
     )
     got = attention(x.transpose(0, 1).contiguous()).transpose(0, 1)  # token-major in and out
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_dropout", [False, True])
+def test_the_written_out_attention_backward_is_the_gradient(with_dropout):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True) for _ in "qkv")
+    keep = (torch.rand(2, 5, 5, 3) > 0.3).double() / 0.7 if with_dropout else None
+    assert torch.autograd.gradcheck(TinyHeadAttention.apply, (q, k, v, keep))
 
 
 def test_dropout_zeroes_a_share_p_and_keeps_the_mean():

@@ -42,6 +42,7 @@ parameter names: artifacts written before load and predict the same.
 from __future__ import annotations
 
 import itertools
+import math
 import warnings
 from dataclasses import asdict, dataclass, field
 
@@ -155,21 +156,67 @@ class Dropout(nn.Module):
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
-    """Zero each element with probability `p` and scale the rest by 1 / (1 - p).
-
-    On the CPU, PyTorch draws one random number per element (its bernoulli costs ten times
-    a multiplication); here one 64-bit draw gives four 16-bit lanes, and an element is kept
-    when its lane is at or above p's share of the 65536 values (p rounded to 1/65536).
-    Elsewhere, F.dropout."""
+    """Zero each element with probability `p` and scale the rest by 1 / (1 - p): on the
+    CPU with `dropout_scale`, elsewhere with F.dropout."""
     if not training or p == 0.0:
         return x
     if x.device.type != "cpu" or p >= 1.0:
         return F.dropout(x, p, training=True)
-    n = x.numel()
-    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
-    lanes = bits.view(torch.int16)[:n].view(x.shape)  # uniform on [-32768, 32767]
-    scale = (lanes >= round(p * 65536) - 32768) * (1.0 / (1.0 - p))  # 0 or 1 / (1 - p)
-    return x * scale.to(x.dtype)
+    return x * dropout_scale(x.shape, x.device, p).to(x.dtype)
+
+
+def dropout_scale(shape: torch.Size, device: torch.device, p: float) -> torch.Tensor:
+    """A tensor of `shape`: 0 with probability `p` (< 1), else 1 / (1 - p) (float32).
+
+    On the CPU, PyTorch draws one random number per element (its bernoulli costs ten times
+    a multiplication); here one 64-bit draw gives four 16-bit lanes, and an element is kept
+    when its lane is at or above p's share of the 65536 values (p rounded to 1/65536)."""
+    if device.type == "cpu":
+        n = math.prod(shape)
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+        lanes = bits.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
+        keep = lanes >= round(p * 65536) - 32768
+    else:
+        keep = torch.rand(shape, device=device) >= p
+    return keep * (1.0 / (1.0 - p))
+
+
+class TinyHeadAttention(torch.autograd.Function):
+    """Attention for q, k, v laid out (heads, e, m, B) with small e and m: each query's
+    softmax over keys of k.q / sqrt(e), times `keep` (the weights' dropout scale, or None),
+    weighting v; out (heads, e, queries, B). Every operation is a broadcast product or sum
+    vectorised over B. The backward is written out: autograd's, through the e + m slices
+    of the forward sums, would build a full-size zero gradient for every slice."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, keep):
+        e, m = q.shape[1], q.shape[2]
+        k_scaled = k * e**-0.5
+        scores = k_scaled[:, 0, :, None] * q[:, 0, None]  # (heads, keys, queries, B)
+        for i in range(1, e):
+            scores = torch.addcmul(scores, k_scaled[:, i, :, None], q[:, i, None])
+        probs = scores.softmax(1)
+        weights = probs if keep is None else probs * keep
+        y = weights[:, None, 0] * v[:, :, 0, None]  # (heads, e, queries, B)
+        for j in range(1, m):
+            y = torch.addcmul(y, weights[:, None, j], v[:, :, j, None])
+        ctx.save_for_backward(q, k, v, probs, keep)
+        return y
+
+    @staticmethod
+    def backward(ctx, d_y):
+        q, k, v, probs, keep = ctx.saved_tensors
+        e = q.shape[1]
+        weights = probs if keep is None else probs * keep
+        d_weights = d_y[:, 0, None] * v[:, 0, :, None]  # (heads, keys, queries, B)
+        for i in range(1, e):
+            d_weights = torch.addcmul(d_weights, d_y[:, i, None], v[:, i, :, None])
+        d_v = (weights[:, None] * d_y[:, :, None]).sum(3)  # over queries: (heads, e, keys, B)
+        d_probs = d_weights if keep is None else d_weights * keep
+        d_scores = probs * (d_probs - (probs * d_probs).sum(1, keepdim=True)) * e**-0.5
+        d_q = (d_scores[:, None] * k[:, :, :, None]).sum(2)  # over keys
+        d_k = (d_scores[:, None] * q[:, :, None]).sum(3)  # over queries
+        return d_q.to(q.dtype), d_k.to(k.dtype), d_v.to(v.dtype), None
 
 
 class SelfAttention(nn.Module):
@@ -195,14 +242,10 @@ class SelfAttention(nn.Module):
         rows = x.reshape(m * b, d)
         qkv = torch.addmm(self.qkv.bias[:, None], self.qkv.weight, rows.t())  # (3d, m * B)
         q, k, v = qkv.view(3, h, e, m, b).unbind(0)  # (heads, e, m, B) each
-        k = k * e**-0.5
-        scores = k[:, 0, :, None] * q[:, 0, None]  # (heads, keys, queries, B)
-        for i in range(1, e):
-            scores = torch.addcmul(scores, k[:, i, :, None], q[:, i, None])
-        weights = dropout(scores.softmax(1), self.dropout, self.training)
-        y = weights[:, None, 0] * v[:, :, 0, None]  # (heads, e, queries, B)
-        for j in range(1, m):
-            y = torch.addcmul(y, weights[:, None, j], v[:, :, j, None])
+        keep = None
+        if self.training and self.dropout > 0:
+            keep = dropout_scale((h, m, m, b), x.device, self.dropout)
+        y = TinyHeadAttention.apply(q, k, v, keep)  # (heads, e, queries, B)
         return F.linear(y.view(d, m * b).t(), self.proj.weight, self.proj.bias).view(m, b, d)
 
 
