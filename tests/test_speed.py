@@ -47,9 +47,9 @@ def test_attention_computes_scaled_dot_product_attention():
 @pytest.mark.parametrize("with_dropout", [False, True])
 def test_the_written_out_attention_backward_is_the_gradient(with_dropout):
     torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 4, 5, 3, dtype=torch.float64, requires_grad=True) for _ in "qkv")
+    qkv = torch.randn(3, 2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
     keep = (torch.rand(2, 5, 5, 3) > 0.3).double() / 0.7 if with_dropout else None
-    assert torch.autograd.gradcheck(TinyHeadAttention.apply, (q, k, v, keep))
+    assert torch.autograd.gradcheck(TinyHeadAttention.apply, (qkv, keep))
 
 
 def test_dropout_zeroes_a_share_p_and_keeps_the_mean():
