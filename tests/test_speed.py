@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -212,13 +213,16 @@ def test_a_failing_compile_warns_and_trains_eagerly_with_the_same_results(
 
 @pytest.mark.slow
 def test_compile_trains_through_the_real_entry_point(job: Job):
-    """compile=true compiles for real (or, where the machine cannot, falls back): the job
-    succeeds and writes a model either way."""
+    """compile=true compiles for real where a C++ compiler is installed (elsewhere it falls
+    back): the job succeeds and writes a model either way."""
     job.channel("training", make_table("binary", n=200))
     job.hyperparameters({**FAST, "n_epochs": "1", "compile": "true", "report": "false"})
     result = job.train()
-    assert result.returncode == 0, result.stdout + result.stderr
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
     assert (job.model / "model.safetensors").is_file()
+    if shutil.which("g++"):
+        assert "torch.compile of the model failed" not in log
 
 
 @pytest.mark.slow
