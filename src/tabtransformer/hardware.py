@@ -11,7 +11,8 @@ torch.compile (hyperparameter `compile`) is lazy: a failure shows at the first f
 compiling fails then (no C++ compiler, an unsupported operation) or at once.
 
 On a GPU the whole encoded table is copied to the device when it fits in half of the free
-memory; otherwise it stays in pinned host memory and each batch is copied without blocking.
+memory; otherwise it stays in host memory and each batch is gathered there, pinned and
+copied without blocking.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from torch import nn
 
 if TYPE_CHECKING:
     from tabtransformer.inference import Encoded
+
+    Rows = Encoded  # or any table with len(), rows(index) -> Encoded and to(device)
 
 log = logging.getLogger(__name__)
 CGROUP_CPU_MAX = Path("/sys/fs/cgroup/cpu.max")  # cgroup v2: "<quota> <period>" or "max ..."
@@ -103,23 +106,43 @@ def compiled(module: nn.Module, enabled: bool, what: str = "model") -> Callable:
     return Compiled(module, what) if enabled else module
 
 
+def table_bytes(data: Rows) -> int:
+    """The size of `data` as batches hold it (codes widened to int64), from one row."""
+    if not len(data):
+        return 0
+    row = data.rows(slice(0, 1))
+    parts = (row.codes, row.numbers, row.target)
+    return len(data) * sum(t.nbytes for t in parts if t is not None)
+
+
 def fits_on_device(nbytes: int, device: torch.device) -> bool:
-    """True on the CPU; on a GPU, whether `nbytes` fit in DEVICE_SHARE of its free memory."""
-    if device.type != "cuda":
-        return True
+    """Whether `nbytes` fit in DEVICE_SHARE of a GPU's free memory."""
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes <= DEVICE_SHARE * free
 
 
-def place(data: Encoded, device: torch.device) -> Encoded:
-    """The encoded table on `device` when it fits there, else in pinned host memory (batches
-    are then gathered on the host and copied without blocking)."""
-    if fits_on_device(data.nbytes, device):
-        return data.to(device)
+def place(data: Rows, device: torch.device) -> tuple[Rows, torch.device]:
+    """Where batches of `data` are gathered: on a GPU, the whole table copied there when it
+    fits; otherwise (a CPU, or a table too big) where it is, in host memory. Returns the
+    table and the device its batches are gathered on (the row indexes belong there)."""
+    if device.type != "cuda":
+        return data, torch.device("cpu")
+    nbytes = table_bytes(data)
+    if fits_on_device(nbytes, device):
+        return data.to(device), device
     log.info(
-        "the encoded table (%.1f GB) does not fit on %s: batches are copied from pinned "
-        "host memory",
-        data.nbytes / 1e9,
+        "the encoded table (%.1f GB) does not fit on %s: batches are gathered in host "
+        "memory and copied from pinned memory without blocking",
+        nbytes / 1e9,
         device,
     )
-    return data.pin_memory()
+    return data, torch.device("cpu")
+
+
+def gather(data: Rows, index: torch.Tensor, device: torch.device) -> Encoded:
+    """The rows `index` of `data` on `device`: gathered where the table is, then, from
+    host memory to a GPU, pinned and copied without blocking."""
+    part = data.rows(index)
+    if part.codes.device.type == "cpu" and device.type == "cuda":
+        return part.pin_memory().to(device, non_blocking=True)
+    return part.to(device)

@@ -47,15 +47,6 @@ class Encoded:
         target = self.target[index] if self.target is not None else None
         return Encoded(self.codes[index], self.numbers[index], target)
 
-    @property
-    def device(self) -> torch.device:
-        return self.codes.device
-
-    @property
-    def nbytes(self) -> int:
-        parts = (self.codes, self.numbers, self.target)
-        return sum(t.nbytes for t in parts if t is not None)
-
     def to(self, device: torch.device, non_blocking: bool = False) -> Encoded:
         """On `device` (`non_blocking`: an asynchronous copy from pinned memory)."""
 
@@ -69,14 +60,6 @@ class Encoded:
         """A copy in page-locked host memory (fast, asynchronous copies to a GPU)."""
         target = self.target.pin_memory() if self.target is not None else None
         return Encoded(self.codes.pin_memory(), self.numbers.pin_memory(), target)
-
-    def batch(self, index: torch.Tensor, device: torch.device) -> Encoded:
-        """The rows `index` (on this table's device) on `device`: gathered where the table
-        is, then, from pinned host memory to a GPU, copied without blocking."""
-        part = self.rows(index)
-        if part.device.type == "cpu" and device.type == "cuda":
-            return part.pin_memory().to(device, non_blocking=True)
-        return part.to(device)  # nothing to do when it is there already
 
 
 def encode_table(

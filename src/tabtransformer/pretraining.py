@@ -407,7 +407,7 @@ def held_out_scores(
     part."""
     task.eval()
     loss_sum, hits, counts = 0.0, 0.0, 0.0
-    step = eval_batch_rows(rows.device)
+    step = eval_batch_rows(corrupted.codes.device)
     for start in range(0, len(rows), step):
         part = slice(start, start + step)
         numbers = corrupted.numbers[part] if corrupted.numbers is not None else None

@@ -26,7 +26,7 @@ from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import World, wrap
 from tabtransformer.errors import UserError
-from tabtransformer.hardware import compiled, place
+from tabtransformer.hardware import compiled, gather, place
 from tabtransformer.inference import Encoded, autocast, predict_raw, to_prediction
 from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
@@ -239,9 +239,9 @@ def fit(
     # DistributedDataParallel when there are several processes; compiled on request.
     forward = compiled(wrap(model, world), phase.compile)
     criterion = loss_fn(target.task)
-    train_rows = place(train, device)  # on the device when it fits (a GPU), else pinned
+    train_rows, train_at = place(train, device)  # on a GPU when it fits there
     semi = settings.semi_supervised != "none" and unlabeled is not None and len(unlabeled) > 0
-    unlabeled_rows = place(unlabeled, device) if semi else None
+    unlabeled_rows, unlabeled_at = place(unlabeled, device) if semi else (None, None)
     if semi:
         log.info(
             "fine-tuning with semi_supervised=%s on %d unlabeled rows (weight %g%s)",
@@ -257,20 +257,18 @@ def fit(
     def train_epoch() -> Iterator[tuple[torch.Tensor, int]]:
         nonlocal epoch
         epoch += 1
-        epoch_batches = batches(
-            len(train_rows), phase.batch_size, generator, world, train_rows.device
-        )
+        epoch_batches = batches(len(train_rows), phase.batch_size, generator, world, train_at)
         if semi:
             extra = unlabeled_batches(
                 len(unlabeled_rows), len(epoch_batches), phase.batch_size, generator, world
-            ).to(unlabeled_rows.device)
+            ).to(unlabeled_at)
         for step, index in enumerate(epoch_batches):
             progress = epoch - 1 + (step + 1) / len(epoch_batches)
             set_learning_rate(optimizer, settings.learning_rate(progress))
-            batch = train_rows.batch(index, device)
+            batch = gather(train_rows, index, device)
             codes, numbers = batch.codes, batch.numbers
             if semi:  # one forward pass over the labelled and the unlabeled rows
-                rows = unlabeled_rows.batch(extra[step], device)
+                rows = gather(unlabeled_rows, extra[step], device)
                 codes, numbers = torch.cat([codes, rows.codes]), torch.cat([numbers, rows.numbers])
             with autocast(device):
                 out = forward(codes, numbers)
