@@ -73,8 +73,8 @@ def test_embeddings_equal_the_models_internal_values(token_model):
     with torch.no_grad():
         x = torch.cat([model.embed(data.codes), model.embed_numbers(data.numbers)], dim=1)
         expected = [x]
-        for block in model.blocks:
-            x = block(x)
+        for block in model.blocks:  # blocks run token-major: (tokens, B, d)
+            x = block(x.transpose(0, 1)).transpose(0, 1)
             expected.append(x)
         last = model.ln_f(x)
         # the last layer is exactly what the MLP head reads

@@ -34,7 +34,7 @@ FILE = "checkpoint.pt"
 PREVIOUS = "checkpoint.previous.pt"
 KEYS = ("fingerprint", "phase", "loop", "model", "optimizer", "generators")
 # Hyperparameters that may change between a stopped job and its restart.
-RESUMABLE_CHANGES = ("n_epochs", "patience", "pretrain_epochs", "pretrain_patience")
+RESUMABLE_CHANGES = ("n_epochs", "patience", "pretrain_epochs", "pretrain_patience", "compile")
 
 
 class Stopped(Exception):

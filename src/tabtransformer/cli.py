@@ -106,10 +106,12 @@ def train_process(
 
     from tabtransformer import job  # imports torch: keep `--help` fast
     from tabtransformer.checkpoints import Stopped
+    from tabtransformer.hardware import configure_threads
 
     world = cluster.world(local_rank)
     if local_rank != 0:  # each host's first process logs (its own log stream)
         logging.getLogger().setLevel(logging.WARNING)
+    configure_threads(cluster.processes_per_host)
     try:
         if world.distributed:
             cluster.init_process_group(world)

@@ -483,6 +483,17 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "permutation importance, task plots). Sampled so that it takes about a tenth of the "
         "training time; a report error is a warning, never a failed job.",
     ),
+    # --- speed (issue 14) ---------------------------------------------------------------
+    Hyperparameter(
+        "compile",
+        bool,
+        False,
+        "torch.compile the network for pretraining and fine-tuning (validation and serving "
+        "run eagerly). Compiling takes a minute or more at the start. Meant for GPUs: on the "
+        "CPUs measured, the eager network (tuned for CPUs) was faster. If compiling fails "
+        "(e.g. no C++ compiler in the image), the job logs a warning and trains eagerly, "
+        "with the same results.",
+    ),
 )
 
 BY_NAME: dict[str, Hyperparameter] = {p.name: p for p in SCHEMA}

@@ -19,7 +19,17 @@ from tabtransformer.errors import UserError
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor, TargetEncoder
 
-EVAL_BATCH_ROWS = 8192
+# Rows per evaluation forward pass, whatever batch_size is. On a CPU, batches whose
+# activations stay in cache are fastest: at the paper's size 256 to 2048 rows predict
+# about 1.6x faster than 8192. A GPU wants as many rows as it can take at once.
+EVAL_BATCH_ROWS = 1024
+EVAL_BATCH_ROWS_GPU = 65536
+
+
+def eval_batch_rows(device: torch.device) -> int:
+    """Rows per forward pass when evaluating or predicting (no gradients: larger than the
+    training batch; a GPU takes more at once)."""
+    return EVAL_BATCH_ROWS_GPU if device.type == "cuda" else EVAL_BATCH_ROWS
 
 
 @dataclass
@@ -37,9 +47,19 @@ class Encoded:
         target = self.target[index] if self.target is not None else None
         return Encoded(self.codes[index], self.numbers[index], target)
 
-    def to(self, device: torch.device) -> Encoded:
-        target = self.target.to(device) if self.target is not None else None
-        return Encoded(self.codes.to(device), self.numbers.to(device), target)
+    def to(self, device: torch.device, non_blocking: bool = False) -> Encoded:
+        """On `device` (`non_blocking`: an asynchronous copy from pinned memory)."""
+
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(device, non_blocking=non_blocking)
+
+        target = move(self.target) if self.target is not None else None
+        return Encoded(move(self.codes), move(self.numbers), target)
+
+    def pin_memory(self) -> Encoded:
+        """A copy in page-locked host memory (fast, asynchronous copies to a GPU)."""
+        target = self.target.pin_memory() if self.target is not None else None
+        return Encoded(self.codes.pin_memory(), self.numbers.pin_memory(), target)
 
 
 def encode_table(
@@ -66,15 +86,18 @@ def _in_batches(
     forward: Callable[[Encoded], torch.Tensor],
     empty: tuple[int, ...],
 ) -> torch.Tensor:
-    """`forward` over batches of EVAL_BATCH_ROWS rows in evaluation mode, concatenated as
+    """`forward` over batches of `eval_batch_rows` rows in evaluation mode, concatenated as
     float32 on the CPU; `empty` is the shape of one row's answer (for zero rows)."""
     was_training = model.training
     model.eval()
     outs = []
-    for start in range(0, len(data), EVAL_BATCH_ROWS):
-        part = data.rows(slice(start, start + EVAL_BATCH_ROWS)).to(device)
+    step = eval_batch_rows(device)
+    for start in range(0, len(data), step):
+        part = data.rows(slice(start, start + step)).to(device, non_blocking=True)
         with autocast(device):
-            outs.append(forward(part).float().cpu())
+            outs.append(forward(part).float().to("cpu", non_blocking=True))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # the non-blocking copies to the host have landed
     model.train(was_training)
     return torch.cat(outs) if outs else torch.zeros(0, *empty)
 
@@ -237,7 +260,7 @@ class Predictor:
         n_columns = len(cells)
         missing_number = np.nan if self.preprocessor.numeric_bins else 0.0
         values = np.empty((len(data), n_columns))
-        rows_per_chunk = max(1, EVAL_BATCH_ROWS // n_columns)
+        rows_per_chunk = max(1, eval_batch_rows(self.device) // n_columns)
         for start in range(0, len(data), rows_per_chunk):
             part = data.rows(slice(start, start + rows_per_chunk))
             n, m, c = len(part), part.codes.shape[1], part.numbers.shape[1]

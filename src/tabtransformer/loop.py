@@ -4,6 +4,11 @@ It owns what both need around an epoch: resuming from a checkpoint, timing, the 
 log line, history, keeping the best weights (NaN-aware), saving a checkpoint, early
 stopping, the non-finite loss check, and restoring the best weights at the end. A phase
 supplies only "train one epoch" (per-batch losses) and "validate" (named scores).
+
+The per-batch losses stay where they were computed (tensors on the device): the loop sums
+them there and reads the sum once per epoch, so the host never waits for the device in the
+middle of an epoch. With several processes, SIGTERM is checked (an all-reduce) every
+STOP_CHECK_BATCHES batches; a single process checks its flag after every batch.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 
 from tabtransformer import metrics
@@ -21,8 +27,10 @@ from tabtransformer.checkpoints import LoopState, PhaseCheckpoint
 from tabtransformer.errors import UserError
 
 log = logging.getLogger(__name__)
+STOP_CHECK_BATCHES = 16  # with several processes: batches between SIGTERM all-reduces
 
-TrainEpoch = Callable[[], Iterable[tuple[float, int]]]  # yields (batch loss, batch rows)
+# yields (mean batch loss: a detached 0-d tensor or a float, batch rows)
+TrainEpoch = Callable[[], Iterable[tuple[torch.Tensor | float, int]]]
 Validate = Callable[[], dict[str, float]]  # validation scores by name
 
 
@@ -75,15 +83,18 @@ def run_epochs(
     """
     s = settings
     started, first_epoch = time.perf_counter(), loop.epoch + 1
+    check_every = STOP_CHECK_BATCHES if checkpoint.owner.world.distributed else 1
     if loop.finished:
         log.info("%sfinished at epoch %d: nothing left to train", s.log_prefix, loop.epoch)
     for epoch in range(first_epoch, 0 if loop.finished else s.n_epochs + 1):
         epoch_start = time.perf_counter()
-        total, seen = 0.0, 0
-        for loss, rows in train_epoch():
+        total, seen = 0.0, 0  # total: the loss sum, on the device the losses are on
+        for batch, (loss, rows) in enumerate(train_epoch(), start=1):
             total, seen = total + loss * rows, seen + rows
-            checkpoint.stop_if_requested(loop)
-        train_loss = total / seen
+            if batch % check_every == 0:
+                checkpoint.stop_if_requested(loop)
+        train_loss = float(total) / seen  # the one wait for the device this epoch
+        train_time = time.perf_counter() - epoch_start
         scores = validate()
         elapsed = time.perf_counter() - epoch_start
         if metrics.is_better(scores[s.watch], loop.best, s.higher_is_better):
@@ -99,7 +110,7 @@ def run_epochs(
             s.loss_name,
             train_loss,
             score_fields(scores),
-            seen / elapsed,
+            seen / train_time,
             format_duration(elapsed),
             format_duration(0 if stop else (s.n_epochs - epoch) * per_epoch),
             s.watch,

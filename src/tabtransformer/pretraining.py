@@ -35,13 +35,14 @@ from torch import nn
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import wrap
 from tabtransformer.errors import UserError
-from tabtransformer.inference import EVAL_BATCH_ROWS, Encoded, autocast
+from tabtransformer.hardware import compiled
+from tabtransformer.inference import Encoded, autocast, eval_batch_rows
 from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
 from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
-from tabtransformer.training import batches, optimizer_step
+from tabtransformer.training import adamw, batches, optimizer_step
 
 log = logging.getLogger(__name__)
 RESAMPLE_ROUNDS = 20
@@ -344,11 +345,7 @@ def pretrain(
     encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
     model.to(device).train()
     head.to(device).train()
-    optimizer = torch.optim.AdamW(
-        [*encoder, *head.parameters()],
-        lr=phase.learning_rate,
-        weight_decay=phase.weight_decay,
-    )
+    optimizer = adamw([*encoder, *head.parameters()], phase, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     order = torch.Generator().manual_seed(seed)
     train, valid = train.to(device), valid.to(device)
@@ -370,20 +367,20 @@ def pretrain(
     task = PretrainingTask(model, head)  # what a checkpoint holds
     checkpoint = checkpointer.phase("pretrain", task, optimizer, [generator, order])
     start = checkpoint.restore()  # before DDP shares the first process's weights
-    ddp_task = wrap(task, world, partial=True)
+    ddp_task = compiled(wrap(task, world, partial=True), phase.compile, "pretraining model")
     epoch = start.epoch  # the last finished epoch; each train_epoch() runs the next one
 
-    def train_epoch() -> Iterator[tuple[float, int]]:
+    def train_epoch() -> Iterator[tuple[torch.Tensor, int]]:
         nonlocal epoch
         epoch += 1
-        epoch_batches = list(batches(len(train), phase.batch_size, order, world))
+        epoch_batches = batches(len(train), phase.batch_size, order, world, device)
         for step, index in enumerate(epoch_batches):
             progress = epoch - 1 + (step + 1) / len(epoch_batches)
             factor = learning_rate_factor(
                 progress, n_epochs, WARMUP_SHARE * n_epochs, settings.lr_schedule
             )
             set_learning_rate(optimizer, phase.learning_rate * factor)
-            loss, _, _ = ddp_task(corrupt(train.rows(index.to(device)), generator))
+            loss, _, _ = ddp_task(corrupt(train.rows(index), generator))
             yield optimizer_step(optimizer, loss), len(index)
 
     def validate() -> dict[str, float]:
@@ -410,8 +407,9 @@ def held_out_scores(
     part."""
     task.eval()
     loss_sum, hits, counts = 0.0, 0.0, 0.0
-    for start in range(0, len(rows), EVAL_BATCH_ROWS):
-        part = slice(start, start + EVAL_BATCH_ROWS)
+    step = eval_batch_rows(corrupted.codes.device)
+    for start in range(0, len(rows), step):
+        part = slice(start, start + step)
         numbers = corrupted.numbers[part] if corrupted.numbers is not None else None
         mask = corrupted.numeric_mask[part] if corrupted.numeric_mask is not None else None
         batch = Corrupted(

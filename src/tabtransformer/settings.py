@@ -28,6 +28,7 @@ class PhaseSettings:
     learning_rate: float
     weight_decay: float = 1e-4
     seed: int = 0
+    compile: bool = False  # torch.compile the network (eager when compiling fails)
 
     @classmethod
     def fine_tuning(cls, hp: Mapping[str, Any]) -> PhaseSettings:
@@ -35,7 +36,7 @@ class PhaseSettings:
 
     @classmethod
     def pretraining(cls, hp: Mapping[str, Any]) -> PhaseSettings:
-        """The pretrain_* values; weight decay and seed are shared with fine-tuning."""
+        """The pretrain_* values; weight decay, seed and compile are shared with fine-tuning."""
         return cls(
             hp["pretrain_epochs"],
             hp["pretrain_patience"],
@@ -43,4 +44,5 @@ class PhaseSettings:
             hp["pretrain_learning_rate"],
             hp["weight_decay"],
             hp["seed"],
+            hp["compile"],
         )

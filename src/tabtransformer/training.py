@@ -14,7 +14,7 @@ outputs, times `semi_supervised_weight`, is added to the labelled loss.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,7 @@ from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import World, wrap
 from tabtransformer.errors import UserError
+from tabtransformer.hardware import compiled, gather, place
 from tabtransformer.inference import Encoded, autocast, predict_raw, to_prediction
 from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import TabTransformer
@@ -34,6 +35,7 @@ from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
 
 log = logging.getLogger(__name__)
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -102,28 +104,49 @@ def check_semi_supervised(mode: str, task: str, has_unlabeled: bool) -> None:
 
 
 def batches(
-    n_rows: int, batch_size: int, generator: torch.Generator, world: World | None = None
-) -> Iterator[torch.Tensor]:
-    """Shuffled row indexes, one tensor per batch; with several processes, this one's
-    shard of the shared permutation (every process gets as many batches)."""
+    n_rows: int,
+    batch_size: int,
+    generator: torch.Generator,
+    world: World | None = None,
+    device: torch.device | None = None,
+) -> list[torch.Tensor]:
+    """Shuffled row indexes, one tensor per batch (moved to `device` once per epoch, not
+    batch by batch); with several processes, this one's shard of the shared permutation
+    (every process gets as many batches)."""
     order = torch.randperm(n_rows, generator=generator)
     if world is not None:
         order = world.shard(order)
-    yield from order.split(batch_size)
+    if device is not None:
+        order = order.to(device)
+    return list(order.split(batch_size))
+
+
+def adamw(
+    params: Iterable[torch.nn.Parameter], phase: PhaseSettings, device: torch.device
+) -> torch.optim.AdamW:
+    """AdamW with the phase's learning rate and weight decay; fused (one kernel for all
+    parameters, a quarter of the time of the per-parameter loop) on CPUs and GPUs."""
+    return torch.optim.AdamW(
+        params,
+        lr=phase.learning_rate,
+        weight_decay=phase.weight_decay,
+        fused=device.type in FUSED_ADAMW_DEVICES or None,
+    )
 
 
 def optimizer_step(
     optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float = 0.0
-) -> float:
+) -> torch.Tensor:
     """One gradient step on `loss` (its global gradient norm clipped to `grad_clip` when
-    > 0); returns its value."""
+    > 0); returns it detached, where it was computed: reading it (`.item()`) would make
+    the host wait for the device every batch, so the loop sums it there instead."""
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if grad_clip > 0:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, grad_clip)
     optimizer.step()
-    return loss.item()
+    return loss.detach()
 
 
 def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -210,16 +233,15 @@ def fit(
     phase = settings.phase
     generator = torch.Generator().manual_seed(phase.seed)
     model.to(device).train()
-    optimizer = torch.optim.AdamW(
-        model.parameters(), lr=phase.learning_rate, weight_decay=phase.weight_decay
-    )
+    optimizer = adamw(model.parameters(), phase, device)
     checkpoint = checkpointer.phase("finetune", model, optimizer, [generator])
     start = checkpoint.restore()  # before DDP shares the first process's weights
-    ddp_model = wrap(model, world)  # DistributedDataParallel when there are several processes
+    # DistributedDataParallel when there are several processes; compiled on request.
+    forward = compiled(wrap(model, world), phase.compile)
     criterion = loss_fn(target.task)
-    train_on_device = train.to(device)
+    train_rows, train_at = place(train, device)  # on a GPU when it fits there
     semi = settings.semi_supervised != "none" and unlabeled is not None and len(unlabeled) > 0
-    unlabeled_on_device = unlabeled.to(device) if semi else None
+    unlabeled_rows, unlabeled_at = place(unlabeled, device) if semi else (None, None)
     if semi:
         log.info(
             "fine-tuning with semi_supervised=%s on %d unlabeled rows (weight %g%s)",
@@ -232,24 +254,24 @@ def fit(
         )
     epoch = start.epoch  # the last finished epoch; each train_epoch() runs the next one
 
-    def train_epoch() -> Iterator[tuple[float, int]]:
+    def train_epoch() -> Iterator[tuple[torch.Tensor, int]]:
         nonlocal epoch
         epoch += 1
-        epoch_batches = list(batches(len(train), phase.batch_size, generator, world))
+        epoch_batches = batches(len(train_rows), phase.batch_size, generator, world, train_at)
         if semi:
             extra = unlabeled_batches(
-                len(unlabeled_on_device), len(epoch_batches), phase.batch_size, generator, world
-            )
+                len(unlabeled_rows), len(epoch_batches), phase.batch_size, generator, world
+            ).to(unlabeled_at)
         for step, index in enumerate(epoch_batches):
             progress = epoch - 1 + (step + 1) / len(epoch_batches)
             set_learning_rate(optimizer, settings.learning_rate(progress))
-            batch = train_on_device.rows(index.to(device))
+            batch = gather(train_rows, index, device)
             codes, numbers = batch.codes, batch.numbers
             if semi:  # one forward pass over the labelled and the unlabeled rows
-                rows = unlabeled_on_device.rows(extra[step].to(device))
+                rows = gather(unlabeled_rows, extra[step], device)
                 codes, numbers = torch.cat([codes, rows.codes]), torch.cat([numbers, rows.numbers])
             with autocast(device):
-                out = ddp_model(codes, numbers)
+                out = forward(codes, numbers)
             loss = criterion(out[: len(index)], batch.target)
             if semi:
                 extra_loss = unlabeled_loss(

