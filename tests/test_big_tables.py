@@ -328,3 +328,17 @@ def test_streamed_chunks_equal_the_whole_table_reader_on_generated_csv(
     same = features.astype(object).where(features.notna(), None)
     expected = whole.features.astype(object).where(whole.features.notna(), None)
     assert same.values.tolist() == expected.values.tolist()
+
+
+@pytest.mark.parametrize("header", [False, True])
+def test_streamed_parquet_drops_the_index_pandas_stored(tmp_path: Path, header: bool):
+    """`df.sample(...).to_parquet()` stores the index as `__index_level_0__`: the
+    streamed reader drops it, as the whole-table reader does."""
+    folder = tmp_path / "training"
+    folder.mkdir()
+    make_table("binary", n=20).sample(frac=1.0, random_state=0).to_parquet(folder / "t.parquet")
+    whole = read_labelled(folder, "label" if header else "")
+    channel = labelled_channel(folder, "label" if header else "")
+    assert channel.names == list(whole.features.columns)
+    chunks = pd.concat(channel.features())
+    assert chunks.astype(str).equals(whole.features.astype(str))

@@ -88,9 +88,17 @@ def _file_columns(path: Path, header: bool) -> list[str]:
         except (pa.ArrowException, OSError) as e:
             raise UserError(f"Cannot read Parquet file {path}: {e}") from None
         _check_flat(path, schema)
-        names = [str(n) for n in schema.names]
+        names = _parquet_columns(schema)
         return names if header else [str(i) for i in range(len(names))]
     return csv_columns(path, header)
+
+
+def _parquet_columns(schema: pa.Schema) -> list[str]:
+    """A Parquet file's data columns: without the index columns pandas' `to_parquet`
+    stores (`__index_level_0__`, a named index), which the whole-file reader drops too."""
+    index = (schema.pandas_metadata or {}).get("index_columns", [])
+    stored = {c for c in index if isinstance(c, str)}  # a RangeIndex is metadata only
+    return [str(n) for n in schema.names if n not in stored]
 
 
 def _indexed(frame: pd.DataFrame, path: Path, first_line: int) -> pd.DataFrame:
@@ -106,7 +114,7 @@ def _parquet_chunks(
 ) -> Iterator[pd.DataFrame]:
     try:
         parquet = pq.ParquetFile(path)
-        names = parquet.schema_arrow.names
+        names = _parquet_columns(parquet.schema_arrow)
         read = wanted if header else [names[int(c)] for c in wanted]
         line = 1
         for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=read):
