@@ -412,7 +412,8 @@ def open_tables(
     )
     n_train_channel = len(store.load("labels")) if encoder is not None else host["n_train"]
     train_rows = store.load("train_rows") if store.path("train_rows").is_file() else None
-    unlabeled_rows = np.arange(n_train_channel, host["n_features"])
+    n_features = host["n_features"]
+    unlabeled_rows = np.arange(n_train_channel, n_features, dtype=position_dtype(n_features))
     feature_rows = np.concatenate([train_rows, unlabeled_rows]) if train_rows is not None else None
     features = replace(features_all, target_array=None)  # training and unlabeled rows
     features = features.subset(feature_rows) if feature_rows is not None else features
