@@ -440,7 +440,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
     Hyperparameter(
         "mlp_hidden_cap",
         int,
-        1024,
+        256,
         "Cap on the MLP's first hidden width (the paper's 4l, l = the MLP's input width; the "
         "second stays half of the first). Keeps wide tables' heads small. 0: no cap (paper).",
         low=0,
