@@ -234,7 +234,9 @@ def peer_auc(name: str, split: Split, n: int, seed: int, table: pd.DataFrame) ->
                 **{c: frame[c].astype(object).where(frame[c].notna(), "missing") for c in cats}
             )
 
-        model = CatBoostClassifier(iterations=500, random_seed=seed, verbose=0, thread_count=2)
+        model = CatBoostClassifier(
+            iterations=500, random_seed=seed, verbose=0, thread_count=2, allow_writing_files=False
+        )
         model.fit(as_text(x), y, cat_features=cats)
         return roc_auc_score(y_test, model.predict_proba(as_text(x_test))[:, 1])
 
