@@ -38,6 +38,7 @@ from sklearn.metrics import accuracy_score, r2_score, roc_auc_score
 from sklearn.model_selection import train_test_split
 
 from tabtransformer import hyperparameters, load_model
+from tabtransformer.hardware import available_cores
 from tabtransformer.inference import Predictor
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,7 +208,13 @@ def run_gbdt(
             return x
 
         cls = lgb.LGBMRegressor if task == "regression" else lgb.LGBMClassifier
-        model = cls(n_estimators=5000, learning_rate=0.03, random_state=seed, verbose=-1)
+        model = cls(
+            n_estimators=5000,
+            learning_rate=0.03,
+            random_state=seed,
+            n_jobs=available_cores(),
+            verbose=-1,
+        )
         model.fit(
             prepare(x_tr),
             y_tr,
@@ -234,7 +241,7 @@ def run_gbdt(
             verbose=False,
             allow_writing_files=False,
             cat_features=cats,
-            thread_count=os.cpu_count(),
+            thread_count=available_cores(),
         )
         model.fit(prepare(x_tr), y_tr, eval_set=(prepare(x_va), y_va))
     seconds = time.perf_counter() - start
@@ -273,7 +280,7 @@ def run_pytabkit(
         return x
 
     classes = sorted(y_tr.unique()) if task != "regression" else []
-    model = cls(random_state=seed, device="cpu", n_threads=os.cpu_count(), verbosity=0)
+    model = cls(random_state=seed, device="cpu", n_threads=available_cores(), verbosity=0)
     start = time.perf_counter()
     model.fit(prepare(x_tr), y_tr, X_val=prepare(x_va), y_val=y_va, cat_col_names=cats)
     seconds = time.perf_counter() - start

@@ -32,15 +32,16 @@ CPU = torch.device("cpu")
 # --- the model: the same function, computed faster -----------------------------------
 
 
-@pytest.mark.parametrize("m", [9, 40])  # the broadcast path, and SDPA past 24 tokens
-def test_attention_computes_scaled_dot_product_attention(m):
+# the broadcast path (9 and 30 tokens), SDPA past 32 tokens and for a few rows
+@pytest.mark.parametrize(("m", "b"), [(9, 64), (30, 64), (40, 64), (9, 1), (9, 8)])
+def test_attention_computes_scaled_dot_product_attention(m, b):
     torch.manual_seed(0)
     attention = SelfAttention(dim=32, n_heads=8, dropout=0.3).eval()
-    x = torch.randn(64, m, 32)  # (B, m, d)
-    q, k, v = attention.qkv(x).view(64, m, 3, 8, 4).unbind(2)
+    x = torch.randn(b, m, 32)  # (B, m, d)
+    q, k, v = attention.qkv(x).view(b, m, 3, 8, 4).unbind(2)
     heads = [t.transpose(1, 2) for t in (q, k, v)]
     expected = attention.proj(
-        F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(64, m, 32)
+        F.scaled_dot_product_attention(*heads).transpose(1, 2).reshape(b, m, 32)
     )
     got = attention(x.transpose(0, 1).contiguous()).transpose(0, 1)  # token-major in and out
     assert torch.allclose(got, expected, atol=1e-6)

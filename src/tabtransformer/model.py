@@ -181,9 +181,12 @@ def dropout_scale(shape: torch.Size, device: torch.device, p: float) -> torch.Te
     return keep * (1.0 / (1.0 - p))
 
 
-# Up to this many tokens the broadcast attention below beats F.scaled_dot_product_attention
-# on a CPU (measured: 4x at 10 tokens, even at 20, 2x slower at 40).
-TINY_ATTENTION_MAX_TOKENS = 24
+# On a CPU the broadcast attention below beats F.scaled_dot_product_attention over a batch
+# of rows with up to this many tokens (measured, d = 32 and 8 heads: 4x at 10 tokens, a
+# training step 1.5x faster at 30 tokens, slower at 45); for a handful of rows (single-row
+# requests) PyTorch's kernel is faster.
+TINY_ATTENTION_MAX_TOKENS = 32
+TINY_ATTENTION_MIN_ROWS = 16
 
 
 class TinyHeadAttention(torch.autograd.Function):
@@ -241,7 +244,8 @@ class SelfAttention(nn.Module):
     the softmax runs over the key dimension with B contiguous, and every operation is
     vectorised over the batch (about 3x faster than F.scaled_dot_product_attention at
     inference, 2x for a training step; the same function and parameters). With more than
-    TINY_ATTENTION_MAX_TOKENS tokens, or on a GPU, F.scaled_dot_product_attention runs."""
+    TINY_ATTENTION_MAX_TOKENS tokens, fewer than TINY_ATTENTION_MIN_ROWS rows, or on a GPU,
+    F.scaled_dot_product_attention runs."""
 
     def __init__(self, dim: int, n_heads: int, dropout: float):
         super().__init__()
@@ -256,10 +260,11 @@ class SelfAttention(nn.Module):
         qkv = torch.addmm(self.qkv.bias[:, None], self.qkv.weight, rows.t())  # (3d, m * B)
         qkv = qkv.view(3, h, e, m, b)
         p = self.dropout if self.training else 0.0
-        if x.device.type == "cpu" and m <= TINY_ATTENTION_MAX_TOKENS:
+        tiny = m <= TINY_ATTENTION_MAX_TOKENS and b >= TINY_ATTENTION_MIN_ROWS
+        if x.device.type == "cpu" and tiny:
             keep = dropout_scale((h, m, m, b), x.device, p) if p > 0 else None
             y = TinyHeadAttention.apply(qkv, keep)  # (heads, e, queries, B)
-        else:  # many tokens, or a GPU: PyTorch's fused kernels
+        else:  # many tokens, a few rows, or a GPU: PyTorch's fused kernels
             q, k, v = qkv.permute(0, 4, 1, 3, 2).unbind(0)  # (B, heads, m, e) each
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p).permute(1, 3, 2, 0)
         return F.linear(y.reshape(d, m * b).t(), self.proj.weight, self.proj.bias).view(m, b, d)
