@@ -319,15 +319,27 @@ def append_result(path: Path, row: dict[str, object]) -> None:
         writer.writerow(row)
 
 
-def markdown(results: list[dict[str, str]], tables: list[str], models: list[str]) -> str:
-    """One row per table, one column per model: mean ± std of the test metric (fit time)."""
+def markdown(
+    results: list[dict[str, str]], tables: list[str], models: list[str], time_ratio: str = ""
+) -> str:
+    """One row per table, one column per model: mean ± std of the test metric over seeds
+    (mean fit time, runs); then the mean over the binary tables that every model ran on.
+    `time_ratio` "A/B": a last column with A's mean fit time over B's on each table."""
     frame = pd.DataFrame(results)
     frame["score"] = frame["score"].astype(float)
     frame["fit_seconds"] = frame["fit_seconds"].astype(float)
+    ratio = time_ratio.split("/") if time_ratio else []
     lines = [
-        "| table | task | metric | " + " | ".join(models) + " |",
-        "| --- | --- | --- | " + " | ".join("---" for _ in models) + " |",
+        "| table | task | metric | "
+        + " | ".join(models)
+        + (f" | time {ratio[0]} / {ratio[1]}" if ratio else "")
+        + " |",
+        "| --- | --- | --- | "
+        + " | ".join("---" for _ in models)
+        + (" | ---" if ratio else "")
+        + " |",
     ]
+    binary_means: dict[str, list[float]] = {m: [] for m in models}
     for table in tables:
         rows = frame[frame["table"] == table]
         if rows.empty:
@@ -343,8 +355,24 @@ def markdown(results: list[dict[str, str]], tables: list[str], models: list[str]
                 f"{got['score'].mean():.4f} ± {std:.4f} ({got['fit_seconds'].mean():.0f} s, "
                 f"n={len(got)})"
             )
+            if rows["task"].iloc[0] == "binary":
+                binary_means[model].append(got["score"].mean())
+        if ratio:
+            a, b = (rows[rows["model"] == m]["fit_seconds"].mean() for m in ratio)
+            cells.append(f"{a / b:.1f}×" if b == b and a == a else "–")
         task = rows["task"].iloc[0]
         lines.append(f"| {table} | {task} | {METRIC[task]} | " + " | ".join(cells) + " |")
+    n_binary = max((len(v) for v in binary_means.values()), default=0)
+    if n_binary:
+        cells = [
+            f"{np.mean(v):.4f}" if len(v) == n_binary else f"– ({len(v)} tables)"
+            for v in binary_means.values()
+        ]
+        lines.append(
+            f"| {n_binary} binary, mean | | AUC | "
+            + " | ".join(cells)
+            + (" |" if not ratio else " | |")
+        )
     return "\n".join(lines)
 
 
@@ -376,6 +404,12 @@ def main() -> None:
         "--pytabkit-seeds", default="0", help="seeds on which TabM-D and RealMLP-TD run"
     )
     parser.add_argument("--results", type=Path, default=Path("benchmark_accuracy.csv"))
+    parser.add_argument(
+        "--time-ratio",
+        default="",
+        metavar="A/B",
+        help="add a column with model A's mean fit time over model B's (e.g. tt:cap256/tt:paper)",
+    )
     parser.add_argument(
         "--tt-set", default="", help="k=v,k=v applied to every tt: configuration (e.g. n_epochs=3)"
     )
@@ -431,7 +465,7 @@ def main() -> None:
     results = [r for r in read_results(args.results) if int(r["seed"]) in seeds]
     if results:
         print()
-        print(markdown(results, tables, models))
+        print(markdown(results, tables, models, args.time_ratio))
 
 
 if __name__ == "__main__":

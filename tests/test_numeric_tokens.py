@@ -41,7 +41,8 @@ def test_paper_settings_build_the_paper_network_parameter_for_parameter():
     (names and shapes) as an artifact written before those settings existed."""
     artifact_hp = json.loads((OLD_ARTIFACT / "hyperparameters.json").read_text())
     assert not {"numeric_embedding", "ensemble_size", "mlp_hidden_cap"} & set(artifact_hp)
-    hp = hyperparameters.parse({**artifact_hp, **hyperparameters.PAPER_RECIPE})
+    # the old job's own values (n_blocks=1 among them), the paper recipe for the newer knobs
+    hp = hyperparameters.parse({**hyperparameters.PAPER_RECIPE, **artifact_hp})
     assert (hp["numeric_embedding"], hp["ensemble_size"], hp["mlp_hidden_cap"]) == ("none", 1, 0)
     pre = read_artifact(OLD_ARTIFACT).preprocessor
     model = build_model(architecture(hp), pre, n_outputs=2, base=None)
@@ -315,3 +316,24 @@ def test_pretraining_with_numeric_tokens_runs(job: Job):
     result = job.train()
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_model(job.model).predict(FEATURES.head(5)).shape == (5, 2)
+
+
+def test_the_paper_recipe_over_the_defaults_is_the_papers_network_and_recipe():
+    """The defaults depart from the paper (3 blocks, numeric tokens, an 8-member head, the
+    recipe); PAPER_RECIPE over them gives back the paper's sizes and training."""
+    hp = hyperparameters.parse({k: str(v) for k, v in hyperparameters.PAPER_RECIPE.items()})
+    paper = {
+        "input_dim": 32,
+        "n_blocks": 6,
+        "n_heads": 8,
+        "frac_shared_embed": 0.125,
+        "numeric_embedding": "none",
+        "ensemble_size": 1,
+        "mlp_hidden_cap": 0,
+        "lr_schedule": "constant",
+        "warmup_epochs": 0.0,
+        "grad_clip": 0.0,
+    }
+    assert {k: hp[k] for k in paper} == paper
+    defaults = hyperparameters.defaults()
+    assert defaults["n_blocks"] != 6 and defaults["numeric_embedding"] != "none"

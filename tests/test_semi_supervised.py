@@ -86,13 +86,13 @@ def test_entropy_regularisation_makes_predictions_on_unlabeled_rows_more_confide
     unlabeled = encode_table(pre, features.iloc[100:])
     hp = hyperparameters.parse(
         {
+            **hyperparameters.PAPER_RECIPE,  # the mechanism, without schedule or clipping
             **FAST,
             "n_epochs": "15",
             "patience": "15",
             "batch_size": "16",
             "learning_rate": "0.002",
             "semi_supervised_weight": "1",
-            **hyperparameters.PAPER_RECIPE,  # the mechanism, without schedule or clipping
         }
     )
     entropies = {}
