@@ -15,7 +15,11 @@ Prints a Markdown table (mean ± std over seeds, mean fit time) at the end.
     # another TabTransformer configuration, named on the command line:
     .venv/bin/python scripts/benchmark_accuracy.py --tt-config "wide=input_dim=64,n_blocks=3"
 
-Never run it beside another torch job: fit times would be meaningless.
+Never run it beside another torch job: fit times would be meaningless. On a machine with
+several cores, two runs may share it when each is pinned to cores of its own (every model
+uses the cores its process may run on; `taskset -c 0 ...` and `taskset -c 1 ...` with
+separate --results files, concatenated afterwards); `--time-ratio tt:b3c128/tt:paper`
+adds the ratio of mean fit times, measured in the same conditions.
 """
 
 from __future__ import annotations
@@ -84,13 +88,17 @@ TABLES: dict[str, tuple[str, str, str, str, Callable[[pd.DataFrame], pd.DataFram
 
 # TabTransformer configurations (hyperparameters over the defaults), written out so that
 # results stay comparable when the defaults change. `paper`: the paper's network and recipe
-# (numeric scalars into the MLP, one head, constant learning rate, no clipping). `tokens`:
-# PLE numeric tokens, an 8-member ensemble head with the MLP width capped at 1024, cosine
-# schedule with 1 warm-up epoch, clipping at 1 (the previous defaults). `cap256`: the same
-# with the width capped at 256 (the defaults). More with --tt-config NAME=k=v,k=v.
+# (6 blocks, numeric scalars into the MLP, one head, constant learning rate, no clipping).
+# `tokens`: 6 blocks, PLE numeric tokens, an 8-member ensemble head with the MLP width
+# capped at 1024, cosine schedule with 1 warm-up epoch, clipping at 1 (the defaults two
+# rounds ago); `cap256`: the same with the width capped at 256 (the previous defaults).
+# `b3`: cap256 with 3 blocks; `b3e50`: b3 over 50 epochs; `b3e50lr`: b3e50 at lr 1e-3;
+# `b3c128`: 3 blocks and the width capped at 128 (the defaults); `b3c128ll`: early stopping
+# on the validation log loss instead of AUC. More with --tt-config NAME=k=v,k=v.
 TT_CONFIGS: dict[str, dict[str, str]] = {
     "paper": {k: str(v) for k, v in hyperparameters.PAPER_RECIPE.items()},
     "tokens": {
+        "n_blocks": "6",
         "numeric_embedding": "ple",
         "ensemble_size": "8",
         "mlp_hidden_cap": "1024",
@@ -101,6 +109,11 @@ TT_CONFIGS: dict[str, dict[str, str]] = {
 }
 TT_CONFIGS["cap256"] = {**TT_CONFIGS["tokens"], "mlp_hidden_cap": "256"}
 TT_CONFIGS["periodic"] = {**TT_CONFIGS["cap256"], "numeric_embedding": "periodic"}
+TT_CONFIGS["b3"] = {**TT_CONFIGS["cap256"], "n_blocks": "3"}
+TT_CONFIGS["b3e50"] = {**TT_CONFIGS["b3"], "n_epochs": "50"}
+TT_CONFIGS["b3e50lr"] = {**TT_CONFIGS["b3e50"], "learning_rate": "0.001"}
+TT_CONFIGS["b3c128"] = {**TT_CONFIGS["b3"], "mlp_hidden_cap": "128"}
+TT_CONFIGS["b3c128ll"] = {**TT_CONFIGS["b3c128"], "eval_metric": "log_loss"}
 PEERS = ("lightgbm", "catboost", "tabm_d", "realmlp_td")
 PYTABKIT = ("tabm_d", "realmlp_td")
 
@@ -389,7 +402,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated split seeds")
-    default_models = ",".join([*(f"tt:{n}" for n in ("paper", "cap256")), *PEERS])
+    default_models = ",".join([*(f"tt:{n}" for n in ("paper", "b3c128")), *PEERS])
     parser.add_argument(
         "--models", default=default_models, help="tt:NAME and/or " + ",".join(PEERS)
     )

@@ -127,8 +127,8 @@ def test_attributions_of_the_column_the_target_depends_on_dominate(
     model = train_in_process(
         Job(tmp_path / "opt_ml"),
         table,
-        n_epochs="15",
-        patience="15",
+        n_epochs="30",
+        patience="30",
         numeric_embedding=numeric_embedding,
         report="false",
     )
