@@ -476,15 +476,6 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         low=0.0,
         high=1e6,
     ),
-    Hyperparameter(
-        "weight_average_epochs",
-        float,
-        0.0,
-        "0: keep the trained weights. > 0: validate and keep an exponential moving average "
-        "of the weights over about this many epochs.",
-        low=0.0,
-        high=1000.0,
-    ),
     # --- what the model learned (issue 13) ---------------------------------------------
     Hyperparameter(
         "report",

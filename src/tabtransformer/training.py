@@ -14,7 +14,6 @@ outputs, times `semi_supervised_weight`, is added to the labelled loss.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,8 +21,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
@@ -54,7 +51,6 @@ class FitSettings:
     semi_supervised: str = "none"  # "none", "entropy" or "pseudo_label"
     semi_supervised_weight: float = 0.5
     pseudo_label_threshold: float = 0.9
-    weight_average_epochs: float = 0.0  # > 0: validate and keep an EMA of the weights
 
     def learning_rate(self, progress: float) -> float:
         """The learning rate after `progress` epochs (fractional) of fine-tuning."""
@@ -87,7 +83,6 @@ class FitSettings:
             hp["semi_supervised"],
             hp["semi_supervised_weight"],
             hp["pseudo_label_threshold"],
-            hp["weight_average_epochs"],
         )
 
 
@@ -201,13 +196,6 @@ def unlabeled_batches(
     return draws[world.rank]
 
 
-def weight_average(model: nn.Module, epochs: float, steps_per_epoch: int) -> AveragedModel:
-    """An exponential moving average of `model`'s weights with a time constant of `epochs`
-    epochs (decay 1 - 1/steps per update), updated after every optimizer step."""
-    decay = 1.0 - 1.0 / max(1.0, epochs * steps_per_epoch)
-    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay))
-
-
 def validation_scores(
     model: TabTransformer, data: Encoded, target: TargetEncoder, device: torch.device
 ) -> dict[str, float]:
@@ -246,13 +234,7 @@ def fit(
     generator = torch.Generator().manual_seed(phase.seed)
     model.to(device).train()
     optimizer = adamw(model.parameters(), phase, device)
-    average, saved = None, model
-    if settings.weight_average_epochs > 0:
-        steps_per_epoch = math.ceil(len(train) / (phase.batch_size * world.size))
-        average = weight_average(model, settings.weight_average_epochs, steps_per_epoch)
-        saved = nn.ModuleDict({"model": model, "average": average})
-    kept = model if average is None else average.module  # what is validated and kept
-    checkpoint = checkpointer.phase("finetune", saved, optimizer, [generator])
+    checkpoint = checkpointer.phase("finetune", model, optimizer, [generator])
     start = checkpoint.restore()  # before DDP shares the first process's weights
     # DistributedDataParallel when there are several processes; compiled on request.
     forward = compiled(wrap(model, world), phase.compile)
@@ -296,10 +278,7 @@ def fit(
                     settings.semi_supervised, out[len(index) :], settings.pseudo_label_threshold
                 )
                 loss = loss + settings.semi_supervised_weight * extra_loss
-            loss = optimizer_step(optimizer, loss, settings.grad_clip)
-            if average is not None:
-                average.update_parameters(model)
-            yield loss, len(index)
+            yield optimizer_step(optimizer, loss, settings.grad_clip), len(index)
 
     loop_settings = LoopSettings(
         n_epochs=phase.n_epochs,
@@ -311,10 +290,8 @@ def fit(
         loop_settings,
         checkpoint,
         start,
-        kept,
+        model,
         train_epoch,
-        lambda: validation_scores(kept, valid, target, device),
+        lambda: validation_scores(model, valid, target, device),
     )
-    if average is not None:
-        model.load_state_dict(kept.state_dict())
     return loop.history, loop.best_epoch
