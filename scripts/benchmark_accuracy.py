@@ -20,13 +20,13 @@ Prints a Markdown table (mean ± std over seeds, mean fit time) at the end.
 Never run it beside another torch job: fit times would be meaningless. On a machine with
 several cores, two runs may share it when each is pinned to cores of its own (every model
 uses the cores its process may run on; `taskset -c 0 ...` and `taskset -c 1 ...` with
-separate --results files, concatenated afterwards); `--time-ratio tt:b3c128/tt:paper`
+separate --results files, concatenated afterwards); `--time-ratio tt:b3c128d1/tt:paper`
 adds the ratio of mean fit times, measured in the same conditions. On a GPU machine with
 many cores, `--jobs N --device cuda` runs N (table, seed, model) at a time, each `train`
 on the GPU with its share of the cores (fit times then compare only within that run):
 
     .venv/bin/python scripts/benchmark_accuracy.py --jobs 14 --device cuda \
-        --models tt:b3c128,lightgbm,tabm_d --results gpu.csv
+        --models tt:b3c128d1,lightgbm,tabm_d --results gpu.csv
 """
 
 from __future__ import annotations
@@ -99,17 +99,22 @@ TABLES: dict[str, tuple[str, str, str, str, Callable[[pd.DataFrame], pd.DataFram
 
 # TabTransformer configurations (hyperparameters over the defaults), written out so that
 # results stay comparable when the defaults change. `paper`: the paper's network and recipe
-# (6 blocks, numeric scalars into the MLP, one head, constant learning rate, no clipping).
+# (6 blocks, numeric scalars into the MLP, one head, constant learning rate, no clipping,
+# dropout 0.3).
 # `tokens`: 6 blocks, PLE numeric tokens, an 8-member ensemble head with the MLP width
-# capped at 1024, cosine schedule with 1 warm-up epoch, clipping at 1 (the defaults two
-# rounds ago); `cap256`: the same with the width capped at 256 (the previous defaults).
+# capped at 1024, cosine schedule with 1 warm-up epoch, clipping at 1 (the defaults three
+# rounds ago); `cap256`: the same with the width capped at 256 (the defaults two rounds ago).
 # `b3`: cap256 with 3 blocks; `b3e50`: b3 over 50 epochs; `b3e50lr`: b3e50 at lr 1e-3;
-# `b3c128`: 3 blocks and the width capped at 128 (the defaults); `b3c128ll`: early stopping
-# on the validation log loss instead of AUC. More with --tt-config NAME=k=v,k=v.
+# `b3c128`: 3 blocks and the width capped at 128 (the previous defaults); `b3c128ll`: early
+# stopping on the validation log loss instead of AUC; `b3c128d1`: b3c128 with dropout 0.1
+# (the defaults). All of these use dropout 0.3 unless they say otherwise. More with
+# --tt-config NAME=k=v,k=v.
 TT_CONFIGS: dict[str, dict[str, str]] = {
     "paper": {k: str(v) for k, v in hyperparameters.PAPER_RECIPE.items()},
     "tokens": {
         "n_blocks": "6",
+        "attn_dropout": "0.3",
+        "mlp_dropout": "0.3",
         "numeric_embedding": "ple",
         "ensemble_size": "8",
         "mlp_hidden_cap": "1024",
@@ -125,6 +130,7 @@ TT_CONFIGS["b3e50"] = {**TT_CONFIGS["b3"], "n_epochs": "50"}
 TT_CONFIGS["b3e50lr"] = {**TT_CONFIGS["b3e50"], "learning_rate": "0.001"}
 TT_CONFIGS["b3c128"] = {**TT_CONFIGS["b3"], "mlp_hidden_cap": "128"}
 TT_CONFIGS["b3c128ll"] = {**TT_CONFIGS["b3c128"], "eval_metric": "log_loss"}
+TT_CONFIGS["b3c128d1"] = {**TT_CONFIGS["b3c128"], "attn_dropout": "0.1", "mlp_dropout": "0.1"}
 PEERS = ("lightgbm", "catboost", "tabm_d", "tabm_d_quantile", "realmlp_td")
 PYTABKIT = ("tabm_d", "tabm_d_quantile", "realmlp_td")
 
@@ -430,7 +436,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated split seeds")
-    default_models = ",".join([*(f"tt:{n}" for n in ("paper", "b3c128")), *PEERS])
+    default_models = ",".join([*(f"tt:{n}" for n in ("paper", "b3c128d1")), *PEERS])
     parser.add_argument(
         "--models", default=default_models, help="tt:NAME and/or " + ",".join(PEERS)
     )

@@ -325,6 +325,8 @@ def test_the_paper_recipe_over_the_defaults_is_the_papers_network_and_recipe():
     paper = {
         "input_dim": 32,
         "n_blocks": 6,
+        "attn_dropout": 0.3,
+        "mlp_dropout": 0.3,
         "n_heads": 8,
         "frac_shared_embed": 0.125,
         "numeric_embedding": "none",
@@ -337,3 +339,4 @@ def test_the_paper_recipe_over_the_defaults_is_the_papers_network_and_recipe():
     assert {k: hp[k] for k in paper} == paper
     defaults = hyperparameters.defaults()
     assert defaults["n_blocks"] != 6 and defaults["numeric_embedding"] != "none"
+    assert defaults["attn_dropout"] == defaults["mlp_dropout"] == 0.1
