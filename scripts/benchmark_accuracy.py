@@ -107,7 +107,9 @@ TABLES: dict[str, tuple[str, str, str, str, Callable[[pd.DataFrame], pd.DataFram
 # `b3`: cap256 with 3 blocks; `b3e50`: b3 over 50 epochs; `b3e50lr`: b3e50 at lr 1e-3;
 # `b3c128`: 3 blocks and the width capped at 128 (the previous defaults); `b3c128ll`: early
 # stopping on the validation log loss instead of AUC; `b3c128d1`: b3c128 with dropout 0.1
-# (the defaults); `bs128`, `bs512`: the defaults with batches of 128 or 512 rows. The
+# (the defaults); `bs128`, `bs512`: the defaults with batches of 128 or 512 rows; `be`: the
+# defaults with TabM's BatchEnsemble head instead of k plain MLPs; `noclip`: without gradient
+# clipping; `const`: a constant learning rate without warm-up. The
 # configurations before b3c128d1 use dropout 0.3. More with --tt-config NAME=k=v,k=v.
 TT_CONFIGS: dict[str, dict[str, str]] = {
     "paper": {k: str(v) for k, v in hyperparameters.PAPER_RECIPE.items()},
@@ -133,6 +135,9 @@ TT_CONFIGS["b3c128ll"] = {**TT_CONFIGS["b3c128"], "eval_metric": "log_loss"}
 TT_CONFIGS["b3c128d1"] = {**TT_CONFIGS["b3c128"], "attn_dropout": "0.1", "mlp_dropout": "0.1"}
 TT_CONFIGS["bs128"] = {**TT_CONFIGS["b3c128d1"], "batch_size": "128"}
 TT_CONFIGS["bs512"] = {**TT_CONFIGS["b3c128d1"], "batch_size": "512"}
+TT_CONFIGS["be"] = {**TT_CONFIGS["b3c128d1"], "ensemble_head": "batchensemble"}
+TT_CONFIGS["noclip"] = {**TT_CONFIGS["b3c128d1"], "grad_clip": "0"}
+TT_CONFIGS["const"] = {**TT_CONFIGS["b3c128d1"], "lr_schedule": "constant", "warmup_epochs": "0"}
 PEERS = ("lightgbm", "catboost", "tabm_d", "tabm_d_quantile", "realmlp_td")
 PYTABKIT = ("tabm_d", "tabm_d_quantile", "realmlp_td")
 

@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import FAST, Job, Server, make_table
 from safetensors.torch import load_file
+from tabm import LinearBatchEnsemble, LinearEnsemble
 
 from tabtransformer import hyperparameters, load_model, training
 from tabtransformer.artifacts import read_artifact
@@ -132,9 +133,13 @@ def test_preprocessing_keeps_missing_numbers_and_saves_bin_edges_as_json():
     assert not np.isnan(paper.transform(features)[1]).any()
 
 
-def test_ensemble_prediction_is_the_mean_of_member_probabilities():
+HEADS = pytest.mark.parametrize("head", ["plain", "batchensemble"])
+
+
+@HEADS
+def test_ensemble_prediction_is_the_mean_of_member_probabilities(head: str):
     torch.manual_seed(0)
-    model = TabTransformer(tiny_config(ensemble_size=4)).eval()
+    model = TabTransformer(tiny_config(ensemble_size=4, ensemble_head=head)).eval()
     codes = torch.tensor([[2, 3], [3, 2], [4, 1]])
     numbers = torch.randn(3, 2)
     with torch.no_grad():
@@ -170,17 +175,39 @@ def test_validation_loss_is_the_members_mean_and_metrics_score_the_averaged_pred
     assert scores["loss"] != pytest.approx(scores["log_loss"], rel=1e-5)  # not the same
 
 
-def test_ensemble_members_do_not_interact():
+@HEADS
+def test_ensemble_members_do_not_interact(head: str):
+    """Changing member 1's own parameters changes member 1's output and no other's."""
     torch.manual_seed(0)
-    model = TabTransformer(tiny_config(ensemble_size=3)).eval()
+    model = TabTransformer(tiny_config(ensemble_size=3, ensemble_head=head)).eval()
     codes, numbers = torch.tensor([[2, 3]]), torch.randn(1, 2)
     before = model(codes, numbers)
+    own = {LinearEnsemble: ("weight", "bias"), LinearBatchEnsemble: ("r", "s", "bias")}
+    changed = 0
     with torch.no_grad():
-        for layer in (model.mlp[0], model.mlp[3], model.mlp[6]):
-            layer.weight[1].mul_(5.0)
+        for layer in model.mlp:
+            for name in own.get(type(layer), ()):
+                getattr(layer, name)[1].mul_(5.0)
+                changed += 1
+    assert changed == (6 if head == "plain" else 8)
     after = model(codes, numbers)
     assert torch.equal(before[:, [0, 2]], after[:, [0, 2]])
     assert not torch.allclose(before[:, 1], after[:, 1])
+
+
+def test_batchensemble_head_shares_hidden_weights_and_starts_members_apart():
+    """TabM's head: one weight per hidden layer for all members, per-member output layer and
+    scalings; the first input scaling starts at random signs (members differ at once)."""
+    plain = TabTransformer(tiny_config(ensemble_size=8))
+    batch = TabTransformer(tiny_config(ensemble_size=8, ensemble_head="batchensemble"))
+    kinds = [type(layer) for layer in batch.mlp if not isinstance(layer, torch.nn.ReLU)]
+    assert kinds[::2] == [LinearBatchEnsemble, LinearBatchEnsemble, LinearEnsemble]
+    assert set(batch.mlp[0].r.unique().tolist()) == {-1.0, 1.0}
+    assert (batch.mlp[3].r == 1).all() and (batch.mlp[0].s == 1).all()
+    size = lambda m: sum(p.numel() for p in m.mlp.parameters())  # noqa: E731
+    assert size(batch) < size(plain) / 2
+    with pytest.raises(ValueError, match="ensemble_head"):
+        TabTransformer(tiny_config(ensemble_size=2, ensemble_head="packed"))
 
 
 def test_regression_ensemble_averages_values():
@@ -270,7 +297,15 @@ def test_continuous_bins_and_numeric_embedding_are_alternatives():
 @pytest.mark.parametrize(
     ("task", "settings"),
     [
-        ("binary", {"numeric_embedding": "ple", "ensemble_size": "3", "grad_clip": "1.0"}),
+        (
+            "binary",
+            {
+                "numeric_embedding": "ple",
+                "ensemble_size": "3",
+                "ensemble_head": "batchensemble",
+                "grad_clip": "1.0",
+            },
+        ),
         (
             "regression",
             {"numeric_embedding": "periodic", "ensemble_size": "2", "lr_schedule": "cosine"},
@@ -290,6 +325,7 @@ def test_numeric_tokens_and_ensembles_round_trip_through_train_and_serve(
     config = json.loads((job.model / "model_config.json").read_text())
     assert config["numeric_embedding"] == settings["numeric_embedding"]
     assert config["ensemble_size"] == int(settings["ensemble_size"])
+    assert config["ensemble_head"] == settings.get("ensemble_head", "plain")
     features = json.loads((job.model / "preprocessing.json").read_text())["features"]
     assert features["numeric_bins"] == 32 and all(c["bin_edges"] for c in features["numeric"])
     rows = table.drop(columns="label").head(20)

@@ -220,6 +220,7 @@ CONFIG_RULES = {
     ),
     "numeric_bin_edges": _list_of(_list_of(FINITE, 10**4, min_length=2), MAX_COLUMNS),
     "ensemble_size": _integer(1, 1024),
+    "ensemble_head": Rule(lambda v: v in ("plain", "batchensemble"), "'plain' or 'batchensemble'"),
     "mlp_hidden_cap": _integer(0, 10**6),
 }
 FEATURES_RULES = {

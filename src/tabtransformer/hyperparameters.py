@@ -441,10 +441,20 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "Transformer, trained on the same batches (TabM-style). The prediction is the mean of "
         "the members' probabilities (or values), the loss the mean of their losses. 1: the "
         "paper's single head. Fine-tuning from a 'model' channel takes it (and "
-        "mlp_hidden_cap) from the fine-tuning job: k fine-tuned heads over one pretrained "
-        "Transformer.",
+        "ensemble_head, mlp_hidden_cap) from the fine-tuning job: k fine-tuned heads over one "
+        "pretrained Transformer.",
         low=1,
         high=64,
+    ),
+    Hyperparameter(
+        "ensemble_head",
+        str,
+        "plain",
+        "With ensemble_size > 1: 'plain', k independent MLPs (tabm.LinearEnsemble); "
+        "'batchensemble', TabM's BatchEnsemble MLP (tabm.LinearBatchEnsemble: one shared "
+        "weight per hidden layer with per-member scalings, a per-member output layer; fewer "
+        "parameters, same compute).",
+        choices=("plain", "batchensemble"),
     ),
     Hyperparameter(
         "mlp_hidden_cap",

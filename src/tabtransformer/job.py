@@ -153,6 +153,7 @@ def architecture(hp: Mapping[str, Any]) -> TabTransformerConfig:
         continuous_norm=hp["continuous_norm"],
         numeric_embedding=hp["numeric_embedding"],
         ensemble_size=hp["ensemble_size"],
+        ensemble_head=hp["ensemble_head"],
         mlp_hidden_cap=hp["mlp_hidden_cap"],
     )
 
@@ -162,7 +163,8 @@ def build_model(
 ) -> TabTransformer:
     """A fresh network of `shape` for the table; from a base artifact, its embeddings and
     Transformer are reused (and their shape applies), while the prediction head's shape
-    (ensemble_size, mlp_hidden_cap) comes from `shape`, this job's hyperparameters."""
+    (ensemble_size, ensemble_head, mlp_hidden_cap) comes from `shape`, this job's
+    hyperparameters."""
     if base is None:
         columns = {
             "cardinalities": pre.cardinalities,
@@ -175,6 +177,7 @@ def build_model(
     head = {
         "n_outputs": n_outputs,
         "ensemble_size": shape.ensemble_size,
+        "ensemble_head": shape.ensemble_head,
         "mlp_hidden_cap": shape.mlp_hidden_cap,
     }
     config = TabTransformerConfig(**{**base.model.config.to_dict(), **head})

@@ -16,9 +16,12 @@ too, so attention mixes numeric and categorical columns, and no scalar bypasses 
     flatten(contextual) (B, l = (m+c)*d) --MLP {4l, 2l}--> logits
 
 With ensemble_size k > 1 the MLP is k independent MLPs (one batched weight per layer, each
-member initialised on its own) over the same features: logits (B, k, n_outputs). `forward`
-always returns (B, k, n_outputs), k = 1 for the paper; predictions average the members'
-probabilities (or values), the training loss averages their losses.
+member initialised on its own) over the same features: logits (B, k, n_outputs); with
+ensemble_head="batchensemble" its hidden layers are TabM's BatchEnsemble instead (one shared
+weight, per-member scalings of its inputs and outputs; the first input scaling starts at random
+signs) and only the output layer is per member. `forward` always returns (B, k, n_outputs),
+k = 1 for the paper; predictions average the members' probabilities (or values), the training
+loss averages their losses. The members never interact before the output.
 
 Each column's embedding of a value is [shared column part (d * frac_shared_embed) ||
 per-value part]; code 0 is *missing* (also the MLM mask) and code 1 is *unseen*. No
@@ -49,10 +52,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 import torch.nn.functional as F
 from rtdl_num_embeddings import PeriodicEmbeddings, PiecewiseLinearEmbeddings
-from tabm import LinearEnsemble
+from tabm import LinearBatchEnsemble, LinearEnsemble
 from torch import nn
 
 NUMERIC_EMBEDDINGS = ("none", "ple", "periodic")
+ENSEMBLE_HEADS = ("plain", "batchensemble")
 
 
 @dataclass
@@ -72,6 +76,7 @@ class TabTransformerConfig:
     numeric_embedding: str = "none"  # "none" (paper: scalars into the MLP), "ple", "periodic"
     numeric_bin_edges: list[list[float]] = field(default_factory=list)  # "ple": per column
     ensemble_size: int = 1  # k MLP heads over the one Transformer
+    ensemble_head: str = "plain"  # k > 1: "plain" (k independent MLPs) or "batchensemble"
     mlp_hidden_cap: int = 0  # > 0: the MLP's first hidden width is at most this
 
     def to_dict(self) -> dict:
@@ -319,7 +324,10 @@ class TabTransformer(nn.Module):
         width = c.n_tokens * c.dim + scalars
         hidden = min(4 * width, c.mlp_hidden_cap) if c.mlp_hidden_cap else 4 * width
         self.mlp = mlp_head(
-            [width, hidden, hidden // 2, c.n_outputs], c.mlp_dropout, c.ensemble_size
+            [width, hidden, hidden // 2, c.n_outputs],
+            c.mlp_dropout,
+            c.ensemble_size,
+            c.ensemble_head,
         )
 
     def contextual(
@@ -373,13 +381,25 @@ class TabTransformer(nn.Module):
         return self.mlp(features.unsqueeze(1).expand(-1, self.config.ensemble_size, -1))
 
 
-def mlp_head(widths: list[int], dropout: float, k: int) -> nn.Sequential:
-    """Linear-ReLU-Dropout layers through `widths`. k > 1: k independent MLPs in one batched
-    weight per layer (tabm's LinearEnsemble, input and output (B, k, width)), which do not
-    interact; k = 1: plain nn.Linear layers (the paper's parameter names and shapes)."""
+def mlp_head(widths: list[int], dropout: float, k: int, kind: str = "plain") -> nn.Sequential:
+    """Linear-ReLU-Dropout layers through `widths`. k = 1: plain nn.Linear layers (the
+    paper's parameter names and shapes). k > 1, input and output (B, k, width), members that
+    do not interact: "plain", k independent MLPs in one batched weight per layer (tabm's
+    LinearEnsemble); "batchensemble", hidden layers with one shared weight and per-member
+    scalings (tabm's LinearBatchEnsemble, TabM's initialisation: random signs for the first
+    input scaling, ones elsewhere) and a per-member output layer."""
+    if kind not in ENSEMBLE_HEADS:
+        raise ValueError(f"unknown ensemble_head {kind!r}; use one of {ENSEMBLE_HEADS}")
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(itertools.pairwise(widths)):
-        layers.append(nn.Linear(n_in, n_out) if k == 1 else LinearEnsemble(n_in, n_out, k=k))
-        if i < len(widths) - 2:
+        last = i == len(widths) - 2
+        if k == 1:
+            layers.append(nn.Linear(n_in, n_out))
+        elif kind == "plain" or last:
+            layers.append(LinearEnsemble(n_in, n_out, k=k))
+        else:
+            scaling = ("random-signs", "ones") if i == 0 else "ones"
+            layers.append(LinearBatchEnsemble(n_in, n_out, k=k, scaling_init=scaling))
+        if not last:
             layers += [nn.ReLU(), Dropout(dropout)]
     return nn.Sequential(*layers)
