@@ -138,7 +138,8 @@ TT_CONFIGS["bs512"] = {**TT_CONFIGS["b3c128d1"], "batch_size": "512"}
 TT_CONFIGS["be"] = {**TT_CONFIGS["b3c128d1"], "ensemble_head": "batchensemble"}
 TT_CONFIGS["noclip"] = {**TT_CONFIGS["b3c128d1"], "grad_clip": "0"}
 TT_CONFIGS["const"] = {**TT_CONFIGS["b3c128d1"], "lr_schedule": "constant", "warmup_epochs": "0"}
-PEERS = ("lightgbm", "catboost", "tabm_d", "tabm_d_quantile", "realmlp_td")
+GBDTS = ("lightgbm", "catboost")
+PEERS = (*GBDTS, "tabm_d", "tabm_d_quantile", "realmlp_td")
 PYTABKIT = ("tabm_d", "tabm_d_quantile", "realmlp_td")
 
 Split = tuple[pd.DataFrame, pd.Series]
@@ -374,25 +375,41 @@ def append_result(path: Path, row: dict[str, object]) -> None:
         writer.writerow(row)
 
 
+def merge_results(own: list[dict[str, str]], others: list[Path]) -> list[dict[str, str]]:
+    """`own` rows, then the rows of other results files for (table, seed, model) that
+    `own` lacks (the first file that has one wins)."""
+    rows = list(own)
+    seen = {(r["table"], r["seed"], r["model"]) for r in rows}
+    for path in others:
+        for row in read_results(path):
+            key = (row["table"], row["seed"], row["model"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    return rows
+
+
 def markdown(
-    results: list[dict[str, str]], tables: list[str], models: list[str], time_ratio: str = ""
+    results: list[dict[str, str]],
+    tables: list[str],
+    models: list[str],
+    time_ratio: str = "",
+    gap: str = "",
 ) -> str:
     """One row per table, one column per model: mean ± std of the test metric over seeds
     (mean fit time, runs); then the mean over the binary tables that every model ran on.
+    `gap` model A: a column with A's mean minus the better GBDT's (LightGBM, CatBoost).
     `time_ratio` "A/B": a last column with A's mean fit time over B's on each table."""
     frame = pd.DataFrame(results)
     frame["score"] = frame["score"].astype(float)
     frame["fit_seconds"] = frame["fit_seconds"].astype(float)
     ratio = time_ratio.split("/") if time_ratio else []
+    extra = ([f"{gap} − best GBDT"] if gap else []) + (
+        [f"time {ratio[0]} / {ratio[1]}"] if ratio else []
+    )
     lines = [
-        "| table | task | metric | "
-        + " | ".join(models)
-        + (f" | time {ratio[0]} / {ratio[1]}" if ratio else "")
-        + " |",
-        "| --- | --- | --- | "
-        + " | ".join("---" for _ in models)
-        + (" | ---" if ratio else "")
-        + " |",
+        "| table | task | metric | " + " | ".join([*models, *extra]) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in [*models, *extra]) + " |",
     ]
     binary_means: dict[str, list[float]] = {m: [] for m in models}
     for table in tables:
@@ -412,6 +429,10 @@ def markdown(
             )
             if rows["task"].iloc[0] == "binary":
                 binary_means[model].append(got["score"].mean())
+        if gap:
+            mean = {m: rows[rows["model"] == m]["score"].mean() for m in (gap, *GBDTS)}
+            best = max(mean[m] for m in GBDTS)
+            cells.append(f"{mean[gap] - best:+.4f}".replace("-", "−"))
         if ratio:
             a, b = (rows[rows["model"] == m]["fit_seconds"].mean() for m in ratio)
             cells.append(f"{a / b:.1f}×" if b == b and a == a else "–")
@@ -424,9 +445,7 @@ def markdown(
             for v in binary_means.values()
         ]
         lines.append(
-            f"| {n_binary} binary, mean | | AUC | "
-            + " | ".join(cells)
-            + (" |" if not ratio else " | |")
+            f"| {n_binary} binary, mean | | AUC | " + " | ".join(cells + [""] * len(extra)) + " |"
         )
     return "\n".join(lines)
 
@@ -460,6 +479,22 @@ def main() -> None:
     )
     parser.add_argument("--results", type=Path, default=Path("benchmark_accuracy.csv"))
     parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="train nothing: print the table of what the results files hold",
+    )
+    parser.add_argument(
+        "--also",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="CSV",
+        help="another results file read into the table, never written (e.g. a GPU run's)",
+    )
+    parser.add_argument(
+        "--gap", default="", metavar="A", help="add a column: model A's mean − the best GBDT's"
+    )
+    parser.add_argument(
         "--time-ratio",
         default="",
         metavar="A/B",
@@ -491,8 +526,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     models = args.models.split(",")
     unknown = [t for t in tables if t not in TABLES] + [
-        m for m in models if not (m in PEERS or (m.startswith("tt:") and m[3:] in TT_CONFIGS))
-    ]
+        m
+        for m in models
+        if not (m in PEERS or (m.startswith("tt:") and m[3:] in TT_CONFIGS) or args.summary)
+    ]  # a summary may name any model of the results files
     if unknown:
         raise SystemExit(f"unknown table(s)/model(s) {unknown}; tables: {list(TABLES)}")
     pytabkit_seeds = {int(s) for s in args.pytabkit_seeds.split(",")}
@@ -504,6 +541,7 @@ def main() -> None:
         for table in tables
         if (table, str(seed), model) not in done
         and not (model in PYTABKIT and seed not in pytabkit_seeds)
+        and not args.summary
     ]
     if args.jobs > 1:  # each job gets its share of the cores (the train subprocesses too)
         threads = max(1, available_cores() // args.jobs)
@@ -541,10 +579,11 @@ def main() -> None:
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run_one, todo))
-    results = [r for r in read_results(args.results) if int(r["seed"]) in seeds]
+    merged = merge_results(read_results(args.results), args.also)
+    results = [r for r in merged if int(r["seed"]) in seeds]
     if results:
         print()
-        print(markdown(results, tables, models, args.time_ratio))
+        print(markdown(results, tables, models, args.time_ratio, args.gap))
 
 
 if __name__ == "__main__":
