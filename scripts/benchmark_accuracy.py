@@ -109,7 +109,8 @@ TABLES: dict[str, tuple[str, str, str, str, Callable[[pd.DataFrame], pd.DataFram
 # stopping on the validation log loss instead of AUC; `b3c128d1`: b3c128 with dropout 0.1
 # (the defaults); `bs128`, `bs512`: the defaults with batches of 128 or 512 rows; `be`: the
 # defaults with TabM's BatchEnsemble head instead of k plain MLPs; `noclip`: without gradient
-# clipping; `const`: a constant learning rate without warm-up. The
+# clipping; `const`: a constant learning rate without warm-up; `plr`: periodic (PLR) numeric
+# embeddings instead of PLE. The
 # configurations before b3c128d1 use dropout 0.3. More with --tt-config NAME=k=v,k=v.
 TT_CONFIGS: dict[str, dict[str, str]] = {
     "paper": {k: str(v) for k, v in hyperparameters.PAPER_RECIPE.items()},
@@ -137,6 +138,7 @@ TT_CONFIGS["bs128"] = {**TT_CONFIGS["b3c128d1"], "batch_size": "128"}
 TT_CONFIGS["bs512"] = {**TT_CONFIGS["b3c128d1"], "batch_size": "512"}
 TT_CONFIGS["be"] = {**TT_CONFIGS["b3c128d1"], "ensemble_head": "batchensemble"}
 TT_CONFIGS["noclip"] = {**TT_CONFIGS["b3c128d1"], "grad_clip": "0"}
+TT_CONFIGS["plr"] = {**TT_CONFIGS["b3c128d1"], "numeric_embedding": "periodic"}
 TT_CONFIGS["const"] = {**TT_CONFIGS["b3c128d1"], "lr_schedule": "constant", "warmup_epochs": "0"}
 GBDTS = ("lightgbm", "catboost")
 PEERS = (*GBDTS, "tabm_d", "tabm_d_quantile", "realmlp_td")
