@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from tabtransformer.artifacts import read_artifact
 from tabtransformer.checkpoints import Checkpointer, StopFlag, Stopped
 from tabtransformer.errors import UserError
 from tabtransformer.inference import Encoded, to_prediction
-from tabtransformer.job import architecture, build_model
+from tabtransformer.job import architecture, build_model, with_numeric_embedding
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.schedule import learning_rate_factor
@@ -286,6 +287,18 @@ def test_fit_follows_the_schedule_and_a_restart_continues_it(tmp_path: Path, mon
     rates.clear()
     run(tmp_path / "restarted")  # resumes after epoch 2
     assert rates == pytest.approx(expected[8:])
+
+
+@pytest.mark.parametrize(
+    ("task", "kind"),
+    [("binary", "periodic"), ("multiclass", "ple"), ("regression", "ple"), (None, "ple")],
+)
+def test_numeric_embedding_auto_is_periodic_for_binary_tasks_and_ple_otherwise(task, kind):
+    shape = architecture(hyperparameters.defaults())
+    assert shape.numeric_embedding == "auto"
+    assert with_numeric_embedding(shape, task).numeric_embedding == kind
+    chosen = replace(shape, numeric_embedding="ple")
+    assert with_numeric_embedding(chosen, "binary") == chosen  # a choice is kept
 
 
 def test_continuous_bins_and_numeric_embedding_are_alternatives():

@@ -35,11 +35,16 @@ def trained(job: Job) -> dict:
 
 
 @pytest.mark.slow
+def model_config(job: Job) -> dict:
+    return json.loads((job.model / "model_config.json").read_text())
+
+
 def test_binary_headerless_with_text_labels(job: Job):
     table = make_table("binary")
     job.channel("training", table)
     report = trained(job)
     assert report["task"] == "binary"
+    assert model_config(job)["numeric_embedding"] == "periodic"  # the default, auto
     log = report["log"]
     assert "metrics={'f1': " in log and "metrics={'auc': " in log
     assert "epoch 1/4 train_loss=" in log and "rows/s=" in log and "time_left<=" in log
@@ -58,6 +63,7 @@ def test_multiclass_with_integer_labels(job: Job):
     job.hyperparameters({**FAST, "n_epochs": "10"})
     report = trained(job)
     assert report["task"] == "multiclass"
+    assert model_config(job)["numeric_embedding"] == "ple"  # the default, auto
     assert load_model(job.model).classes == [0, 1, 2]
     assert report["validation"]["accuracy"] > 0.5  # three classes: chance is about 0.33
 
@@ -69,6 +75,7 @@ def test_regression_predicts_in_target_units(job: Job):
     job.hyperparameters({**FAST, "n_epochs": "10"})
     report = trained(job)
     assert report["task"] == "regression"
+    assert model_config(job)["numeric_embedding"] == "ple"  # the default, auto
     predictions = load_model(job.model).predict(table.drop(columns="label"))
     assert predictions.shape == (300,)
     assert abs(predictions.mean() - table["label"].mean()) < 0.5 * table["label"].std()

@@ -415,14 +415,16 @@ SCHEMA: tuple[Hyperparameter, ...] = (
     Hyperparameter(
         "numeric_embedding",
         str,
-        "ple",
+        "auto",
         "'none': each numeric column reaches the MLP as one quantile-normalised scalar, "
         "bypassing the Transformer (paper). 'ple' (piecewise-linear encoding over the "
         "column's quantile bins) or 'periodic' (PLR: periodic, linear, ReLU): each numeric "
         "column becomes a d-dimensional token beside the categorical ones, so attention mixes "
         "them; a missing number gets a learned per-column missing embedding instead of the "
-        "median (Gorishniy et al. 2022, rtdl_num_embeddings).",
-        choices=("none", "ple", "periodic"),
+        "median (Gorishniy et al. 2022, rtdl_num_embeddings). 'auto': 'periodic' for binary "
+        "classification, 'ple' otherwise (regression, multiclass, pretraining without labels), "
+        "as measured in the accuracy benchmark.",
+        choices=("auto", "none", "ple", "periodic"),
     ),
     Hyperparameter(
         "numeric_bins",

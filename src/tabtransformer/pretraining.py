@@ -301,8 +301,8 @@ def pretrain_on_rows(
     if not columns.class_counts:
         raise UserError(
             "Pretraining needs token columns, and this table has no categorical column. "
-            "Set numeric_embedding=ple (or continuous_bins, e.g. 16) to bring numeric "
-            "columns in, or pretrain_objective=none."
+            "Set numeric_embedding=auto, ple or periodic (or continuous_bins, e.g. 16) to "
+            "bring numeric columns in, or pretrain_objective=none."
         )
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(settings.phase.seed))
     n_valid = max(1, min(len(rows) // 10, MAX_HELD_OUT_ROWS))
