@@ -20,13 +20,13 @@ Prints a Markdown table (mean ± std over seeds, mean fit time) at the end.
 Never run it beside another torch job: fit times would be meaningless. On a machine with
 several cores, two runs may share it when each is pinned to cores of its own (every model
 uses the cores its process may run on; `taskset -c 0 ...` and `taskset -c 1 ...` with
-separate --results files, concatenated afterwards); `--time-ratio tt:b3c128d1/tt:paper`
+separate --results files, concatenated afterwards); `--time-ratio tt:auto/tt:paper`
 adds the ratio of mean fit times, measured in the same conditions. On a GPU machine with
 many cores, `--jobs N --device cuda` runs N (table, seed, model) at a time, each `train`
 on the GPU with its share of the cores (fit times then compare only within that run):
 
     .venv/bin/python scripts/benchmark_accuracy.py --jobs 14 --device cuda \
-        --models tt:b3c128d1,lightgbm,tabm_d --results gpu.csv
+        --models tt:auto,lightgbm,tabm_d --results gpu.csv
 """
 
 from __future__ import annotations
@@ -105,12 +105,13 @@ TABLES: dict[str, tuple[str, str, str, str, Callable[[pd.DataFrame], pd.DataFram
 # capped at 1024, cosine schedule with 1 warm-up epoch, clipping at 1 (the defaults three
 # rounds ago); `cap256`: the same with the width capped at 256 (the defaults two rounds ago).
 # `b3`: cap256 with 3 blocks; `b3e50`: b3 over 50 epochs; `b3e50lr`: b3e50 at lr 1e-3;
-# `b3c128`: 3 blocks and the width capped at 128 (the previous defaults); `b3c128ll`: early
-# stopping on the validation log loss instead of AUC; `b3c128d1`: b3c128 with dropout 0.1
-# (the defaults); `bs128`, `bs512`: the defaults with batches of 128 or 512 rows; `be`: the
-# defaults with TabM's BatchEnsemble head instead of k plain MLPs; `noclip`: without gradient
-# clipping; `const`: a constant learning rate without warm-up; `plr`: periodic (PLR) numeric
-# embeddings instead of PLE. The
+# `b3c128`: 3 blocks and the width capped at 128; `b3c128ll`: early stopping on the
+# validation log loss instead of AUC; `b3c128d1`: b3c128 with dropout 0.1 (the previous
+# defaults, PLE numeric tokens); `bs128`, `bs512`: b3c128d1 with batches of 128 or 512 rows;
+# `be`: b3c128d1 with TabM's BatchEnsemble head instead of k plain MLPs; `noclip`: without
+# gradient clipping; `const`: a constant learning rate without warm-up; `plr`: periodic (PLR)
+# numeric embeddings instead of PLE; `auto`: the defaults (numeric_embedding=auto: PLR on
+# binary tables, PLE on the others, i.e. plr or b3c128d1). The
 # configurations before b3c128d1 use dropout 0.3. More with --tt-config NAME=k=v,k=v.
 TT_CONFIGS: dict[str, dict[str, str]] = {
     "paper": {k: str(v) for k, v in hyperparameters.PAPER_RECIPE.items()},
@@ -139,6 +140,7 @@ TT_CONFIGS["bs512"] = {**TT_CONFIGS["b3c128d1"], "batch_size": "512"}
 TT_CONFIGS["be"] = {**TT_CONFIGS["b3c128d1"], "ensemble_head": "batchensemble"}
 TT_CONFIGS["noclip"] = {**TT_CONFIGS["b3c128d1"], "grad_clip": "0"}
 TT_CONFIGS["plr"] = {**TT_CONFIGS["b3c128d1"], "numeric_embedding": "periodic"}
+TT_CONFIGS["auto"] = {**TT_CONFIGS["b3c128d1"], "numeric_embedding": "auto"}
 TT_CONFIGS["const"] = {**TT_CONFIGS["b3c128d1"], "lr_schedule": "constant", "warmup_epochs": "0"}
 GBDTS = ("lightgbm", "catboost")
 PEERS = (*GBDTS, "tabm_d", "tabm_d_quantile", "realmlp_td")
@@ -465,7 +467,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tables", default=",".join(TABLES), help="comma-separated")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated split seeds")
-    default_models = ",".join([*(f"tt:{n}" for n in ("paper", "b3c128d1")), *PEERS])
+    default_models = ",".join([*(f"tt:{n}" for n in ("paper", "auto")), *PEERS])
     parser.add_argument(
         "--models", default=default_models, help="tt:NAME and/or " + ",".join(PEERS)
     )
