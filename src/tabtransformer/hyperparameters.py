@@ -439,7 +439,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "ensemble_size",
         int,
         8,
-        "k prediction heads (independent MLPs, each initialised on its own) over the one "
+        "k prediction heads (MLPs, each initialised on its own; see ensemble_head) over the one "
         "Transformer, trained on the same batches (TabM-style). The prediction is the mean of "
         "the members' probabilities (or values), the loss the mean of their losses. 1: the "
         "paper's single head. Fine-tuning from a 'model' channel takes it (and "
