@@ -435,8 +435,8 @@ def markdown(
                 binary_means[model].append(got["score"].mean())
         if gap:
             mean = {m: rows[rows["model"] == m]["score"].mean() for m in (gap, *GBDTS)}
-            best = max(mean[m] for m in GBDTS)
-            cells.append(f"{mean[gap] - best:+.4f}".replace("-", "−"))
+            difference = mean[gap] - np.nanmax([mean[m] for m in GBDTS])  # NaN: a model missing
+            cells.append("–" if np.isnan(difference) else f"{difference:+.4f}".replace("-", "−"))
         if ratio:
             a, b = (rows[rows["model"] == m]["fit_seconds"].mean() for m in ratio)
             cells.append(f"{a / b:.1f}×" if b == b and a == a else "–")

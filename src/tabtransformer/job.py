@@ -88,7 +88,8 @@ def train_tables(
     world, pre, table_settings = tables.world, tables.pre, TableSettings.from_hyperparameters(hp)
     labelled = tables.labelled
     n_outputs = labelled.target.n_outputs if labelled else 1
-    shape = with_numeric_embedding(shape, labelled.target.task if labelled else None)
+    if base is None:  # from a base artifact, its numeric embedding applies
+        shape = with_numeric_embedding(shape, labelled.target.task if labelled else None)
     model = build_model(shape, pre, n_outputs, base)
     device = world.device()
     log.info(
