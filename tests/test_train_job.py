@@ -498,3 +498,85 @@ def test_kill_9_at_random_points_then_restart_always_finishes(job: Job):
     again = trained(job)
     assert "/100 train_loss" not in again["log"]  # no epoch trained again
     assert (job.model / "model.safetensors").read_bytes() == weights
+
+
+def _rewrite_checkpoints(folder, change) -> None:
+    """Apply `change` to the state in both checkpoint files and save them back."""
+    import torch
+
+    for name in ("checkpoint.pt", "checkpoint.previous.pt"):
+        path = folder / name
+        state = torch.load(path, weights_only=True)
+        change(state)
+        torch.save(state, path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damage", ["tensor shapes", "loop entry type"])
+def test_incompatible_checkpoint_is_set_aside_and_the_job_finishes(job: Job, damage: str):
+    """A readable checkpoint of the same job that does not fit the network or the loop is
+    set aside like a damaged one (newest and previous), and the job starts afresh."""
+    import torch
+
+    job.channel("training", make_table("binary"))
+    job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
+    trained(job)
+    folder = job.base / "checkpoints"
+
+    def change(state: dict) -> None:
+        if damage == "tensor shapes":
+            name = next(iter(state["model"]))
+            state["model"][name] = torch.zeros(3, 5, 7)
+        else:
+            state["loop"]["epoch"] = "two"
+
+    _rewrite_checkpoints(folder, change)
+    job.hyperparameters({**FAST, "n_epochs": "3", "patience": "50"})
+    report = trained(job)
+    assert "set aside the incompatible checkpoint" in report["log"]
+    assert "epoch 1/3" in report["log"] and report["epochs_run"] == 3
+    assert len(list(folder.glob("checkpoint*.damaged-*"))) == 2
+
+
+@pytest.mark.slow
+def test_incompatible_newest_checkpoint_falls_back_to_the_previous_one(job: Job):
+    """Only the newest checkpoint does not fit: the job resumes from the previous one."""
+    import torch
+
+    job.channel("training", make_table("binary"))
+    job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
+    trained(job)
+    newest = job.base / "checkpoints" / "checkpoint.pt"
+    state = torch.load(newest, weights_only=True)
+    state["generators"] = [torch.zeros(3, dtype=torch.uint8)] * 5
+    torch.save(state, newest)
+    report = trained(job)
+    assert "set aside" in report["log"] and "after epoch 1" in report["log"]
+    assert "epoch 2/2" in report["log"] and "epoch 1/2" not in report["log"]
+
+
+@pytest.mark.slow
+def test_a_checkpoint_path_that_is_a_folder_is_set_aside(job: Job):
+    """`checkpoint.pt` as a folder (a bad sync) neither stops the job nor the saving."""
+    job.channel("training", make_table("binary"))
+    folder = job.base / "checkpoints"
+    (folder / "checkpoint.pt").mkdir(parents=True)
+    (folder / "checkpoint.pt" / "junk").write_text("x")
+    job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
+    report = trained(job)
+    assert "set aside the unreadable checkpoint" in report["log"]
+    assert report["epochs_run"] == 2 and (folder / "checkpoint.pt").is_file()
+
+
+def test_a_checkpoint_of_other_network_code_or_format_is_another_job(monkeypatch):
+    """The identity of a checkpoint holds the checkpoint format and the network code."""
+    from tabtransformer import checkpoints
+
+    hp, schema = {"seed": 0}, {"features": {}}
+    same = checkpoints.fingerprint(hp, schema, 10)
+    assert checkpoints.fingerprint(hp, schema, 10) == same
+    monkeypatch.setattr(checkpoints, "NETWORK_CODE_DIGEST", "0" * 16)
+    assert checkpoints.fingerprint(hp, schema, 10) != same
+    monkeypatch.undo()
+    monkeypatch.setattr(checkpoints, "FORMAT_VERSION", checkpoints.FORMAT_VERSION + 1)
+    assert checkpoints.fingerprint(hp, schema, 10) != same

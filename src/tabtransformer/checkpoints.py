@@ -4,16 +4,21 @@ SageMaker syncs that folder with S3 and restores it when a job restarts. After e
 the loop state (weights, optimizer, best weights so far, history, random generator, whether
 the phase has finished) is written to a temporary file and renamed over `checkpoint.pt`;
 the one it replaces is kept as `checkpoint.previous.pt`. A checkpoint that cannot be read
-(a partial sync: empty, truncated, not a checkpoint) is set aside as
+(a partial sync: empty, truncated, not a checkpoint, a folder) or that does not fit the
+network (other tensor shapes, entries of the wrong type) is set aside as
 `checkpoint.pt.damaged-<time>` with a warning, and the job resumes from the previous one or
-starts afresh. The files hold only tensors and plain values and are read with
-`torch.load(weights_only=True)`: nothing is unpickled. SIGTERM (SageMaker allows 120 s
-before SIGKILL) sets a flag; the loop saves at the end of the current batch and stops.
+starts afresh. A checkpoint's identity (`fingerprint`) holds the job's data shape and
+settings, the checkpoint format and a digest of the network code, so a checkpoint written
+by another version of the image is ignored rather than loaded. The files hold only tensors
+and plain values and are read with `torch.load(weights_only=True)`: nothing is unpickled.
+SIGTERM (SageMaker allows 120 s before SIGKILL) sets a flag; the loop saves at the end of
+the current batch and stops.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -27,14 +32,22 @@ from typing import Any
 
 import torch
 
+from tabtransformer import model as network_code
 from tabtransformer.distributed import World
 
 log = logging.getLogger(__name__)
 FILE = "checkpoint.pt"
 PREVIOUS = "checkpoint.previous.pt"
 KEYS = ("fingerprint", "phase", "loop", "model", "optimizer", "generators")
+PHASES = ("pretrain", "finetune")
+# Part of every checkpoint's identity: bump when what a checkpoint holds changes.
+FORMAT_VERSION = 2
 # Hyperparameters that may change between a stopped job and its restart.
 RESUMABLE_CHANGES = ("n_epochs", "patience", "pretrain_epochs", "pretrain_patience", "compile")
+
+
+class IncompatibleCheckpoint(Exception):
+    """A readable checkpoint that does not fit the network or the loop it is restored into."""
 
 
 class Stopped(Exception):
@@ -67,6 +80,26 @@ class LoopState:
     history: list[dict[str, float]] = field(default_factory=list)
     finished: bool = False  # stopped early: a restart trains no further
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> LoopState:
+        """The loop state a checkpoint holds; an entry of the wrong kind is a TypeError."""
+        loop = cls(**saved)
+        kinds = {
+            "epoch": int,
+            "best": (float, int, type(None)),
+            "best_epoch": int,
+            "best_state": (dict, type(None)),
+            "history": list,
+            "finished": bool,
+        }
+        for name, kind in kinds.items():
+            value = getattr(loop, name)
+            if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+                raise TypeError(f"loop entry {name!r} is a {type(value).__name__}")
+        if loop.epoch < 0 or not all(isinstance(h, dict) for h in loop.history):
+            raise TypeError("loop entries 'epoch' or 'history' are out of range")
+        return loop
+
 
 class Checkpointer:
     """Saves and restores the loop state of one job; ignores checkpoints of other jobs.
@@ -86,49 +119,73 @@ class Checkpointer:
         self.stop = stop or StopFlag()
         self.world = world or World()
         self._loaded, self._start = False, None
+        self._candidates: list[tuple[Path, dict[str, Any]]] = []
 
     def _read(self) -> dict[str, Any] | None:
-        """The checkpoint this job started from, read once (later saves do not change
-        what the job resumes from)."""
+        """The checkpoint this job starts from, chosen once (later saves do not change
+        what the job resumes from): the newest well-formed one of this job."""
         if not self._loaded:
             self._loaded = True
-            candidates = [self.path, self.path.with_name(PREVIOUS)] if self.path else []
-            state = next(filter(None, map(self._readable, candidates)), None)
-            if state is not None and state["fingerprint"] == self.fingerprint:
-                self._start = state
-            elif state is not None:
-                log.warning(
-                    "ignoring the checkpoint in %s: it belongs to a job with other data or "
-                    "settings",
-                    self.path.parent,
-                )
+            self._candidates = []
+            for path in [self.path, self.path.with_name(PREVIOUS)] if self.path else []:
+                state = self._readable(path)
+                if state is not None and state["fingerprint"] == self.fingerprint:
+                    self._candidates.append((path, state))
+                elif state is not None:
+                    log.warning(
+                        "ignoring the checkpoint %s: it belongs to a job with other data or "
+                        "settings, or to another version of this image",
+                        path,
+                    )
+            self._start = self._candidates[0][1] if self._candidates else None
         return self._start
 
     def _readable(self, path: Path) -> dict[str, Any] | None:
         """The checkpoint in `path`; None when absent or unreadable (then set aside, by the
         first process, so that a later restart does not trip over it again)."""
-        if not path.is_file():
+        if not path.exists() and not path.is_symlink():
             return None
         try:
             with warnings.catch_warnings():  # torch's advice about odd bytes is not ours
                 warnings.simplefilter("ignore")
                 state = torch.load(path, weights_only=True)
-            problem = "it is not a checkpoint of this algorithm"
-        except Exception as error:  # empty, truncated, random bytes: torch raises many kinds
+            problem = well_formed_problem(state)
+        except Exception as error:  # empty, truncated, a folder: torch raises many kinds
             state, problem = None, f"{type(error).__name__}: {str(error)[:200]}"
-        if isinstance(state, dict) and all(key in state for key in KEYS):
+        if problem is None:
             return state
-        if self.world.is_main:
-            aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
-            with contextlib.suppress(FileNotFoundError):
-                os.replace(path, aside)
-            log.warning("set aside the unreadable checkpoint %s as %s (%s)", path, aside, problem)
+        self.set_aside(path, problem, "unreadable")
         return None
 
-    def resumed_phase(self) -> str | None:
+    def set_aside(self, path: Path, problem: str, what: str = "incompatible") -> None:
+        """Rename an unusable checkpoint out of the way (the first process), with a warning."""
+        if not self.world.is_main:
+            return
+        aside = path.with_name(f"{path.name}.damaged-{time.strftime('%Y%m%dT%H%M%S')}")
+        with contextlib.suppress(FileNotFoundError):
+            os.replace(path, aside)
+        log.warning("set aside the %s checkpoint %s as %s (%s)", what, path, aside, problem)
+
+    def discard_start(self, problem: str) -> None:
+        """The start checkpoint does not fit: set it aside and fall back to the next one of
+        this job (or none: start afresh)."""
+        path, _ = self._candidates.pop(0)
+        self.set_aside(path, problem)
+        self._start = self._candidates[0][1] if self._candidates else None
+
+    def resumed_phase(self, network: torch.nn.Module | None = None) -> str | None:
         """The phase the job's checkpoint was saved in ("pretrain" or "finetune"), None
-        without one: a job resuming in "finetune" has finished pretraining."""
+        without one: a job resuming in "finetune" has finished pretraining. With `network`
+        (the model fine-tuning trains), a "finetune" checkpoint whose weights do not fit it
+        is set aside first, so that pretraining is not skipped for a checkpoint that then
+        cannot be restored."""
         state = self._read()
+        while state is not None and network is not None and state["phase"] == "finetune":
+            problem = weights_problem(state["model"], network)
+            if problem is None:
+                break
+            self.discard_start(problem)
+            state = self._start
         return state["phase"] if state else None
 
     def phase(
@@ -153,15 +210,40 @@ class PhaseCheckpoint:
     generators: list[torch.Generator]
 
     def restore(self) -> LoopState:
-        """Load this phase's saved state into model, optimizer and generators, or start."""
-        state = self.owner._read()
-        if state is None or state["phase"] != self.name:
-            return LoopState()
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        for generator, saved in zip(self.generators, state["generators"], strict=True):
-            generator.set_state(saved)
-        loop = LoopState(**state["loop"])
+        """Load this phase's saved state into model, optimizer and generators, or start.
+        A state that does not fit is set aside and the next one (or a fresh start) taken;
+        model, optimizer and generators are then as they were."""
+        while (state := self.owner._read()) is not None and state["phase"] == self.name:
+            try:
+                return self._load(state)
+            except IncompatibleCheckpoint as error:
+                self.owner.discard_start(str(error))
+        return LoopState()
+
+    def _load(self, state: dict[str, Any]) -> LoopState:
+        problem = weights_problem(state["model"], self.model)
+        if problem is not None:
+            raise IncompatibleCheckpoint(problem)
+        before = (
+            copy.deepcopy(self.model.state_dict()),
+            copy.deepcopy(self.optimizer.state_dict()),
+            [g.get_state() for g in self.generators],
+        )
+        try:
+            if len(state["generators"]) != len(self.generators):
+                raise ValueError(f"{len(state['generators'])} random generators saved")
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            check_optimizer_fits(self.optimizer)
+            for generator, saved in zip(self.generators, state["generators"], strict=True):
+                generator.set_state(saved)
+            loop = LoopState.from_saved(state["loop"])
+        except (RuntimeError, ValueError, TypeError, KeyError) as error:
+            self.model.load_state_dict(before[0])
+            self.optimizer.load_state_dict(before[1])
+            for generator, saved in zip(self.generators, before[2], strict=True):
+                generator.set_state(saved)
+            raise IncompatibleCheckpoint(f"{type(error).__name__}: {str(error)[:200]}") from None
         log.info("resuming %s from %s after epoch %d", self.name, self.owner.path, loop.epoch)
         return loop
 
@@ -185,6 +267,8 @@ class PhaseCheckpoint:
         )
         if path.is_file():  # kept, so that a damaged newest file has one to fall back to
             os.replace(path, path.with_name(PREVIOUS))
+        elif path.exists():  # a folder in the way: set it aside, not fail the job
+            self.owner.set_aside(path, "not a file", "unreadable")
         os.replace(partial, path)
 
     def stop_if_requested(self, loop: LoopState) -> None:
@@ -198,7 +282,62 @@ class PhaseCheckpoint:
 
 
 def fingerprint(hp: dict[str, Any], schema: dict[str, Any], n_rows: int) -> str:
-    """Identifies a job by its data shape and the settings a resume must not change."""
+    """Identifies a job by its data shape, the settings a resume must not change, the
+    checkpoint format and the network code."""
     fixed = {k: v for k, v in hp.items() if k not in RESUMABLE_CHANGES}
-    text = json.dumps({"hp": fixed, "schema": schema, "rows": n_rows}, sort_keys=True)
+    identity = {
+        "hp": fixed,
+        "schema": schema,
+        "rows": n_rows,
+        "format": FORMAT_VERSION,
+        "network": NETWORK_CODE_DIGEST,
+    }
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+NETWORK_CODE_DIGEST = hashlib.sha256(Path(network_code.__file__).read_bytes()).hexdigest()[:16]
+
+
+def well_formed_problem(state: Any) -> str | None:
+    """What makes a loaded object not a checkpoint of this algorithm, or None."""
+    if not isinstance(state, dict) or not all(key in state for key in KEYS):
+        return "it is not a checkpoint of this algorithm"
+    if state["phase"] not in PHASES or not isinstance(state["fingerprint"], str):
+        return f"its phase {state['phase']!r:.40} is not one of {PHASES}"
+    if not isinstance(state["loop"], dict) or not isinstance(state["optimizer"], dict):
+        return "its loop or optimizer entry is not a mapping"
+    model, generators = state["model"], state["generators"]
+    if not isinstance(model, dict) or not all(isinstance(t, torch.Tensor) for t in model.values()):
+        return "its model entry is not a mapping of tensors"
+    if not isinstance(generators, list) or not all(
+        isinstance(g, torch.Tensor) and g.dtype == torch.uint8 for g in generators
+    ):
+        return "its generators entry is not a list of generator states"
+    return None
+
+
+def weights_problem(saved: dict[str, torch.Tensor], module: torch.nn.Module) -> str | None:
+    """How saved weights differ from `module`'s (names, shapes), or None if they fit."""
+    expected = module.state_dict()
+    if set(saved) != set(expected):
+        differ = sorted(set(saved) ^ set(expected))
+        return f"its weights name other tensors ({differ[:3]})"
+    for name, tensor in expected.items():
+        if saved[name].shape != tensor.shape:
+            shapes = f"{tuple(saved[name].shape)}, the network's {tuple(tensor.shape)}"
+            return f"tensor {name!r} is {shapes}"
+    return None
+
+
+def check_optimizer_fits(optimizer: torch.optim.Optimizer) -> None:
+    """Every per-parameter optimizer tensor has its parameter's shape (else ValueError)."""
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            for key, value in optimizer.state.get(parameter, {}).items():
+                if (
+                    isinstance(value, torch.Tensor)
+                    and value.ndim
+                    and value.shape != parameter.shape
+                ):
+                    raise ValueError(f"optimizer state {key!r} has shape {tuple(value.shape)}")

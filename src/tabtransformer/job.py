@@ -108,7 +108,7 @@ def train_tables(
     target = labelled.target.to_dict() if labelled else None
     job_id = fingerprint(hp, {"features": pre.to_dict(), "target": target}, tables.n_rows_all_hosts)
     checkpointer = Checkpointer(paths.checkpoints, job_id, StopFlag().install(), world)
-    if pretraining.objective != "none" and checkpointer.resumed_phase() != "finetune":
+    if pretraining.objective != "none" and checkpointer.resumed_phase(model) != "finetune":
         history = pretrain_on_rows(model, pre, features, pretraining, device, checkpointer)
         if world.is_main:
             write_history(paths.output_data, "pretraining_history", history)
