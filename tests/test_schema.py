@@ -1,4 +1,4 @@
-"""The hyperparameter schema is the single source of the defaults file and README table."""
+"""The hyperparameter schema is the single source of the defaults file and the docs table."""
 
 from __future__ import annotations
 
@@ -17,8 +17,8 @@ def test_repository_defaults_file_matches_the_schema():
     assert set(on_disk) == set(hyperparameters.BY_NAME)
 
 
-def test_readme_table_is_generated_from_the_schema():
-    assert hyperparameters.markdown_table() in (REPO / "README.md").read_text()
+def test_docs_table_is_generated_from_the_schema():
+    assert hyperparameters.markdown_table() in (REPO / "docs" / "hyperparameters.md").read_text()
 
 
 @pytest.mark.parametrize(
