@@ -8,7 +8,9 @@ Layouts accepted in a channel folder (`input/data/<channel>/`):
 - without a header row (JumpStart layout: target in column 0) or, when the
   `target_column` hyperparameter is set, with a header row naming the columns;
 - an optional `categorical_index.json` `{"cat_index_list": [1, 4]}` naming the
-  categorical columns by their index in the file (the target is column 0).
+  categorical columns by their index in the file (the target is column 0);
+- symbolic links that stay inside the channel folder (one that resolves outside it is
+  refused, `inside_channel`).
 
 Every table comes back with a `(file, line)` MultiIndex so that later checks can name the
 file and line of a bad value.
@@ -41,6 +43,8 @@ PARQUET_MAGIC = b"PAR1"
 # a row must fit in one block.
 MAX_ROW_BYTES = 16 * 1024 * 1024
 KNOWN_CHANNELS = ("training", "validation", "unlabeled", "model")
+# pandas dtypes for Parquet types whose default conversion depends on the rows read.
+PARQUET_PANDAS_TYPES = {pa.bool_(): pd.BooleanDtype()}
 CONTENT_TYPES = (
     "text/csv",
     "application/x-csv",
@@ -113,13 +117,30 @@ def headerless_names(n_features: int) -> list[str]:
     return [f"c{i}" for i in range(1, n_features + 1)]
 
 
+def inside_channel(path: Path, directory: Path) -> Path:
+    """`path`, an entry of the channel folder `directory`; a UserError when it resolves
+    (through symbolic links) to a place outside that folder."""
+    target, root = path.resolve(), directory.resolve()
+    if not target.is_relative_to(root):
+        raise UserError(
+            f"Channel entry {path} is a link to {target}, outside the channel folder "
+            f"{directory}: a channel reads only what is inside its folder. Copy the file "
+            "into the channel, or point the link at a file inside it."
+        )
+    return path
+
+
 def channel_files(directory: Path) -> list[Path]:
-    """The data files of a channel, in name order; raise UserError when there are none."""
+    """The data files of a channel, in name order; raise UserError when there are none, or
+    when one (or a subfolder) is a link to a place outside the channel folder. Every reader
+    (whole or streamed, of every channel) lists its files here."""
     if not directory.is_dir():
         raise UserError(f"Channel folder {directory} does not exist.")
-    candidates = [directory] + [directory / s for s in SUBFOLDERS if (directory / s).is_dir()]
+    candidates = [directory] + [
+        inside_channel(directory / s, directory) for s in SUBFOLDERS if (directory / s).is_dir()
+    ]
     files = sorted(
-        path
+        inside_channel(path, directory)
         for folder in candidates
         for path in folder.iterdir()
         if path.is_file()
@@ -145,7 +166,7 @@ def read_categorical_index(
     ]
     if not found:
         return None
-    path = found[0] / CATEGORICAL_INDEX_FILE
+    path = inside_channel(found[0] / CATEGORICAL_INDEX_FILE, directory)
     try:
         content = json.loads(path.read_text(encoding="utf-8-sig"))
     except (ValueError, UnicodeDecodeError, RecursionError) as e:
@@ -185,6 +206,29 @@ def _first_record(path: Path) -> list[str] | None:
         if not compressed:
             raise
         raise _damaged_gzip(path, e) from None
+
+
+def separator_advice(directory: Path) -> str:
+    """A sentence for errors that a CSV with another separator explains: when the first
+    line of the channel's first CSV file holds ';' or tab characters ("" otherwise)."""
+    path = channel_files(directory)[0]
+    if _magic(path, 4) == PARQUET_MAGIC:
+        return ""
+    opener = gzip.open if _magic(path, 2) == GZIP_MAGIC else open
+    try:
+        with opener(path, "rt", newline="", encoding="utf-8-sig", errors="replace") as f:
+            line = f.readline(64 * 1024)
+    except GZIP_ERRORS:
+        return ""
+    found = [name for char, name in ((";", "';'"), ("\t", "tab")) if char in line]
+    if not found:
+        return ""
+    return (
+        f" The first line of {path} holds {' and '.join(found)} characters: the file may "
+        "use another separator, and this algorithm reads comma-separated CSV only (cells "
+        "with decimal commas then split in two). Save it with commas as separators and "
+        "decimal points, or as Parquet."
+    )
 
 
 # What a truncated or damaged gzip stream raises (Python's gzip, and pyarrow's).
@@ -229,7 +273,7 @@ def read_file(path: Path, header: bool) -> pd.DataFrame:
         try:
             table = pq.read_table(path)
             _check_flat(path, table.schema)
-            frame = table.to_pandas()
+            frame = parquet_frame(table)
         except (pa.ArrowException, OSError) as e:
             raise UserError(f"Cannot read Parquet file {path}: {e}") from None
         if not header:
@@ -252,6 +296,14 @@ def read_file(path: Path, header: bool) -> pd.DataFrame:
     start = 2 if header else 1
     frame.index = pd.RangeIndex(start, start + len(frame), name="line")
     return frame
+
+
+def parquet_frame(data: pa.Table | pa.RecordBatch) -> pd.DataFrame:
+    """Parquet data as pandas, each column's dtype decided by its Parquet type alone (not
+    by which rows were read): booleans become pandas' nullable "boolean" (without it, a
+    read holding a null gives Python objects and one without gives numpy bool, which the
+    column-kind detection tells apart), so whole and streamed reads agree."""
+    return data.to_pandas(types_mapper=PARQUET_PANDAS_TYPES.get)
 
 
 def parse_csv(

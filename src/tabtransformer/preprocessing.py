@@ -300,6 +300,25 @@ class TablePreprocessor:
         )
 
 
+class TooManyClasses(UserError):
+    """task=auto found more distinct text labels than max_classes (the caller may add
+    where the labels come from)."""
+
+
+def too_many_classes(target: pd.Series, n_unique: int, max_classes: int) -> TooManyClasses:
+    """The error for `n_unique` distinct text labels beyond `max_classes`, with a few."""
+    shown = ", ".join(repr(str(v)[:40]) for v in pd.unique(target.dropna())[:5])
+    name = _column_name(target)
+    column = f"column {name}" if name.isdigit() else f"'{name}'"  # headerless: file column
+    return TooManyClasses(
+        f"The target ({column}) has {n_unique} distinct text labels "
+        f"(e.g. {shown}), more than max_classes={max_classes}: with task=auto, text labels "
+        f"are classes only up to max_classes. If the labels are numbers, set "
+        "task=regression (and write them with a decimal point, not a comma); if they are "
+        "classes, set task=multiclass or raise max_classes."
+    )
+
+
 @dataclass
 class TargetEncoder:
     """Detects the task and encodes labels: class indexes, or a standardised number."""
@@ -328,7 +347,10 @@ class TargetEncoder:
                 classes = is_int and n_unique <= max_classes
                 task = ("binary" if n_unique == 2 else "multiclass") if classes else "regression"
             else:
-                task = "binary" if target.nunique() == 2 else "multiclass"
+                n_unique = target.nunique()
+                if n_unique > max_classes:
+                    raise too_many_classes(target, n_unique, max_classes)
+                task = "binary" if n_unique == 2 else "multiclass"
         if task == "regression":
             x = to_numbers(target, column, MAX_TRAINING_MAGNITUDE)
             std = float(np.std(x))

@@ -306,6 +306,7 @@ def pretrain_on_rows(
         )
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(settings.phase.seed))
     n_valid = max(1, min(len(rows) // 10, MAX_HELD_OUT_ROWS))
+    check_pretraining_rows(len(rows), n_valid, checkpointer.world.size)
     log.info(
         "pretraining (%s) on %d unlabeled rows, %d held out for early stopping; %s",
         settings.objective,
@@ -316,6 +317,22 @@ def pretrain_on_rows(
     train, valid = rows.rows(order[n_valid:]), rows.rows(order[:n_valid])
     return pretrain(
         model, train, valid, settings, device, columns=columns, checkpointer=checkpointer
+    )
+
+
+def check_pretraining_rows(n_rows: int, n_valid: int, n_processes: int) -> None:
+    """Every process needs a pretraining row an epoch (with none it has no batch, and the
+    others wait for it): a UserError otherwise, the same on every process (every process
+    pretrains on the same rows)."""
+    if n_rows - n_valid >= n_processes:
+        return
+    raise UserError(
+        f"Pretraining has {n_rows} feature row(s) (training and unlabeled rows): after "
+        f"{n_valid} held out for early stopping, {n_rows - n_valid} remain, fewer than the "
+        f"{n_processes} training process(es): every process needs at least one row an "
+        f"epoch. Add rows (at least {n_processes + n_valid}, e.g. to the 'unlabeled' "
+        "channel), run fewer processes (PROCESSES_PER_HOST, or fewer instances or GPUs), "
+        "or set pretrain_objective=none."
     )
 
 

@@ -33,6 +33,7 @@ from tabtransformer.channels import (
     channel_files,
     csv_columns,
     headerless_names,
+    parquet_frame,
     read_categorical_index,
 )
 from tabtransformer.errors import UserError
@@ -118,7 +119,7 @@ def _parquet_chunks(
         read = wanted if header else [names[int(c)] for c in wanted]
         line = 1
         for batch in parquet.iter_batches(batch_size=CHUNK_ROWS, columns=read):
-            frame = batch.to_pandas()
+            frame = parquet_frame(batch)
             frame.columns = wanted
             yield _indexed(frame, path, line)
             line += len(frame)

@@ -32,12 +32,12 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import train_test_split
 
-from tabtransformer.channels import read_json_config
+from tabtransformer.channels import read_json_config, separator_advice
 from tabtransformer.distributed import World
 from tabtransformer.errors import UserError
 from tabtransformer.host_store import HostStore, MappedRows, code_dtype
 from tabtransformer.paths import SageMakerPaths
-from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
+from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder, TooManyClasses
 from tabtransformer.settings import pick
 from tabtransformer.statistics import FeatureStatistics, TargetStatistics
 from tabtransformer.streaming import Channel, labelled_channel, unlabeled_channel
@@ -163,7 +163,11 @@ class HostReader:
                 self.train_rows, self.valid_rows = split_validation(
                     self.labels, encoder, self.settings
                 )
-        result: dict[str, Any] = {"n_train": n_train}
+        result: dict[str, Any] = {
+            "n_train": n_train,
+            "n_trained": len(self.train_rows) if self.train_rows is not None else 0,
+            "n_held_out": len(self.valid_rows) if self.valid_rows is not None else 0,
+        }
         if not fitting:
             return result
         categorical = (self.train or self.unlabeled).categorical
@@ -323,6 +327,29 @@ def check_sharding(paths: SageMakerPaths, channels: set[str], world: World, obje
         )
 
 
+def check_rows_per_process(counts: list[tuple[int, int]], sharded: bool, world: World) -> None:
+    """Every process needs a training row an epoch (with none it has no batch: the epoch
+    loop divides by zero, or the others wait for it). `counts`: each host's (training rows,
+    rows held out for validation), known alike to every process, so every process raises
+    the same UserError. Shared rows are split among all processes; a host's own
+    (ShardedByS3Key) rows among that host's processes."""
+    needed = world.per_host if sharded else world.size
+    for host, (n_rows, held_out) in enumerate(counts if sharded else counts[:1], start=1):
+        if n_rows >= needed:
+            continue
+        source = "The training channel holds"
+        if sharded:
+            source = f"Host {host}'s ShardedByS3Key training files hold"
+        held = f" (after {held_out} held out for validation)" if held_out else ""
+        advice = " (or a 'validation' channel, so that none are held out)" if held_out else ""
+        raise UserError(
+            f"{source} {n_rows} training row(s){held}, fewer than the {needed} training "
+            f"processes that share them ({world.size} in all, {world.per_host} per host): "
+            f"every process needs at least one row an epoch. Add training rows{advice}, or "
+            "run fewer processes (PROCESSES_PER_HOST, or fewer instances or GPUs)."
+        )
+
+
 def load_tables(
     paths: SageMakerPaths,
     channels: set[str],
@@ -359,10 +386,20 @@ def load_tables(
     if not pretrain_only:
         target = merged([t for _, _, t in opened], "training" in sharded)
         target.check_present(settings.target_column or "column 0")
-        encoder = target.target_encoder(settings.task, settings.max_classes)
+        try:
+            encoder = target.target_encoder(settings.task, settings.max_classes)
+        except TooManyClasses as error:
+            folder = paths.channel("training")
+            raise UserError(
+                f"Training channel {folder}: {error}{separator_advice(folder)}"
+            ) from None
         describe_target(encoder)
     reader.encoder = encoder
     fitted = world.on_hosts(lambda: reader.fit(encoder, base is None))
+    if encoder is not None:
+        check_rows_per_process(
+            [(f["n_trained"], f["n_held_out"]) for f in fitted], "training" in sharded, world
+        )
     if base is not None:
         base.check_schema(pd.DataFrame(columns=names), categorical)
         pre = base
