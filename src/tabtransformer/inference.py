@@ -7,6 +7,7 @@ checkpoints or processes.
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,16 @@ def eval_batch_rows(device: torch.device) -> int:
     """Rows per forward pass when evaluating or predicting (no gradients: larger than the
     training batch; a GPU takes more at once)."""
     return EVAL_BATCH_ROWS_GPU if device.type == "cuda" else EVAL_BATCH_ROWS
+
+
+class DeadlinePassed(Exception):
+    """A batched computation reached its deadline (`time.monotonic()`) and stopped."""
+
+
+def check_deadline(deadline: float | None) -> None:
+    """Raise DeadlinePassed once `time.monotonic()` is past `deadline` (None: never)."""
+    if deadline is not None and time.monotonic() > deadline:
+        raise DeadlinePassed()
 
 
 @dataclass
@@ -85,14 +96,17 @@ def _in_batches(
     device: torch.device,
     forward: Callable[[Encoded], torch.Tensor],
     empty: tuple[int, ...],
+    deadline: float | None = None,
 ) -> torch.Tensor:
     """`forward` over batches of `eval_batch_rows` rows in evaluation mode, concatenated as
-    float32 on the CPU; `empty` is the shape of one row's answer (for zero rows)."""
+    float32 on the CPU; `empty` is the shape of one row's answer (for zero rows). Stops
+    with DeadlinePassed before a batch that starts after `deadline`."""
     was_training = model.training
     model.eval()
     outs = []
     step = eval_batch_rows(device)
     for start in range(0, len(data), step):
+        check_deadline(deadline)
         part = data.rows(slice(start, start + step)).to(device, non_blocking=True)
         with autocast(device):
             outs.append(forward(part).float().to("cpu", non_blocking=True))
@@ -102,20 +116,31 @@ def _in_batches(
     return torch.cat(outs) if outs else torch.zeros(0, *empty)
 
 
-def predict_raw(model: TabTransformer, data: Encoded, device: torch.device) -> torch.Tensor:
+def predict_raw(
+    model: TabTransformer, data: Encoded, device: torch.device, deadline: float | None = None
+) -> torch.Tensor:
     """Model outputs (N, k, n_outputs) of the k ensemble members as float32 on the CPU,
-    in evaluation mode."""
+    in evaluation mode (DeadlinePassed after `deadline`)."""
     c = model.config
     return _in_batches(
-        model, data, device, lambda p: model(p.codes, p.numbers), (c.ensemble_size, c.n_outputs)
+        model,
+        data,
+        device,
+        lambda p: model(p.codes, p.numbers),
+        (c.ensemble_size, c.n_outputs),
+        deadline,
     )
 
 
 def contextual_embeddings(
-    model: TabTransformer, data: Encoded, device: torch.device, layer: int = -1
+    model: TabTransformer,
+    data: Encoded,
+    device: torch.device,
+    layer: int = -1,
+    deadline: float | None = None,
 ) -> torch.Tensor:
     """Contextual embeddings (N, n_tokens, d) at `layer` (see `TabTransformer.contextual`)
-    as float32 on the CPU, in evaluation mode."""
+    as float32 on the CPU, in evaluation mode (DeadlinePassed after `deadline`)."""
     c = model.config
     return _in_batches(
         model,
@@ -123,6 +148,7 @@ def contextual_embeddings(
         device,
         lambda p: model.contextual(p.codes, p.numbers, layer=layer),
         (c.n_tokens, c.dim),
+        deadline,
     )
 
 
@@ -211,10 +237,12 @@ class Predictor:
             raise UserError(f"Expected {len(names)} feature columns but got {features.shape[1]}.")
         return features.set_axis(names, axis=1)
 
-    def predict(self, features: pd.DataFrame) -> np.ndarray:
-        """Class probabilities (N, C) or regression predictions (N,) in target units."""
+    def predict(self, features: pd.DataFrame, deadline: float | None = None) -> np.ndarray:
+        """Class probabilities (N, C) or regression predictions (N,) in target units.
+        `deadline` (a `time.monotonic()` value): DeadlinePassed rather than run past it."""
         data = encode_table(self.preprocessor, self.align(features))
-        return to_prediction(predict_raw(self.model, data, self.device), self.target)
+        raw = predict_raw(self.model, data, self.device, deadline)
+        return to_prediction(raw, self.target)
 
     @property
     def token_columns(self) -> list[str]:
@@ -226,7 +254,9 @@ class Predictor:
             names += [c.name for c in pre.numeric]
         return names
 
-    def embed(self, features: pd.DataFrame, layer: int = -1) -> Embeddings:
+    def embed(
+        self, features: pd.DataFrame, layer: int = -1, deadline: float | None = None
+    ) -> Embeddings:
         """Each row's contextual embeddings per token column at `layer` (0: before the
         Transformer, -1: after its last block; a list index over n_blocks + 1 layers)."""
         config = self.model.config
@@ -242,17 +272,17 @@ class Predictor:
                 f"Transformer) to {n_layers - 1} (after its last block); -1 is the last."
             )
         data = encode_table(self.preprocessor, self.align(features))
-        values = contextual_embeddings(self.model, data, self.device, layer)
+        values = contextual_embeddings(self.model, data, self.device, layer, deadline)
         return Embeddings(values.numpy(), self.token_columns, layer % n_layers)
 
-    def explain(self, features: pd.DataFrame) -> Attributions:
+    def explain(self, features: pd.DataFrame, deadline: float | None = None) -> Attributions:
         """Per row and feature column, the prediction minus the prediction with that column
         set to what the model takes for missing: the missing token of a categorical column
         (and of a numeric column's bin token), the learned missing embedding of a numeric
         token, else the imputed median (0 on the N(0, 1) scale). Costs F + 1 forward passes
-        per row (F feature columns), batched."""
+        per row (F feature columns), batched (`forward_passes`)."""
         data = encode_table(self.preprocessor, self.align(features))
-        base = to_prediction(predict_raw(self.model, data, self.device), self.target)
+        base = to_prediction(predict_raw(self.model, data, self.device, deadline), self.target)
         classify = self.task != "regression"
         chosen = base.argmax(axis=1) if classify else None
         base_value = base[np.arange(len(base)), chosen] if classify else base
@@ -270,13 +300,17 @@ class Predictor:
                 codes[:, f, code_positions] = MISSING_CODE
                 numbers[:, f, number_positions] = missing_number
             masked = Encoded(codes.view(n * n_columns, m), numbers.view(n * n_columns, c))
-            raw = predict_raw(self.model, masked, self.device)
+            raw = predict_raw(self.model, masked, self.device, deadline)
             prediction = to_prediction(raw, self.target).reshape(n, n_columns, -1)
             if classify:
                 picked = chosen[start : start + n, None, None]
                 prediction = np.take_along_axis(prediction, picked, axis=2)
             values[start : start + n] = base_value[start : start + n, None] - prediction[..., 0]
         return Attributions(values, list(self.feature_names))
+
+    def forward_passes(self, *, embeddings: bool = False, explain: bool = False) -> int:
+        """Forward passes per row of a prediction, with embeddings and/or attributions."""
+        return 1 + int(embeddings) + (len(self.feature_names) + 1) * int(explain)
 
     def predict_labels(self, probabilities: np.ndarray) -> list[Any]:
         """The most probable original label of each row."""

@@ -4,9 +4,15 @@ Decoders return a DataFrame whose index is the 1-based row number, so that a bad
 reported as "row 3, column 'age'". Nothing here unpickles: NPY is not accepted.
 
 Numbers: a non-finite value in a numeric column (inf, -inf, 1e400, "Infinity", a
-400-digit integer) is a 400 naming row and column; NaN, null and empty cells are missing
-values. A prediction that is not a finite number (a broken model) is answered `null` in
-JSON and an empty field in CSV, so every response is strict JSON.
+400-digit integer) or one beyond 1e150 in magnitude (the bound training applies) is a 400
+naming row and column. Missing values are the same in every format: an empty cell, null,
+and the texts CSV reads as missing ("", "nan", "NA", "null", ... — `MISSING_TEXT`).
+
+Text: a JSON string or key holding a lone UTF-16 surrogate ("\\ud800") is not Unicode text:
+a 400 naming the row (a CSV body must be UTF-8, which cannot hold one).
+
+A prediction that is not a finite number (a broken model) is answered `null` in JSON and an
+empty field in CSV, so every response is strict JSON.
 
 Accept parameters: `;verbose` adds labels (JSON), `;embeddings` adds each row's contextual
 embeddings under "embeddings" (rows x token columns x d, 6 decimals) with the token columns
@@ -24,18 +30,22 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+from pyarrow import csv as pa_csv
 from sagemaker_inference import content_types
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
 from tabtransformer.channels import parse_csv
 from tabtransformer.errors import UserError
 from tabtransformer.inference import Attributions, Embeddings, Predictor
+from tabtransformer.preprocessing import MAX_TRAINING_MAGNITUDE
 
 log = logging.getLogger(__name__)
 JSONLINES = "application/jsonlines"
@@ -47,6 +57,10 @@ EMBEDDING_DECIMALS = 6
 BYTES_PER_EMBEDDING_VALUE = 12  # "-0.123456, " in JSON
 BLANK_RECORD = {"error": "blank record"}
 LONGEST_INT = 18  # digits that always fit int64; longer integers stay text (no overflow)
+# What a CSV cell reads as missing (pyarrow's defaults): the same texts are missing in JSON.
+MISSING_TEXT = frozenset(pa_csv.ConvertOptions().null_values)
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a JSON body spells one
+SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def media_type(header: str | None) -> tuple[str, set[str]]:
@@ -107,9 +121,10 @@ def _parse(body: bytes, kind: str, predictor: Predictor) -> pd.DataFrame:
         except UnicodeDecodeError as e:
             raise UserError(f"The body is not UTF-8 text (byte {e.start}): send UTF-8.") from None
         return parse_csv(pa.BufferReader(body), names, 0, locate=lambda line: f"row {line}")
-    if kind == content_types.JSON:
-        return _frame_from_instances(_json_instances(body), predictor)
-    return _frame_from_instances(_jsonlines_instances(body), predictor)
+    rows = _json_instances(body) if kind == content_types.JSON else _jsonlines_instances(body)
+    if SURROGATE_ESCAPE.search(body):
+        _reject_surrogates(rows)
+    return _frame_from_instances(rows, predictor)
 
 
 def _empty(predictor: Predictor) -> pd.DataFrame:
@@ -151,12 +166,35 @@ def _jsonlines_instances(body: bytes) -> list[Any]:
     ]
 
 
+def _reject_surrogates(rows: list[Any]) -> None:
+    """A lone surrogate in a key or a text value is a 400 naming the row (and column)."""
+    for number, row in enumerate(rows, start=1):
+        if isinstance(row, dict):
+            cells = [(k, k, "a column name") for k in row] + [
+                (k, v, "a value") for k, v in row.items()
+            ]
+        else:
+            cells = [(None, v, "a value") for v in (row if isinstance(row, list) else [row])]
+        for column, text, what in cells:
+            if isinstance(text, str) and (found := SURROGATE.search(text)):
+                place = f", column {column!r}" if what == "a value" and column else ""
+                raise UserError(
+                    f"row {number}{place}: {what} holds a lone UTF-16 surrogate "
+                    f"({found.group()!r}), which is not Unicode text: send valid UTF-8 text "
+                    "(a character beyond U+FFFF is a pair of surrogates in JSON)."
+                )
+
+
 def _frame_from_instances(rows: list[Any], predictor: Predictor) -> pd.DataFrame:
-    """Rows as lists (by position) or objects (by column name) into one frame."""
+    """Rows as lists (by position) or objects (by column name) into one frame; each row
+    may be either kind."""
     names = predictor.feature_names
     rows = [r["features"] if isinstance(r, dict) and set(r) == {"features"} else r for r in rows]
     if not rows:
         raise UserError("The request holds no rows.")
+    if any(isinstance(r, dict) for r in rows) and any(isinstance(r, list) for r in rows):
+        _check_lengths(rows, names)
+        rows = [dict(zip(names, r, strict=True)) if isinstance(r, list) else r for r in rows]
     if all(isinstance(r, dict) for r in rows):
         _reject_nested(r.items() for r in rows)
         frame = pd.DataFrame(rows, index=range(len(rows)))  # [{}] is a row too
@@ -166,23 +204,42 @@ def _frame_from_instances(rows: list[Any], predictor: Predictor) -> pd.DataFrame
             raise UserError(
                 f"row {row}: unknown column {unknown[0]!r}; the model's columns are {names}."
             )
-        return frame.reindex(columns=names).astype(object)  # absent keys are missing values
+        # absent keys are missing values
+        return _missing_text_as_missing(frame.reindex(columns=names).astype(object))
     if all(isinstance(r, list) for r in rows):
-        lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-        wrong = np.flatnonzero(lengths != len(names))
-        if len(wrong):
-            raise UserError(
-                f"row {wrong[0] + 1}: expected {len(names)} values but found "
-                f"{lengths[wrong[0]]} ({len(wrong)} such row(s))."
-            )
+        _check_lengths(rows, names)
         _reject_nested(zip(names, r, strict=True) for r in rows)
-        return pd.DataFrame(rows, columns=names, dtype=object)
-    kind = list if isinstance(rows[0], list) else dict
-    bad = next(i for i, r in enumerate(rows, 1) if not isinstance(r, kind))
+        return _missing_text_as_missing(pd.DataFrame(rows, columns=names, dtype=object))
+    bad = next(i for i, r in enumerate(rows, 1) if not isinstance(r, (list, dict)))
     raise UserError(
-        f"row {bad}: each row must be a list of values or an object of "
-        "column: value pairs, all rows the same kind."
+        f"row {bad}: each row must be a list of values or an object of column: value pairs "
+        f"(found a {type(rows[bad - 1]).__name__})."
     )
+
+
+def _check_lengths(rows: list[Any], names: list[str]) -> None:
+    """Every list row has one value per feature column."""
+    lengths = np.fromiter(
+        (len(r) if isinstance(r, list) else len(names) for r in rows),
+        dtype=np.int64,
+        count=len(rows),
+    )
+    wrong = np.flatnonzero(lengths != len(names))
+    if len(wrong):
+        raise UserError(
+            f"row {wrong[0] + 1}: expected {len(names)} values but found "
+            f"{lengths[wrong[0]]} ({len(wrong)} such row(s))."
+        )
+
+
+def _missing_text_as_missing(frame: pd.DataFrame) -> pd.DataFrame:
+    """The texts a CSV cell reads as missing ("", "nan", "NA", ...) are missing in JSON too."""
+    for column in frame.columns:
+        values = frame[column]
+        text = values.map(lambda v: isinstance(v, str) and v in MISSING_TEXT)
+        if text.any():
+            frame[column] = values.where(~text.astype(bool), None)
+    return frame
 
 
 def _reject_nested(rows: Any) -> None:
@@ -197,19 +254,22 @@ def _reject_nested(rows: Any) -> None:
 
 
 def _reject_non_finite(frame: pd.DataFrame, predictor: Predictor) -> None:
-    """inf, -inf and overflowing numbers in numeric columns are errors naming the cell."""
+    """inf, -inf, overflowing numbers and numbers beyond MAX_TRAINING_MAGNITUDE in numeric
+    columns are errors naming the cell."""
     for column in predictor.preprocessor.numeric:
         values = frame[column.name]
         if pd.api.types.is_bool_dtype(values.dtype):
             continue
         numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype="float64", na_value=np.nan)
-        infinite = np.isinf(numbers)
+        with np.errstate(invalid="ignore"):
+            infinite = np.isinf(numbers) | (np.abs(numbers) > MAX_TRAINING_MAGNITUDE)
         if infinite.any():
             first = int(infinite.argmax())
             raise UserError(
                 f"row {frame.index[first]}, column '{column.name}': {values.iloc[first]!r:.60} "
-                f"is not a finite number ({int(infinite.sum())} such value(s)). Send a finite "
-                "number, or an empty cell or null for a missing value."
+                f"is not a finite number of at most {MAX_TRAINING_MAGNITUDE:g} in magnitude "
+                f"({int(infinite.sum())} such value(s)). Send such a number, or an empty cell "
+                "or null for a missing value."
             )
 
 
@@ -224,11 +284,39 @@ class ResponseFormat:
     explain: bool = False
 
 
+def accepted(accept: str | None, default: str) -> list[str]:
+    """The media ranges of an Accept header, most preferred first (by q-value, then order),
+    without those of q=0 ("not acceptable"); none at all: `default`."""
+    ranked = []
+    for position, candidate in enumerate(c.strip() for c in (accept or "").split(",")):
+        if not candidate:
+            continue
+        q = 1.0
+        for param in candidate.split(";")[1:]:
+            name, _, value = param.strip().partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    q = float(value)
+                except ValueError:
+                    q = math.nan
+                if not 0 <= q <= 1:
+                    raise UserError(
+                        f"Accept {candidate!r}: q must be a number from 0 to 1 (q=0: not "
+                        "acceptable)."
+                    )
+        if q > 0:
+            ranked.append((-q, position, candidate))
+    if not accept or not accept.strip():
+        return [default]
+    return [candidate for _, _, candidate in sorted(ranked)]
+
+
 def negotiate(accept: str | None, default: str) -> ResponseFormat:
-    """Pick the first supported type of an Accept header ('*/*' or none: `default`)."""
-    candidates = [c for c in (accept or "").split(",") if c.strip()] or [default]
-    for candidate in candidates:
+    """Pick the most preferred supported type of an Accept header ('*/*' or none:
+    `default`); q-values rank the types and q=0 excludes one."""
+    for candidate in accepted(accept, default):
         kind, params = media_type(candidate)
+        params.discard("q")
         if kind in (content_types.ANY, "application/*", ""):
             kind, params = media_type(default)
         if kind == "application/x-jsonlines":

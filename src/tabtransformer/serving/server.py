@@ -1,9 +1,17 @@
 """`serve`: gunicorn running the Flask app, configured from SageMaker's environment.
 
 SAGEMAKER_BIND_TO_PORT (8080), SAGEMAKER_MODEL_SERVER_WORKERS (one per CPU),
-SAGEMAKER_MODEL_SERVER_TIMEOUT (60 s); the model is read from `model/` under
-SAGEMAKER_BASE_DIR (or /opt/ml) once in each worker, and each worker gets an equal share
-of the CPU threads so workers do not fight over cores.
+SAGEMAKER_MODEL_SERVER_TIMEOUT (60 s), SAGEMAKER_MAX_PAYLOAD_IN_MB, SAGEMAKER_BATCH and
+SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT are read and checked once, in the master, before any
+worker starts (`ServingSettings`). The model is read from `model/` under SAGEMAKER_BASE_DIR
+(or /opt/ml) once in each worker, and each worker gets an equal share of the CPU threads so
+workers do not fight over cores. Started as root where the user SERVING_USER exists (the
+image), gunicorn binds the port and then runs its workers as that unprivileged user.
+
+Each request's decoding, computing and encoding run in the worker's one native thread, so
+that the worker's event loop answers `/ping` (and gunicorn's heartbeat) meanwhile. HTTP
+framing errors (a bad chunk size, a body cut short) are the client's: a 400 at once, and
+the connection is closed.
 
 Workers are gevent workers: a connection waiting for its request body costs a greenlet,
 not a worker, so slow or stalled uploads cannot hold up other requests (a sync worker is
@@ -14,44 +22,46 @@ request headers within the keep-alive time.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import pwd
+import shutil
 import signal
+import socket
+import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import gevent
+import gevent.threadpool
 import pandas as pd
 import torch
 from gunicorn.app.base import BaseApplication
-from werkzeug.exceptions import RequestTimeout
+from gunicorn.http.errors import NoMoreData, ParseException
+from werkzeug.exceptions import BadRequest, RequestTimeout
 
 from tabtransformer.artifacts import load_model, validate_artifact
-from tabtransformer.errors import USER_ERROR_EXIT_CODE, UserError
+from tabtransformer.errors import USER_ERROR_EXIT_CODE
 from tabtransformer.paths import SageMakerPaths
-from tabtransformer.serving.app import create_app, max_payload_mb
+from tabtransformer.serving.app import UNREAD_BODY, create_app, drain
+from tabtransformer.serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
+SERVING_USER = "model-server"  # created in the image; absent elsewhere (then no change)
 
 
-def positive_int_env(name: str, default: int) -> int:
-    """An integer setting from the environment; a bad value is a UserError naming it."""
-    raw = os.environ.get(name, str(default))
-    if not raw.strip().isdigit() or int(raw) < 1:
-        raise UserError(f"Environment variable {name}={raw!r} must be a positive integer.")
-    return int(raw)
-
-
-def server_settings() -> dict[str, Any]:
-    """Gunicorn settings from the SageMaker environment variables."""
+def gunicorn_settings(settings: ServingSettings) -> dict[str, Any]:
+    """Gunicorn's settings from the checked SageMaker settings."""
     return {
-        "bind": f"0.0.0.0:{positive_int_env('SAGEMAKER_BIND_TO_PORT', 8080)}",
-        "workers": positive_int_env("SAGEMAKER_MODEL_SERVER_WORKERS", os.cpu_count() or 1),
+        "bind": f"0.0.0.0:{settings.port}",
+        "workers": settings.workers,
         "worker_class": "gevent",
         "worker_connections": 1000,
-        "timeout": positive_int_env("SAGEMAKER_MODEL_SERVER_TIMEOUT", 60),
+        "timeout": settings.timeout_s,
         "graceful_timeout": 30,
         "keepalive": 5,
         "accesslog": "-",
@@ -60,7 +70,41 @@ def server_settings() -> dict[str, Any]:
         "limit_request_line": 8190,
         "control_socket_disable": True,  # a shared default path; SageMaker does not use it
         "post_fork": stop_if_asked_while_booting,
+        **unprivileged_user(),
     }
+
+
+def unprivileged_user() -> dict[str, int]:
+    """gunicorn's `user` and `group` for SERVING_USER when started as root and the user
+    exists (the workers then run as it); nothing otherwise."""
+    if os.geteuid() != 0:
+        return {}
+    try:
+        user = pwd.getpwnam(SERVING_USER)
+    except KeyError:
+        return {}
+    return {"user": user.pw_uid, "group": user.pw_gid}
+
+
+def readable_model(model_dir: Path, user: dict[str, int]) -> Path:
+    """`model_dir`, or when the workers run as another user and cannot read all of it, a
+    private copy they can read (SageMaker unpacks model.tar.gz with the modes it holds)."""
+    if not user or all_readable(model_dir):
+        return model_dir
+    copy = Path(tempfile.mkdtemp(prefix="model-"))
+    shutil.copytree(model_dir, copy, dirs_exist_ok=True)
+    for path in [copy, *copy.rglob("*")]:
+        os.chown(path, user["user"], user["group"], follow_symlinks=False)
+    log.info("the model in %s is not readable by %s: serving a copy", model_dir, SERVING_USER)
+    return copy
+
+
+def all_readable(folder: Path) -> bool:
+    """Whether every file under `folder` can be read, and every folder entered, by others."""
+    return all(
+        path.stat().st_mode & (0o005 if path.is_dir() else 0o004)
+        for path in [folder, *folder.rglob("*")]
+    )
 
 
 def stop_if_asked_while_booting(arbiter: Any, worker: Any) -> None:
@@ -73,34 +117,76 @@ def stop_if_asked_while_booting(arbiter: Any, worker: Any) -> None:
 
 class BodyDeadline:
     """WSGI middleware: the whole request body must arrive within `seconds` of the request
-    start, else the read raises 408 (a trickling upload cannot hold a connection forever)."""
+    start, else the read raises 408 (a trickling upload cannot hold a connection forever);
+    a framing error in the body is a 400. After the answer is sent, a body left unread (a
+    413) is drained, and a connection whose body stream broke or was left unread is
+    closed."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]], seconds: float):
         self.app = app
         self.seconds = seconds
 
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
-        environ["wsgi.input"] = _DeadlineStream(
-            environ["wsgi.input"], time.monotonic() + self.seconds, self.seconds
-        )
-        return self.app(environ, start_response)
+        stream = DeadlineStream(environ["wsgi.input"], time.monotonic() + self.seconds)
+        environ["wsgi.input"] = stream
+        answer = self.app(environ, start_response)
+        if environ.get(UNREAD_BODY) or stream.broken:
+            return AfterAnswer(answer, lambda: self.close_connection(environ, stream))
+        return answer
+
+    @staticmethod
+    def close_connection(environ: dict[str, Any], stream: DeadlineStream) -> None:
+        """Drain what the client still sends (bounded by the deadline), then close."""
+        if not stream.broken:
+            with contextlib.suppress(Exception):  # a late or broken rest: close all the same
+                drain(stream)
+        sock = environ.get("gunicorn.socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
 
-class _DeadlineStream:
-    """A request body stream whose reads stop at a deadline (gevent: the wait yields)."""
+class AfterAnswer:
+    """A response iterable that runs `then` once the server has sent it (on close)."""
 
-    def __init__(self, stream: IO[bytes], deadline: float, seconds: float):
+    def __init__(self, answer: Iterable[bytes], then: Callable[[], None]):
+        self.answer = answer
+        self.then = then
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.answer)
+
+    def close(self) -> None:
+        try:
+            if hasattr(self.answer, "close"):
+                self.answer.close()
+        finally:
+            self.then()
+
+
+class DeadlineStream:
+    """A request body stream whose reads stop at a deadline (gevent: the wait yields) and
+    whose framing errors are 400s."""
+
+    def __init__(self, stream: IO[bytes], deadline: float):
         self.stream = stream
         self.deadline = deadline
-        self.seconds = seconds
+        self.broken = False  # a framing error: the rest of the stream cannot be read
 
     def _timed(self, read: Callable[..., bytes], *args: Any) -> bytes:
         late = RequestTimeout(
-            f"The request body did not arrive within {self.seconds:g} s "
+            "The request body did not arrive within the request timeout "
             "(SAGEMAKER_MODEL_SERVER_TIMEOUT)."
         )
-        with gevent.Timeout(max(self.deadline - time.monotonic(), 0.001), late):
-            return read(*args)
+        try:
+            with gevent.Timeout(max(self.deadline - time.monotonic(), 0.001), late):
+                return read(*args)
+        except (ParseException, NoMoreData) as e:
+            self.broken = True
+            raise BadRequest(
+                f"The request body is not valid HTTP/1.1 framing ({type(e).__name__}: "
+                f"{str(e)[:200]}): send a Content-Length body or a well-formed chunked one."
+            ) from None
 
     def read(self, size: int | None = -1) -> bytes:
         return self._timed(self.stream.read, size)
@@ -116,48 +202,49 @@ class Server(BaseApplication):
     """Gunicorn application that loads the model in each worker (no preload, no fork
     sharing of torch state)."""
 
-    def __init__(self, settings: dict[str, Any]):
+    def __init__(self, settings: ServingSettings, model_dir: Path):
         self.settings = settings
+        self.model_dir = model_dir
         super().__init__()
 
     def load_config(self) -> None:
-        for key, value in self.settings.items():
+        for key, value in gunicorn_settings(self.settings).items():
             self.cfg.set(key, value)
 
     def load(self):
-        workers = self.settings["workers"]
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-        model_dir = SageMakerPaths.from_env().model
-        predictor = load_model(model_dir)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.settings.workers))
+        predictor = load_model(self.model_dir)
         # One all-missing row through the whole path: a model that cannot predict stops
         # the worker from booting instead of answering 500 to every request.
         predictor.predict(pd.DataFrame([[None] * len(predictor.feature_names)]))
         log.info(
             "worker %d: model loaded from %s (%s, %d features)",
             os.getpid(),
-            model_dir,
+            self.model_dir,
             predictor.task,
             len(predictor.feature_names),
         )
-        return BodyDeadline(create_app(predictor, workers), self.settings["timeout"])
+        pool = gevent.threadpool.ThreadPool(1)  # one request computes at a time
+        app = create_app(predictor, self.settings, offload=lambda compute: pool.apply(compute))
+        return BodyDeadline(app, self.settings.timeout_s)
 
 
 def run_server() -> int:
     """Run gunicorn in the foreground until SIGTERM (graceful shutdown).
 
-    A damaged artifact or a bad setting stops it before any worker starts, with one line
+    A bad setting or a damaged artifact stops it before any worker starts, with one line
     and exit code 1; so does a worker that fails to load the model (gunicorn's own code for
     that varies)."""
+    settings = ServingSettings.from_env()  # checked here, before any worker starts
     model_dir = SageMakerPaths.from_env().model
     # Validate everything, but load nothing with torch here: a torch thread pool started
     # before gunicorn forks its workers deadlocks them.
     validate_artifact(model_dir)
-    settings = server_settings()
-    max_payload_mb()  # checked here, before any worker starts
+    model_dir = readable_model(model_dir, unprivileged_user())
     # gevent's monkey-patching walks every object once; torch.distributed warns when touched.
     warnings.filterwarnings("ignore", message=".*reduce_op", category=FutureWarning)
     try:
-        Server(settings).run()
+        Server(settings, model_dir).run()
     except SystemExit as stopped:
         if stopped.code not in (None, 0):
             log.error("cannot serve: a worker failed to load the model from %s", model_dir)
