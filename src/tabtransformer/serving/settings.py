@@ -105,7 +105,8 @@ def _check_default_accept(value: str) -> None:
 
     try:
         negotiate(value, "application/json")
-    except BaseInferenceToolkitError as e:
+    except (BaseInferenceToolkitError, UserError) as e:
+        reason = e.message if isinstance(e, BaseInferenceToolkitError) else str(e)
         raise UserError(
-            f"Environment variable SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={value!r}: {e.message}"
+            f"Environment variable SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT={value!r}: {reason}"
         ) from None
