@@ -3,7 +3,8 @@
 `model/` holds `model.safetensors` (weights: no pickle), `model_config.json` (network
 shape), `preprocessing.json` (vocabularies, quantiles, target encoding, schema),
 `hyperparameters.json` (the values used) and `metrics.json`. `load_model` takes that folder
-or a `model.tar.gz` of it, as SageMaker writes it to S3.
+or a `model.tar.gz` of it, as SageMaker writes it to S3 (files at the top level) or as
+`tar czf model.tar.gz model/` packs it (one top-level folder).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import shutil
 import tarfile
 import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,8 +44,32 @@ CONFIG = "model_config.json"
 PREPROCESSING = "preprocessing.json"
 METRICS = "metrics.json"
 HYPERPARAMETERS = "hyperparameters.json"
-# What a truncated or damaged tarball raises while it is unpacked (gzip, bzip2, xz, tar).
-UNREADABLE_ARCHIVE = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError)
+REQUIRED_FILES = (WEIGHTS, CONFIG, PREPROCESSING)
+# What a truncated or damaged tarball raises while it is listed or unpacked: tar, gzip
+# (BadGzipFile, zlib.error, EOFError), xz (LZMAError), bzip2 (OSError, EOFError). An
+# OSError with an errno (disk full, permission denied) is told apart: not the bytes' fault.
+UNREADABLE_ARCHIVE = (
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    lzma.LZMAError,
+    OSError,
+)
+# Bounds on a model.tar.gz, checked on its member headers before anything is unpacked. A
+# training job writes five files, and the weights of even a large TabTransformer are tens to
+# a few hundred MB; 4 GiB is ten times that, yet bounds the disk and the decompression time
+# (seconds, not hours) that a gzip bomb or a tampered archive can cost every worker.
+MAX_ARCHIVE_MEMBERS = 1_000
+MAX_UNPACKED_BYTES = 4 * 1024**3
+# The kinds of tar member refused (all but regular files and folders), in words.
+MEMBER_KINDS: tuple[tuple[Callable[[tarfile.TarInfo], bool], str], ...] = (
+    (tarfile.TarInfo.issym, "a symbolic link"),
+    (tarfile.TarInfo.islnk, "a hard link"),
+    (tarfile.TarInfo.ischr, "a character device"),
+    (tarfile.TarInfo.isblk, "a block device"),
+    (tarfile.TarInfo.isfifo, "a FIFO"),
+)
 # Every file in model/ readable by any user (a serving container may run as another user).
 ARTIFACT_FILE_MODE = 0o644
 
@@ -91,24 +117,102 @@ def _write_json(path: Path, data: Any) -> None:
 
 def read_artifact(path: str | os.PathLike) -> Artifact:
     """Read a model folder or a `model.tar.gz` (also a folder holding only the tarball)."""
-    path = Path(path)
-    if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model.tar.gz").exists():
-        path = path / "model.tar.gz"
+    path = _tarball_or_folder(Path(path))
     if path.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                with tarfile.open(path) as tar:
-                    tar.extractall(tmp, filter="data")
-            except UNREADABLE_ARCHIVE as e:
-                raise UserError(
-                    f"{path} is not a readable model.tar.gz ({e}); it may be truncated or "
-                    "damaged: use the model.tar.gz a training job of this image wrote."
-                ) from None
-            try:
-                return _read_folder(Path(tmp))
-            except UserError as e:  # name the tarball, not the scratch folder
-                raise UserError(str(e).replace(tmp, str(path))) from None
+        with unpacked_model_archive(path) as folder:
+            return _read_folder(folder)
     return _read_folder(path)
+
+
+def _tarball_or_folder(path: Path) -> Path:
+    if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model.tar.gz").exists():
+        return path / "model.tar.gz"
+    return path
+
+
+@contextmanager
+def unpacked_model_archive(archive: Path) -> Iterator[Path]:
+    """Unpack `archive` (a model.tar.gz) into a temporary folder and yield the folder that
+    holds the model files: the top level, or the archive's one top-level folder.
+
+    Bounded (MAX_ARCHIVE_MEMBERS, MAX_UNPACKED_BYTES) and only regular files and folders,
+    checked before anything is unpacked. Every problem, also one raised as a UserError in
+    the `with` body, is a UserError naming `archive`, never the temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            with tarfile.open(archive) as tar:
+                members = _bounded_members(tar, archive)
+                tar.extractall(tmp, members=members, filter="data")
+        except tarfile.FilterError as e:  # its own words name the scratch folder
+            raise UserError(
+                f"{archive} holds {e.tarinfo.name!r}, which would unpack outside its folder "
+                f"({type(e).__name__}); a model.tar.gz may hold only relative names inside it."
+            ) from None
+        except UNREADABLE_ARCHIVE as e:
+            if isinstance(e, OSError) and e.errno is not None:
+                raise UserError(f"{archive} cannot be unpacked: {e.strerror}") from None
+            raise UserError(
+                f"{archive} is not a readable model.tar.gz ({e}); it may be truncated or "
+                "damaged: use the model.tar.gz a training job of this image wrote."
+            ) from None
+        folder = _model_folder(Path(tmp), archive)
+        try:
+            yield folder
+        except UserError as e:
+            shown = str(e).replace(str(folder), str(archive)).replace(tmp, str(archive))
+            raise UserError(shown) from None
+
+
+def _bounded_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    """The members, read header by header: stop at the first one past a bound (listing a
+    gzip stream decompresses it) or of a kind other than a regular file or a folder."""
+    members: list[tarfile.TarInfo] = []
+    size = 0
+    for member in tar:
+        members.append(member)
+        size += member.size if member.isreg() else 0
+        if len(members) > MAX_ARCHIVE_MEMBERS:
+            raise UserError(
+                f"{archive} holds {len(members)} members or more; a model.tar.gz may hold "
+                f"at most {MAX_ARCHIVE_MEMBERS} (a training job writes five files)."
+            )
+        if size > MAX_UNPACKED_BYTES:
+            raise UserError(
+                f"{archive} declares {size} bytes or more of files (up to {member.name!r}); "
+                f"a model.tar.gz may hold at most {MAX_UNPACKED_BYTES} bytes "
+                f"({MAX_UNPACKED_BYTES / 1024**3:g} GiB) unpacked."
+            )
+        if not (member.isreg() or member.isdir()):
+            kind = next((words for is_kind, words in MEMBER_KINDS if is_kind(member)), None)
+            raise UserError(
+                f"{archive} holds {member.name!r}, {kind or f'of tar type {member.type!r}'}; "
+                "a model.tar.gz may hold only regular files and folders."
+            )
+    return members
+
+
+def _model_folder(root: Path, archive: Path) -> Path:
+    """`root` when it holds the required files, else its only folder when that does."""
+    entries = sorted(root.iterdir())
+    folders = [p for p in entries if p.is_dir()]
+    candidates = [root, *folders] if len(folders) == 1 else [root]
+    for folder in candidates:
+        if all((folder / name).is_file() for name in REQUIRED_FILES):
+            return folder
+    found = f"its top level holds {_listing(entries)}"
+    if len(folders) == 1:
+        found += f" and {folders[0].name}/ holds {_listing(sorted(folders[0].iterdir()))}"
+    raise UserError(
+        f"{archive} is not a TabTransformer model.tar.gz: {found}; expected "
+        f"{', '.join(REQUIRED_FILES)} at its top level (as a training job writes them) or "
+        "inside one top-level folder (as `tar czf model.tar.gz model/` packs them)."
+    )
+
+
+def _listing(paths: list[Path], limit: int = 10) -> str:
+    names = [p.name + "/" if p.is_dir() else p.name for p in paths]
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return f"[{', '.join(names[:limit])}]{more}" if names else "nothing"
 
 
 def read_base_artifact(path: Path, header: bool) -> Artifact:
@@ -138,7 +242,7 @@ def load_model(path: str | os.PathLike) -> Predictor:
 
 
 def _check_files(folder: Path) -> None:
-    missing = [n for n in (WEIGHTS, CONFIG, PREPROCESSING) if not (folder / n).is_file()]
+    missing = [n for n in REQUIRED_FILES if not (folder / n).is_file()]
     if missing:
         raise UserError(f"{folder} is not a TabTransformer model: it lacks {missing}.")
 
@@ -257,22 +361,12 @@ def validate_artifact(path: Path) -> None:
     """Check a model folder (or `model.tar.gz`) against its schema and sane bounds without
     building the network on real memory or starting torch threads; a problem is a
     UserError naming the file and the key. The serving master calls this before forking."""
-    if path.is_dir() and not (path / WEIGHTS).exists() and (path / "model.tar.gz").exists():
-        path = path / "model.tar.gz"
+    path = _tarball_or_folder(path)
     if path.is_file():
-        with tempfile.TemporaryDirectory() as tmp:
-            _extract(path, Path(tmp))
-            _validate_folder(Path(tmp), shown_as=path)
+        with unpacked_model_archive(path) as folder:
+            _validate_folder(folder, shown_as=path)
         return
     _validate_folder(path, shown_as=path)
-
-
-def _extract(tarball: Path, into: Path) -> None:
-    try:
-        with tarfile.open(tarball) as tar:
-            tar.extractall(into, filter="data")
-    except (tarfile.TarError, OSError, EOFError) as e:
-        raise UserError(f"{tarball} is not a readable model.tar.gz: {e}") from None
 
 
 def _validate_folder(folder: Path, shown_as: Path) -> None:
