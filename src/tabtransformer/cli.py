@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("train", help="run a training job over $SAGEMAKER_BASE_DIR (or /opt/ml)")
     sub.add_parser("serve", help="serve model/ at /invocations with gunicorn")
     hp = sub.add_parser("hyperparameters", help="print the hyperparameter defaults")
-    hp.add_argument("--markdown", action="store_true", help="print the README table")
+    hp.add_argument(
+        "--markdown", action="store_true", help="print the table of docs/hyperparameters.md"
+    )
     md = sub.add_parser("metric-definitions", help="print SageMaker MetricDefinitions")
     md.add_argument("--task", choices=("binary", "multiclass", "regression"))
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
 """One declarative hyperparameter schema: names, types, ranges, defaults and help.
 
 The same table validates `hyperparameters.json`, fills in defaults, writes the
-repository's `hyperparameters.json` and generates the README's table
+repository's `hyperparameters.json` and generates the table in docs/hyperparameters.md
 (`python -m tabtransformer hyperparameters --markdown`).
 """
 
@@ -221,7 +221,8 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "Normalisation of the continuous "
         "features before the MLP. 'layer': the paper's per-row LayerNorm. 'none': "
         "each column is already quantile-normalised, and per-row LayerNorm erases "
-        "each row's mean and spread across columns (see README).",
+        "each row's mean and spread across columns (see docs/hyperparameters.md, "
+        "'Why these defaults').",
         choices=("none", "layer"),
     ),
     Hyperparameter("weight_decay", float, 1e-4, "AdamW weight decay.", low=0.0, high=1.0),
@@ -239,14 +240,15 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "auto",
         "Learning task; 'auto' detects it like JumpStart: "
         "integer or text labels with at most `max_classes` distinct values are "
-        "classes, anything else is regression.",
+        "classes, more distinct integers or any other numbers are regression, and more "
+        "distinct text labels are a ClientError (name the task).",
         choices=("auto", "binary", "multiclass", "regression"),
     ),
     Hyperparameter(
         "max_classes",
         int,
         20,
-        "With task=auto, the most distinct integer labels that still count as classes.",
+        "With task=auto, the most distinct integer or text labels that still count as classes.",
         low=2,
         high=10000,
     ),
@@ -409,7 +411,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         low_open=True,
     ),
     # --- numeric tokens, ensemble head and training recipe: defaults from the accuracy
-    # benchmark (README); PAPER_RECIPE (n_blocks=6, dropout 0.3, numeric_embedding=none
+    # benchmark (docs/benchmarks.md); PAPER_RECIPE (n_blocks=6, dropout 0.3, numeric_embedding=none
     # ensemble_size=1 mlp_hidden_cap=0 lr_schedule=constant warmup_epochs=0 grad_clip=0) is
     # the paper's ---------------------------------------------------------------------------
     Hyperparameter(
@@ -581,7 +583,7 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def markdown_table() -> str:
-    """The README's hyperparameter table, generated from the schema."""
+    """The hyperparameter table of docs/hyperparameters.md, generated from the schema."""
     lines = [
         "| name | type | default | JumpStart default | allowed | meaning |",
         "| --- | --- | --- | --- | --- | --- |",

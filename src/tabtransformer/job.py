@@ -163,7 +163,7 @@ def architecture(hp: Mapping[str, Any]) -> TabTransformerConfig:
 def with_numeric_embedding(shape: TabTransformerConfig, task: str | None) -> TabTransformerConfig:
     """numeric_embedding=auto made concrete: 'periodic' for binary classification, 'ple'
     otherwise (regression, multiclass, pretraining without labels), as measured in the
-    accuracy benchmark (README)."""
+    accuracy benchmark (docs/benchmarks.md)."""
     if shape.numeric_embedding != "auto":
         return shape
     kind = "periodic" if task == "binary" else "ple"
