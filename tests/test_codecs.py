@@ -99,17 +99,19 @@ def test_unsupported_accept_is_406():
 
 def test_encodings_of_class_probabilities(binary):
     p = np.array([[0.25, 0.75], [0.9, 0.1]])
-    csv = codecs.encode(p, binary, codecs.ResponseFormat("text/csv"), False)
+    csv = codecs.encode(codecs.Answer(p), binary, codecs.ResponseFormat("text/csv"), False)
     assert csv == "0.25,0.75\n0.9,0.1\n"
     verbose = json.loads(
-        codecs.encode(p, binary, codecs.ResponseFormat("application/json", True), False)
+        codecs.encode(
+            codecs.Answer(p), binary, codecs.ResponseFormat("application/json", True), False
+        )
     )
     assert verbose == {
         "probabilities": p.tolist(),
         "predicted_label": ["yes", "no"],
         "labels": ["no", "yes"],
     }
-    lines = codecs.encode(p, binary, codecs.ResponseFormat("application/json"), True)
+    lines = codecs.encode(codecs.Answer(p), binary, codecs.ResponseFormat("application/json"), True)
     assert [json.loads(line)["predicted_label"] for line in lines.splitlines()] == ["yes", "no"]
     assert codecs.response_content_type(codecs.ResponseFormat("application/json"), True) == (
         codecs.JSONLINES
@@ -119,9 +121,14 @@ def test_encodings_of_class_probabilities(binary):
 def test_encodings_of_regression_predictions():
     regressor = predictor("regression")
     y = np.array([1.5, 2.25])
-    body = codecs.encode(y, regressor, codecs.ResponseFormat("application/json"), False)
+    body = codecs.encode(
+        codecs.Answer(y), regressor, codecs.ResponseFormat("application/json"), False
+    )
     assert json.loads(body) == {"prediction": [1.5, 2.25]}
-    assert codecs.encode(y, regressor, codecs.ResponseFormat("text/csv"), False) == "1.5\n2.25\n"
+    assert (
+        codecs.encode(codecs.Answer(y), regressor, codecs.ResponseFormat("text/csv"), False)
+        == "1.5\n2.25\n"
+    )
 
 
 def test_serving_imports_none_of_the_training_code():
@@ -163,13 +170,17 @@ def test_embeddings_and_attributions_go_beside_the_predictions(binary):
     frame = pd.DataFrame({"color": ["red", "blue"], "size": [1.0, 2.0]})
     p, embeddings, attributions = binary.predict(frame), binary.embed(frame), binary.explain(frame)
     fmt = codecs.ResponseFormat("application/json", embeddings=True, explain=True)
-    body = json.loads(codecs.encode(p, binary, fmt, False, None, embeddings, attributions))
+    body = json.loads(
+        codecs.encode(codecs.Answer(p, None, embeddings, attributions), binary, fmt, False)
+    )
     assert body["columns"] == ["color"]
     assert np.array(body["embeddings"]).shape == (2, 1, 8)
     assert np.allclose(body["embeddings"], embeddings.values, atol=1e-6)
     assert [list(a) for a in body["attributions"]] == [["color", "size"]] * 2
     assert np.allclose([list(a.values()) for a in body["attributions"]], attributions.values)
-    lines = codecs.encode(p, binary, fmt, True, None, embeddings, attributions).splitlines()
+    lines = codecs.encode(
+        codecs.Answer(p, None, embeddings, attributions), binary, fmt, True
+    ).splitlines()
     assert len(lines) == 2
     first = json.loads(lines[0])
     assert set(first) == {

@@ -19,8 +19,8 @@ from tabtransformer.inference import encode_table
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
 from tabtransformer.pretraining import (
+    OBJECTIVES,
     Corruptor,
-    PretrainingHead,
     PretrainSettings,
     TokenColumns,
     bin_index,
@@ -73,7 +73,7 @@ def test_rtd_draws_anew_each_time_and_skips_single_valued_columns():
 
 def test_mlm_loss_counts_only_masked_cells():
     torch.manual_seed(0)
-    head = PretrainingHead("mlm", [12, 5, 30], dim=8)
+    head = OBJECTIVES["mlm"].head([12, 5, 30], dim=8)
     original = random_codes(64)
     contextual = torch.randn(64, 3, 8, requires_grad=True)
     masked = torch.zeros(64, 3, dtype=torch.bool)
@@ -337,7 +337,7 @@ def test_categorical_only_pretraining_leaves_numeric_cells_out():
 
 def test_mlm_head_counts_masked_numeric_cells_only():
     torch.manual_seed(0)
-    head = PretrainingHead("mlm", [6, 4, 8], dim=8)  # a categorical column, two numeric
+    head = OBJECTIVES["mlm"].head([6, 4, 8], dim=8)  # a categorical column, two numeric
     contextual = torch.randn(32, 3, 8, requires_grad=True)
     targets = torch.zeros(32, 3, dtype=torch.long)
     cells = torch.zeros(32, 3, dtype=torch.bool)

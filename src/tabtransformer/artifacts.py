@@ -31,12 +31,8 @@ from safetensors.torch import load_file, save_file
 
 from tabtransformer.errors import UserError
 from tabtransformer.inference import Predictor
-from tabtransformer.model import (
-    ENSEMBLE_HEADS,
-    NUMERIC_EMBEDDINGS,
-    TabTransformer,
-    TabTransformerConfig,
-)
+from tabtransformer.model import TabTransformer, TabTransformerConfig
+from tabtransformer.options import ENSEMBLE_HEADS, NUMERIC_EMBEDDINGS
 from tabtransformer.preprocessing import TASKS, TablePreprocessor, TargetEncoder
 
 WEIGHTS = "model.safetensors"
@@ -324,7 +320,9 @@ CONFIG_RULES = {
     "attn_dropout": _number(0.0, 1.0),
     "mlp_dropout": _number(0.0, 1.0),
     "continuous_norm": Rule(lambda v: v in ("layer", "none"), "'layer' or 'none'"),
-    "numeric_embedding": Rule(lambda v: v in NUMERIC_EMBEDDINGS, f"one of {NUMERIC_EMBEDDINGS}"),
+    "numeric_embedding": Rule(
+        lambda v: v in NUMERIC_EMBEDDINGS, f"one of {tuple(NUMERIC_EMBEDDINGS)}"
+    ),
     "numeric_bin_edges": _list_of(_list_of(FINITE, 10**4, min_length=2), MAX_COLUMNS),
     "ensemble_size": _integer(1, 1024),
     "ensemble_head": Rule(lambda v: v in ENSEMBLE_HEADS, f"one of {ENSEMBLE_HEADS}"),

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tabtransformer.errors import UserError
+from tabtransformer.options import ENSEMBLE_HEADS, NUMERIC_EMBEDDINGS, PRETRAINING_OBJECTIVES
 
 PLATFORM_KEY_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
 # The paper's network and recipe (6 blocks, numeric scalars into the MLP, one head, constant
@@ -286,7 +287,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "Pretraining on unlabeled rows before fine-tuning: 'mlm' (masked language "
         "modelling), 'rtd' (replaced token detection) or 'none'. auto: rtd when there is an "
         "'unlabeled' channel (or pretrain_only is set) and no 'model' channel, else none.",
-        choices=("auto", "none", "mlm", "rtd"),
+        choices=("auto", "none", *PRETRAINING_OBJECTIVES),
     ),
     Hyperparameter(
         "pretrain_only",
@@ -426,7 +427,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "median (Gorishniy et al. 2022, rtdl_num_embeddings). 'auto': 'periodic' for binary "
         "classification, 'ple' otherwise (regression, multiclass, pretraining without labels), "
         "as measured in the accuracy benchmark.",
-        choices=("auto", "none", "ple", "periodic"),
+        choices=("auto", *NUMERIC_EMBEDDINGS),
     ),
     Hyperparameter(
         "numeric_bins",
@@ -458,7 +459,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "'batchensemble', TabM's BatchEnsemble MLP (tabm.LinearBatchEnsemble: one shared "
         "weight per hidden layer with per-member scalings, a per-member output layer; fewer "
         "parameters, same compute).",
-        choices=("plain", "batchensemble"),
+        choices=ENSEMBLE_HEADS,
     ),
     Hyperparameter(
         "mlp_hidden_cap",

@@ -47,6 +47,7 @@ from __future__ import annotations
 import itertools
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -55,8 +56,7 @@ from rtdl_num_embeddings import PeriodicEmbeddings, PiecewiseLinearEmbeddings
 from tabm import LinearBatchEnsemble, LinearEnsemble
 from torch import nn
 
-NUMERIC_EMBEDDINGS = ("none", "ple", "periodic")
-ENSEMBLE_HEADS = ("plain", "batchensemble")
+from tabtransformer.options import ENSEMBLE_HEADS, NUMERIC_EMBEDDINGS
 
 
 @dataclass
@@ -84,7 +84,8 @@ class TabTransformerConfig:
 
     @property
     def numeric_tokens(self) -> bool:
-        return self.numeric_embedding != "none" and self.n_continuous > 0
+        option = NUMERIC_EMBEDDINGS.get(self.numeric_embedding)
+        return option is not None and option.tokens and self.n_continuous > 0
 
     @property
     def n_tokens(self) -> int:
@@ -109,6 +110,29 @@ class ColumnEmbedding(nn.Module):
         return torch.cat([shared, values], dim=-1)
 
 
+def piecewise_linear(n_columns: int, width: int, bin_edges: list[list[float]]) -> nn.Module:
+    """PLE, version B (a linear part plus piecewise-linear over the column's bins)."""
+    # PLE reads its bins' values while it is built: on the CPU even when the rest of the
+    # network is built on the meta device (artifact validation builds it there).
+    with warnings.catch_warnings(), torch.device("cpu"):
+        warnings.simplefilter("ignore")  # a column with a single bin is fine here
+        edges = [torch.tensor(e, dtype=torch.float32) for e in bin_edges]
+        return PiecewiseLinearEmbeddings(edges, width, activation=False, version="B")
+
+
+def periodic(n_columns: int, width: int, bin_edges: list[list[float]]) -> nn.Module:
+    """PLR: periodic features, then a per-column linear layer and ReLU."""
+    return PeriodicEmbeddings(n_columns, width, lite=False)
+
+
+# The value part of each numeric embedding that makes tokens (options.NUMERIC_EMBEDDINGS):
+# (n_columns, width, bin_edges) -> a module (B, c) -> (B, c, width).
+NUMERIC_VALUE_EMBEDDINGS: dict[str, Callable[[int, int, list[list[float]]], nn.Module]] = {
+    "ple": piecewise_linear,
+    "periodic": periodic,
+}
+
+
 class NumericEmbedding(nn.Module):
     """Numeric columns as tokens: [shared column part || embedding of the value] (B, c, d).
 
@@ -122,21 +146,10 @@ class NumericEmbedding(nn.Module):
     ):
         super().__init__()
         n_shared = round(dim * frac_shared)
-        if kind == "ple":
-            # PLE reads its bins' values while it is built: on the CPU even when the rest of
-            # the network is built on the meta device (artifact validation builds it there).
-            with warnings.catch_warnings(), torch.device("cpu"):
-                warnings.simplefilter("ignore")  # a column with a single bin is fine here
-                self.values = PiecewiseLinearEmbeddings(
-                    [torch.tensor(e, dtype=torch.float32) for e in bin_edges],
-                    dim - n_shared,
-                    activation=False,
-                    version="B",
-                )
-        elif kind == "periodic":
-            self.values = PeriodicEmbeddings(n_columns, dim - n_shared, lite=False)
-        else:
-            raise ValueError(f"unknown numeric_embedding {kind!r}; use one of {NUMERIC_EMBEDDINGS}")
+        if kind not in NUMERIC_VALUE_EMBEDDINGS:
+            known = sorted(NUMERIC_VALUE_EMBEDDINGS)
+            raise ValueError(f"unknown numeric_embedding {kind!r}; use one of {known}")
+        self.values = NUMERIC_VALUE_EMBEDDINGS[kind](n_columns, dim - n_shared, bin_edges)
         bound = dim**-0.5  # the scale of the value embeddings at initialisation
         self.missing = nn.Parameter(torch.empty(n_columns, dim - n_shared).uniform_(-bound, bound))
         self.shared = nn.Parameter(torch.empty(n_columns, n_shared).uniform_(-bound, bound))

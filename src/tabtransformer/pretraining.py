@@ -202,59 +202,33 @@ class Corrupted:
     cells: torch.Tensor
 
 
-class Corruptor:
-    """Corrupts batches of rows (codes and, when they take part, numbers) by one objective."""
-
-    def __init__(self, objective: str, rate: float, columns: TokenColumns, pool: Encoded) -> None:
-        self.objective, self.rate, self.columns, self.pool = objective, rate, columns, pool
-        self.edges = inner_edges(columns.numeric_bin_edges, pool.codes.device)
-
-    def __call__(self, rows: Encoded, generator: torch.Generator) -> Corrupted:
-        if self.objective == "mlm":
-            codes, cells = mlm_corrupt(rows.codes, self.rate, generator)
-        else:
-            codes, cells = rtd_corrupt(rows.codes, self.pool.codes, self.rate, generator)
-        if not self.columns.numeric:
-            return Corrupted(codes, None, None, rows.codes, cells)
-        numbers, mask = rows.numbers, None
-        if self.objective == "mlm":
-            mask = mlm_mask_numbers(numbers, self.rate, generator)
-            numeric_cells, numeric_targets = mask, bin_index(numbers, self.edges)
-        else:
-            numbers, numeric_cells = rtd_corrupt(numbers, self.pool.numbers, self.rate, generator)
-            numeric_targets = numeric_cells.long()
-        return Corrupted(
-            codes,
-            numbers,
-            mask,
-            torch.cat([rows.codes, numeric_targets], 1),
-            torch.cat([cells, numeric_cells], 1),
-        )
-
-
 class PretrainingHead(nn.Module):
-    """MLM: one classifier per column over its classes (codes, or a numeric column's bins).
-    RTD: one logit per column."""
+    """What an objective's head predicts from the contextual embeddings of the scored
+    cells: forward gives (loss, hits per column, scored cells per column)."""
 
-    def __init__(self, objective: str, class_counts: list[int], dim: int):
+    def __init__(self, objective: Objective):
         super().__init__()
         self.objective = objective
-        if objective == "mlm":
-            self.classifiers = nn.ModuleList(nn.Linear(dim, c) for c in class_counts)
-        else:
-            self.weight = nn.Parameter(torch.randn(len(class_counts), dim) / math.sqrt(dim))
-            self.bias = nn.Parameter(torch.zeros(len(class_counts)))
+
+    def loss_and_accuracy(
+        self, contextual: torch.Tensor, targets: torch.Tensor, cells: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The loss and the accuracy over every scored cell."""
+        loss, hits, counts = self(contextual, targets, cells)
+        return loss, hits.sum() / counts.sum().clamp(min=1.0)
+
+
+class MaskedCellHead(PretrainingHead):
+    """MLM: one classifier per column over its classes (codes, or a numeric column's
+    bins); cross-entropy on the masked cells only."""
+
+    def __init__(self, objective: Objective, class_counts: list[int], dim: int):
+        super().__init__(objective)
+        self.classifiers = nn.ModuleList(nn.Linear(dim, c) for c in class_counts)
 
     def forward(
         self, contextual: torch.Tensor, targets: torch.Tensor, cells: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(loss, hits per column, scored cells per column). MLM: cross-entropy on masked
-        cells; RTD: binary cross-entropy on every cell."""
-        if self.objective == "rtd":
-            logits = torch.einsum("bmd,md->bm", contextual.float(), self.weight) + self.bias
-            loss = F.binary_cross_entropy_with_logits(logits, cells.float())
-            hits = ((logits > 0) == cells).float().sum(0)
-            return loss, hits, torch.full_like(hits, len(cells))
         losses, hits = [], []
         for j, classifier in enumerate(self.classifiers):
             rows = cells[:, j]
@@ -265,12 +239,127 @@ class PretrainingHead(nn.Module):
         loss = torch.stack(losses).sum() / counts.sum().clamp(min=1.0)
         return loss, torch.stack(hits).detach(), counts
 
-    def loss_and_accuracy(
+
+class ReplacedCellHead(PretrainingHead):
+    """RTD: one logit per column, whether the cell was replaced; binary cross-entropy on
+    every cell."""
+
+    def __init__(self, objective: Objective, class_counts: list[int], dim: int):
+        super().__init__(objective)
+        self.weight = nn.Parameter(torch.randn(len(class_counts), dim) / math.sqrt(dim))
+        self.bias = nn.Parameter(torch.zeros(len(class_counts)))
+
+    def forward(
         self, contextual: torch.Tensor, targets: torch.Tensor, cells: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = torch.einsum("bmd,md->bm", contextual.float(), self.weight) + self.bias
+        loss = F.binary_cross_entropy_with_logits(logits, cells.float())
+        hits = ((logits > 0) == cells).float().sum(0)
+        return loss, hits, torch.full_like(hits, len(cells))
+
+
+class Objective:
+    """A pretraining objective: how it corrupts a batch's codes and numbers, the head that
+    scores the corrupted cells, and how a held-out loss is averaged."""
+
+    name: str
+    accuracy_name: str
+    head_class: type[PretrainingHead]
+
+    def head(self, class_counts: list[int], dim: int) -> PretrainingHead:
+        return self.head_class(self, class_counts, dim)
+
+    def corrupt_codes(
+        self, codes: torch.Tensor, pool: torch.Tensor, rate: float, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The loss and the accuracy over every scored cell."""
-        loss, hits, counts = self(contextual, targets, cells)
-        return loss, hits.sum() / counts.sum().clamp(min=1.0)
+        """(corrupted codes, corrupted cells)."""
+        raise NotImplementedError
+
+    def corrupt_numbers(
+        self, numbers: torch.Tensor, pool: torch.Tensor, rate: float, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(numbers the model sees, the numeric mask or None, corrupted cells)."""
+        raise NotImplementedError
+
+    def numeric_targets(
+        self, numbers: torch.Tensor, cells: torch.Tensor, edges: torch.Tensor
+    ) -> torch.Tensor:
+        """What the head predicts for the numeric cells."""
+        raise NotImplementedError
+
+    def loss_weight(self, counts: torch.Tensor, n_rows: int) -> float:
+        """The weight of a batch's mean loss in a held-out average."""
+        raise NotImplementedError
+
+
+class MaskedLanguageModelling(Objective):
+    """MLM: mask cells, predict each masked cell's value (a numeric cell's bin)."""
+
+    name, accuracy_name, head_class = "mlm", "masked_accuracy", MaskedCellHead
+
+    def corrupt_codes(self, codes, pool, rate, generator):
+        return mlm_corrupt(codes, rate, generator)
+
+    def corrupt_numbers(self, numbers, pool, rate, generator):
+        mask = mlm_mask_numbers(numbers, rate, generator)
+        return numbers, mask, mask
+
+    def numeric_targets(self, numbers, cells, edges):
+        return bin_index(numbers, edges)
+
+    def loss_weight(self, counts, n_rows):
+        return float(counts.sum())  # the loss averages over masked cells
+
+
+class ReplacedTokenDetection(Objective):
+    """RTD: replace cells by other rows' values, detect which were replaced."""
+
+    name, accuracy_name, head_class = "rtd", "detection_accuracy", ReplacedCellHead
+
+    def corrupt_codes(self, codes, pool, rate, generator):
+        return rtd_corrupt(codes, pool, rate, generator)
+
+    def corrupt_numbers(self, numbers, pool, rate, generator):
+        replaced, cells = rtd_corrupt(numbers, pool, rate, generator)
+        return replaced, None, cells
+
+    def numeric_targets(self, numbers, cells, edges):
+        return cells.long()  # unused: the cells are the targets
+
+    def loss_weight(self, counts, n_rows):
+        return float(n_rows)  # the loss averages over rows
+
+
+# Every objective by its `pretrain_objective` name (options.PRETRAINING_OBJECTIVES).
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o for o in (MaskedLanguageModelling(), ReplacedTokenDetection())
+}
+
+
+class Corruptor:
+    """Corrupts batches of rows (codes and, when they take part, numbers) by one objective."""
+
+    def __init__(self, objective: str, rate: float, columns: TokenColumns, pool: Encoded) -> None:
+        self.objective = OBJECTIVES[objective]
+        self.rate, self.columns, self.pool = rate, columns, pool
+        self.edges = inner_edges(columns.numeric_bin_edges, pool.codes.device)
+
+    def __call__(self, rows: Encoded, generator: torch.Generator) -> Corrupted:
+        objective, rate = self.objective, self.rate
+        codes, cells = objective.corrupt_codes(rows.codes, self.pool.codes, rate, generator)
+        if not self.columns.numeric:
+            return Corrupted(codes, None, None, rows.codes, cells)
+        numbers, mask, numeric_cells = objective.corrupt_numbers(
+            rows.numbers, self.pool.numbers, rate, generator
+        )
+        numeric_targets = objective.numeric_targets(rows.numbers, numeric_cells, self.edges)
+        return Corrupted(
+            codes,
+            numbers,
+            mask,
+            torch.cat([rows.codes, numeric_targets], 1),
+            torch.cat([cells, numeric_cells], 1),
+        )
 
 
 class PretrainingTask(nn.Module):
@@ -358,7 +447,7 @@ def pretrain(
     columns = columns or TokenColumns(list(model.config.cardinalities), [])
     objective, phase = settings.objective, settings.phase
     seed = phase.seed
-    head = PretrainingHead(objective, columns.class_counts, model.config.dim)
+    head = OBJECTIVES[objective].head(columns.class_counts, model.config.dim)
     encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
     model.to(device).train()
     head.to(device).train()
@@ -423,6 +512,7 @@ def held_out_scores(
     accuracy on the categorical and on the numeric columns too when numeric cells take
     part."""
     task.eval()
+    objective = task.head.objective
     loss_sum, hits, counts = 0.0, 0.0, 0.0
     step = eval_batch_rows(corrupted.codes.device)
     for start in range(0, len(rows), step):
@@ -433,13 +523,11 @@ def held_out_scores(
             corrupted.codes[part], numbers, mask, corrupted.targets[part], corrupted.cells[part]
         )
         loss, batch_hits, batch_counts = task(batch)
-        # MLM averages over masked cells, RTD over rows: weigh each batch accordingly.
-        weight = float(batch_counts.sum()) if task.head.objective == "mlm" else len(batch.codes)
-        loss_sum += float(loss) * weight
+        loss_sum += float(loss) * objective.loss_weight(batch_counts, len(batch.codes))
         hits, counts = hits + batch_hits.cpu(), counts + batch_counts.cpu()
     task.train()
-    total = float(counts.sum()) if task.head.objective == "mlm" else len(rows)
-    name = "masked_accuracy" if task.head.objective == "mlm" else "detection_accuracy"
+    total = objective.loss_weight(counts, len(rows))
+    name = objective.accuracy_name
     scores = {"pretrain_loss": loss_sum / max(total, 1.0), name: accuracy(hits, counts)}
     if columns.numeric:
         m = columns.n_categorical

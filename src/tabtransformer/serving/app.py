@@ -173,7 +173,7 @@ def create_app(
             budget.check(len(frame), passes, _asked(fmt))
             deadline = started + budget.deadline_s
             try:
-                return _computed(predictor, frame, fmt, records.blank, settings.batch, deadline)
+                return _computed(predictor, records, fmt, settings.batch, deadline)
             except DeadlinePassed:
                 raise GenericInferenceToolkitError(
                     413, budget.too_costly(len(frame), passes, _asked(fmt))
@@ -223,17 +223,15 @@ def _asked(fmt: codecs.ResponseFormat) -> str:
 
 def _computed(
     predictor: Predictor,
-    frame: pd.DataFrame,
+    records: codecs.Records,
     fmt: codecs.ResponseFormat,
-    blank: np.ndarray | None,
     one_line_per_record: bool,
     deadline: float,
 ) -> str:
-    """Predictions (and embeddings, attributions) of `frame`, encoded as `fmt` asks."""
-    rows = len(frame)
+    """Predictions (and embeddings, attributions) of the records, encoded as `fmt` asks."""
+    frame, rows = records.frame, len(records.frame)
     predictions = predictor.predict(frame, deadline) if rows else np.empty(0)
     embeddings = predictor.embed(frame, deadline=deadline) if fmt.embeddings and rows else None
     attributions = predictor.explain(frame, deadline) if fmt.explain and rows else None
-    return codecs.encode(
-        predictions, predictor, fmt, one_line_per_record, blank, embeddings, attributions
-    )
+    answer = codecs.Answer(predictions, records.blank, embeddings, attributions)
+    return codecs.encode(answer, predictor, fmt, one_line_per_record)

@@ -32,6 +32,7 @@ import json
 import logging
 import math
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,9 +50,7 @@ from tabtransformer.preprocessing import MAX_TRAINING_MAGNITUDE
 
 log = logging.getLogger(__name__)
 JSONLINES = "application/jsonlines"
-DECODABLE = (content_types.CSV, content_types.JSON, JSONLINES, "application/x-jsonlines")
-LINE_RECORDS = (content_types.CSV, JSONLINES, "application/x-jsonlines")
-ENCODABLE = (content_types.JSON, content_types.CSV, JSONLINES)
+ALIASES = {"application/x-jsonlines": JSONLINES}  # another name for the same type
 VERBOSE, EMBEDDINGS, EXPLAIN = "verbose", "embeddings", "explain"
 EMBEDDING_DECIMALS = 6
 BYTES_PER_EMBEDDING_VALUE = 12  # "-0.123456, " in JSON
@@ -83,21 +82,22 @@ def decode(
 ) -> Records:
     """Parse a request body into a frame of the model's feature columns."""
     kind, _ = media_type(content_type)
-    if kind not in DECODABLE:
+    kind = ALIASES.get(kind, kind)
+    if kind not in DECODERS:
         raise GenericInferenceToolkitError(
             415,
-            f"Content-Type {content_type!r} is not supported; send one of "
-            f"{', '.join(DECODABLE[:3])}.",
+            f"Content-Type {content_type!r} is not supported; send one of {', '.join(DECODABLE)}.",
         )
     if not body or not (one_line_per_record or body.strip()):
         raise UserError("The request body is empty: send at least one row of features.")
+    parse = DECODERS[kind]
     if one_line_per_record and kind in LINE_RECORDS:
         lines = body.split(b"\n")
         if lines[-1] == b"":
             lines.pop()  # the last record's terminator
         blank = np.array([not line.strip() for line in lines], dtype=bool)
         present = [line for line, empty in zip(lines, blank, strict=True) if not empty]
-        frame = _parse(b"\n".join(present), kind, predictor) if present else _empty(predictor)
+        frame = parse(b"\n".join(present), predictor) if present else _empty(predictor)
         if len(frame) != len(present):
             raise UserError(
                 f"The body has {len(present)} non-blank lines but {len(frame)} rows: in batch "
@@ -106,25 +106,48 @@ def decode(
         frame.index = pd.Index(np.flatnonzero(~blank) + 1, name="row")
         records = Records(frame, blank)
     else:
-        frame = _parse(body, kind, predictor)
+        frame = parse(body, predictor)
         frame.index = pd.RangeIndex(1, len(frame) + 1, name="row")
         records = Records(frame)
     _reject_non_finite(records.frame, predictor)
     return records
 
 
-def _parse(body: bytes, kind: str, predictor: Predictor) -> pd.DataFrame:
+def csv_rows(body: bytes, predictor: Predictor) -> pd.DataFrame:
+    """A CSV body (UTF-8, no header) as a frame of the model's columns."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"The body is not UTF-8 text (byte {e.start}): send UTF-8.") from None
     names = predictor.feature_names
-    if kind == content_types.CSV:
-        try:
-            body.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"The body is not UTF-8 text (byte {e.start}): send UTF-8.") from None
-        return parse_csv(pa.BufferReader(body), names, 0, locate=lambda line: f"row {line}")
-    rows = _json_instances(body) if kind == content_types.JSON else _jsonlines_instances(body)
+    return parse_csv(pa.BufferReader(body), names, 0, locate=lambda line: f"row {line}")
+
+
+def json_rows(body: bytes, predictor: Predictor) -> pd.DataFrame:
+    """A JSON body ({"instances": [...]} or a list of rows) as a frame."""
+    return _frame_from_json(_json_instances(body), body, predictor)
+
+
+def jsonlines_rows(body: bytes, predictor: Predictor) -> pd.DataFrame:
+    """A JSON Lines body (one row per line) as a frame."""
+    return _frame_from_json(_jsonlines_instances(body), body, predictor)
+
+
+def _frame_from_json(rows: list[Any], body: bytes, predictor: Predictor) -> pd.DataFrame:
     if SURROGATE_ESCAPE.search(body):
         _reject_surrogates(rows)
     return _frame_from_instances(rows, predictor)
+
+
+# Request content types: the decoder of each, and those whose lines are records in batch
+# transform (a JSON body is one document).
+DECODERS: dict[str, Callable[[bytes, Predictor], pd.DataFrame]] = {
+    content_types.CSV: csv_rows,
+    content_types.JSON: json_rows,
+    JSONLINES: jsonlines_rows,
+}
+DECODABLE = tuple(DECODERS)
+LINE_RECORDS = (content_types.CSV, JSONLINES)
 
 
 def _empty(predictor: Predictor) -> pd.DataFrame:
@@ -319,8 +342,7 @@ def negotiate(accept: str | None, default: str) -> ResponseFormat:
         params.discard("q")
         if kind in (content_types.ANY, "application/*", ""):
             kind, params = media_type(default)
-        if kind == "application/x-jsonlines":
-            kind = JSONLINES
+        kind = ALIASES.get(kind, kind)
         if kind == content_types.CSV and params & {EMBEDDINGS, EXPLAIN}:
             raise GenericInferenceToolkitError(
                 406,
@@ -362,56 +384,94 @@ def check_answer_size(fmt: ResponseFormat, rows: int, predictor: Predictor, limi
         )
 
 
+@dataclass
+class Answer:
+    """What a request is answered: predictions and, when asked, embeddings and
+    attributions; `blank` marks the batch records that get a placeholder line."""
+
+    predictions: np.ndarray
+    blank: np.ndarray | None = None
+    embeddings: Embeddings | None = None
+    attributions: Attributions | None = None
+
+
+@dataclass
+class Prepared:
+    """An answer ready to write: per row its strict-JSON values and (classification) its
+    label, and per key what each row's answer gains."""
+
+    values: list[Any]
+    labels: list[Any] | None  # None: regression
+    extras: dict[str, Any]
+    blank: np.ndarray | None
+    fmt: ResponseFormat
+    classes: list[Any] | None
+
+
 def encode(
-    predictions: np.ndarray,
-    predictor: Predictor,
-    fmt: ResponseFormat,
-    one_line_per_record: bool,
-    blank: np.ndarray | None = None,
-    embeddings: Embeddings | None = None,
-    attributions: Attributions | None = None,
+    answer: Answer, predictor: Predictor, fmt: ResponseFormat, one_line_per_record: bool
 ) -> str:
-    """Serialise predictions; `one_line_per_record` (batch transform) turns JSON into lines,
-    and `blank` marks the records that get a placeholder line instead of a prediction.
-    `embeddings` and `attributions` (JSON and JSON Lines only) go beside the predictions."""
+    """Serialise an answer as `fmt` asks; `one_line_per_record` (batch transform) turns
+    JSON into JSON Lines. Embeddings and attributions go beside the predictions."""
+    predictions = answer.predictions
     classify = predictor.task != "regression"
-    kind = (
-        JSONLINES
-        if one_line_per_record and fmt.content_type == content_types.JSON
-        else (fmt.content_type)
-    )
     finite = np.isfinite(predictions)
     finite = finite.all(axis=1) if finite.ndim > 1 else finite
     if not finite.all():
         log.warning("%d prediction(s) are not finite numbers: answered null", (~finite).sum())
     values = [v if ok else None for v, ok in zip(predictions.tolist(), finite, strict=True)]
     labels = _labels(predictions, finite, predictor) if classify else None
-    if kind == content_types.CSV:
-        pattern = "{:.6g}" if classify else "{:.8g}"
-        lines = [
-            "" if v is None else ",".join(map(pattern.format, np.atleast_1d(v))) for v in values
+    extras = _extras(answer.embeddings, answer.attributions)
+    if answer.embeddings is not None:
+        extras["columns"] = answer.embeddings.columns  # the token columns, for every row
+    prepared = Prepared(values, labels, extras, answer.blank, fmt, predictor.classes)
+    return ENCODERS[response_content_type(fmt, one_line_per_record)](prepared)
+
+
+def csv_body(answer: Prepared) -> str:
+    """One line per row: probabilities, or the prediction (empty: not a finite number)."""
+    pattern = "{:.6g}" if answer.labels is not None else "{:.8g}"
+    lines = [
+        "" if v is None else ",".join(map(pattern.format, np.atleast_1d(v))) for v in answer.values
+    ]
+    return "".join(line + "\n" for line in _with_blanks(lines, answer.blank, ""))
+
+
+def jsonlines_body(answer: Prepared) -> str:
+    """One object per row, with its label (classification) and extras."""
+    if answer.labels is not None:
+        objects = [
+            {"probabilities": p, "predicted_label": label}
+            for p, label in zip(answer.values, answer.labels, strict=True)
         ]
-        return "".join(line + "\n" for line in _with_blanks(lines, blank, ""))
-    extras = _extras(embeddings, attributions)
-    if embeddings is not None:
-        extras["columns"] = embeddings.columns  # the token columns, the same for every row
-    if kind == JSONLINES:
-        if classify:
-            objects = [
-                {"probabilities": p, "predicted_label": label}
-                for p, label in zip(values, labels, strict=True)
-            ]
-        else:
-            objects = [{"prediction": v} for v in values]
-        for i, line in enumerate(objects):
-            line.update({k: v if k == "columns" else v[i] for k, v in extras.items()})
-        lines = [_dumps(o) for o in objects]
-        return "".join(line + "\n" for line in _with_blanks(lines, blank, _dumps(BLANK_RECORD)))
-    body: dict[str, Any] = {"probabilities": values} if classify else {"prediction": values}
-    if classify and fmt.verbose:
-        body["predicted_label"] = labels
-        body["labels"] = predictor.classes
-    return _dumps({**body, **extras})
+    else:
+        objects = [{"prediction": v} for v in answer.values]
+    for i, line in enumerate(objects):
+        line.update({k: v if k == "columns" else v[i] for k, v in answer.extras.items()})
+    lines = [_dumps(o) for o in objects]
+    return "".join(line + "\n" for line in _with_blanks(lines, answer.blank, _dumps(BLANK_RECORD)))
+
+
+def json_body(answer: Prepared) -> str:
+    """One object of lists; `;verbose` adds labels."""
+    classify = answer.labels is not None
+    body: dict[str, Any] = (
+        {"probabilities": answer.values} if classify else {"prediction": answer.values}
+    )
+    if classify and answer.fmt.verbose:
+        body["predicted_label"] = answer.labels
+        body["labels"] = answer.classes
+    return _dumps({**body, **answer.extras})
+
+
+# Response content types and their writers (the first is what a '*/*' client is offered
+# when no default is set).
+ENCODERS: dict[str, Callable[[Prepared], str]] = {
+    content_types.JSON: json_body,
+    content_types.CSV: csv_body,
+    JSONLINES: jsonlines_body,
+}
+ENCODABLE = tuple(ENCODERS)
 
 
 def _extras(embeddings: Embeddings | None, attributions: Attributions | None) -> dict[str, Any]:
