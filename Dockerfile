@@ -57,6 +57,18 @@ ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
+# The unprivileged user the model server's workers run as (SERVING_USER in
+# src/tabtransformer/serving/server.py): a system user and group, no login shell, no home,
+# fixed IDs (999 is free in both Debian bookworm and the Ubuntu 24.04 CUDA base; a base that
+# holds it fails here, loudly: pass another SERVING_UID).
+# No USER instruction, on purpose: SageMaker starts the container as root, and `train` must
+# write the /opt/ml mounts (model, output, checkpoints) that SageMaker provides as root.
+# `serve` drops privileges itself: started as root, gunicorn binds the port and runs its
+# workers (the code that reads requests) as model-server.
+ARG SERVING_UID=999
+RUN groupadd --system --gid "${SERVING_UID}" model-server \
+    && useradd --system --no-log-init --uid "${SERVING_UID}" --gid model-server \
+        --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin model-server
 COPY --from=build /opt/venv /opt/venv
 # /opt/program (SageMaker's place for a container's own programs) holds only the project's
 # `train` and `serve` and comes first on PATH: sagemaker-training installs a console script

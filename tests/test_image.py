@@ -31,6 +31,8 @@ RUN_TIMEOUT_S = 600
 PORT = 8137  # not the default 8080: the server must take it from SAGEMAKER_BIND_TO_PORT
 SERVE_ENV = {"SAGEMAKER_BIND_TO_PORT": str(PORT), "SAGEMAKER_MODEL_SERVER_WORKERS": "1"}
 NOBODY = "65534:65534"
+SERVING_USER = "model-server"  # created by the Dockerfile; serve's workers run as it
+SERVING_UID = "999"
 OPT_ML_PROBE = ["sh", "-c", "if [ -e /opt/ml ]; then ls -lA /opt/ml; else echo absent; fi"]
 
 
@@ -105,6 +107,44 @@ class Server:
 
     def output(self) -> str:
         raise NotImplementedError
+
+    def processes(self) -> dict[int, dict]:
+        """The `serve` processes (gunicorn's master and workers): pid -> PROCESSES' entry."""
+        raise NotImplementedError
+
+    def master_and_workers(self) -> tuple[dict, list[dict]]:
+        """The one serve process whose parent is not one (the master), and its children."""
+        serving = self.processes()
+        masters = [p for p in serving.values() if p["ppid"] not in serving]
+        assert len(masters) == 1, f"expected one serve master, found {serving}"
+        workers = [p for p in serving.values() if p["ppid"] == masters[0]["pid"]]
+        return masters[0], workers
+
+
+# Lists the processes running /opt/program/serve (all of /proc, or the pids given) with
+# their parent and the Uid, Gid and Groups lines of /proc/PID/status: prints JSON.
+PROCESSES = """
+import json, os, sys
+found = {}
+for pid in sys.argv[1:] or [p for p in os.listdir("/proc") if p.isdigit()]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read().split(b"\\0")
+        with open(f"/proc/{pid}/status") as f:
+            status = dict(line.rstrip("\\n").split(":", 1) for line in f if ":" in line)
+    except OSError:
+        continue
+    # buildah's own helper has the command among its arguments: not it, python's.
+    if len(cmdline) > 1 and b"python" in cmdline[0] and cmdline[1] == b"/opt/program/serve":
+        found[int(pid)] = {"pid": int(pid), "ppid": int(status["PPid"]),
+                           "uid": status["Uid"].split(), "gid": status["Gid"].split(),
+                           "groups": status.get("Groups", "").split()}
+print(json.dumps(found))
+"""
+
+
+def parse_processes(printed: str) -> dict[int, dict]:
+    return {int(pid): entry for pid, entry in json.loads(printed).items()}
 
 
 # An HTTP client run inside the server's network namespace: prints [status, body].
@@ -190,27 +230,19 @@ class NamespacedServer(Server):
         status, text = json.loads(result.stdout)
         return status, text
 
-    def serve_master(self) -> int:
-        """The gunicorn master in the namespace (the process `docker stop` would signal)."""
+    def processes(self) -> dict[int, dict]:
+        """Read from this machine's /proc: chroot isolation shares its pids and user IDs."""
         pids = subprocess.run(
             ["ip", "netns", "pids", self.namespace], capture_output=True, text=True
         ).stdout.split()
-        serving = {}
-        for pid in pids:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-                parent = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            # buildah's own helper has the command among its arguments: not it, python's.
-            if len(cmdline) > 1 and b"python" in cmdline[0] and cmdline[1] == b"/opt/program/serve":
-                serving[int(pid)] = parent
-        masters = [pid for pid, parent in serving.items() if parent not in serving]
-        assert len(masters) == 1, f"expected one serve master in the namespace, found {serving}"
-        return masters[0]
+        if not pids:
+            return {}
+        scan = [sys.executable, "-c", PROCESSES, *pids]
+        return parse_processes(subprocess.run(scan, capture_output=True, text=True).stdout)
 
     def sigterm(self, timeout=120) -> int:
-        os.kill(self.serve_master(), signal.SIGTERM)
+        # The gunicorn master in the namespace (the process `docker stop` would signal).
+        os.kill(self.master_and_workers()[0]["pid"], signal.SIGTERM)
         return self.process.wait(timeout=timeout)
 
     def exited(self) -> bool:
@@ -287,6 +319,11 @@ class DockerServer(Server):
         )  # fmt: skip
         status, text = json.loads(result.stdout)
         return status, text
+
+    def processes(self) -> dict[int, dict]:
+        """Read inside the container (its own pid namespace)."""
+        scan = ["docker", "exec", self.container, "python3", "-c", PROCESSES]
+        return parse_processes(subprocess.run(scan, capture_output=True, text=True).stdout)
 
     def sigterm(self, timeout=120) -> int:
         subprocess.run(["docker", "kill", "--signal", "TERM", self.container], check=True)
@@ -437,9 +474,54 @@ def test_image_serve_answers_ping_and_invocations_and_stops_on_sigterm(engine, t
         server.close()
 
 
+def test_image_serve_runs_its_workers_as_the_unprivileged_user(engine, trained, tmp_path):
+    """SageMaker starts `serve` as root: the master may stay root (it binds the port), the
+    workers, which read the requests, run as model-server. The model here is readable by
+    root only (a model.tar.gz may unpack so): the server then serves a copy the workers read."""
+    job, _ = trained
+    ids = engine.run(["id", SERVING_USER])
+    assert ids.stdout.split()[:2] == [
+        f"uid={SERVING_UID}({SERVING_USER})",
+        f"gid={SERVING_UID}({SERVING_USER})",
+    ], ids.stdout + ids.stderr
+    login = engine.run(["getent", "passwd", SERVING_USER]).stdout.strip()
+    assert login.endswith(":/usr/sbin/nologin"), login
+    opt_ml = tmp_path / "opt_ml"
+    shutil.copytree(job.model, opt_ml / "model")
+    for path in [opt_ml / "model", *(opt_ml / "model").rglob("*")]:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    server = engine.start_server(opt_ml, {**SERVE_ENV, "SAGEMAKER_MODEL_SERVER_WORKERS": "2"})
+    try:
+        server.wait_until_pinged()
+        deadline = time.monotonic() + 60
+        while True:  # both workers forked and past gunicorn's switch of user
+            master, workers = server.master_and_workers()
+            switched = [w for w in workers if w["uid"] == [SERVING_UID] * 4]
+            if len(switched) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        print(f"\nserve master {master}\nserve workers {workers}")
+        assert len(workers) == 2, (master, workers)
+        for worker in workers:  # real, effective, saved and filesystem IDs
+            assert worker["uid"] == [SERVING_UID] * 4, worker
+            assert worker["gid"] == [SERVING_UID] * 4, worker
+        assert "serving a copy" in server.output(), server.output()
+        assert server.request("GET", "/ping")[0] == 200
+        csv = make_table("binary").drop(columns="label").head(4).to_csv(header=False, index=False)
+        status, body = server.request("POST", "/invocations", csv, {"Content-Type": "text/csv"})
+        assert status == 200, body
+        assert len(json.loads(body)["probabilities"]) == 4
+        assert server.sigterm() == 0, server.output()  # the root master stops its workers
+    finally:
+        server.close()
+
+
 def test_image_runs_as_sagemaker_requires(engine: Engine):
     config = engine.config()
     assert not config.get("Entrypoint"), config.get("Entrypoint")  # `IMAGE train` runs train
+    # No USER: SageMaker runs training as root, which writes the /opt/ml mounts.
+    assert not config.get("User"), config.get("User")
+    assert engine.run(["id", "-u"]).stdout.strip() == "0"
     assert config["Labels"]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
     assert "8080/tcp" in config.get("ExposedPorts", {})
     path = next(e for e in config["Env"] if e.startswith("PATH="))
