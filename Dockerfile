@@ -59,8 +59,9 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 # The unprivileged user the model server's workers run as (SERVING_USER in
 # src/tabtransformer/serving/server.py): a system user and group, no login shell, no home,
-# fixed IDs (999 is free in both Debian bookworm and the Ubuntu 24.04 CUDA base; a base that
-# holds it fails here, loudly: pass another SERVING_UID).
+# fixed IDs (999: free in the debootstrapped Debian bookworm base and in stock Ubuntu 24.04,
+# which the CUDA base is built on; a base that holds it fails here, loudly: pass another
+# SERVING_UID).
 # No USER instruction, on purpose: SageMaker starts the container as root, and `train` must
 # write the /opt/ml mounts (model, output, checkpoints) that SageMaker provides as root.
 # `serve` drops privileges itself: started as root, gunicorn binds the port and runs its
