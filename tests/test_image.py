@@ -505,6 +505,7 @@ def test_image_serve_runs_its_workers_as_the_unprivileged_user(engine, trained, 
         for worker in workers:  # real, effective, saved and filesystem IDs
             assert worker["uid"] == [SERVING_UID] * 4, worker
             assert worker["gid"] == [SERVING_UID] * 4, worker
+            assert worker["groups"] == [], worker  # root's supplementary groups dropped
         assert "serving a copy" in server.output(), server.output()
         assert server.request("GET", "/ping")[0] == 200
         csv = make_table("binary").drop(columns="label").head(4).to_csv(header=False, index=False)

@@ -111,8 +111,12 @@ def stop_if_asked_while_booting(arbiter: Any, worker: Any) -> None:
     """Right after the fork: a SIGTERM that reaches a worker before gunicorn installs its
     own handlers (the gevent worker patches for a second or so first) would run the
     master's inherited handler and be lost, and the worker would then hold shutdown for
-    the whole graceful timeout. Here it makes the worker stop as soon as it is up."""
+    the whole graceful timeout. Here it makes the worker stop as soon as it is up. A worker
+    about to run as another user also drops root's supplementary groups (gunicorn sets the
+    user and group only)."""
     signal.signal(signal.SIGTERM, lambda *_: setattr(worker, "alive", False))
+    if os.geteuid() == 0 and worker.cfg.uid != 0:
+        os.setgroups([])
 
 
 class BodyDeadline:
