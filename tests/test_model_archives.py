@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import Server
-from local_server import SERVE_ENTRY, free_port
+from conftest import SERVE_ENTRY, Server, free_port
 
 from tabtransformer import artifacts
 from tabtransformer.artifacts import load_model, read_artifact, validate_artifact

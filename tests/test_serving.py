@@ -17,8 +17,7 @@ import pandas as pd
 import pytest
 import requests
 import torch
-from conftest import FAST, Job, Server, make_table
-from local_server import SERVE_ENTRY, free_port
+from conftest import FAST, SERVE_ENTRY, Job, Server, free_port, make_table
 from safetensors.torch import load_file, save_file
 
 from tabtransformer import load_model

@@ -15,10 +15,9 @@ import time
 
 import pytest
 import requests
-from conftest import FAST, Job, Server, make_table
+from conftest import FAST, SERVE_ENTRY, Job, Server, free_port, make_table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from local_server import SERVE_ENTRY, free_port
 
 from tabtransformer import load_model
 from tabtransformer.errors import UserError

@@ -1,12 +1,15 @@
 """Command line: `tabtransformer train | serve | hyperparameters | metric-definitions`."""
 
+# Nothing heavy at module level (torch, numpy, pandas, pyarrow, flask, gunicorn): `--help`,
+# `hyperparameters` and `metric-definitions` must answer at once; each subcommand imports
+# what it needs.
+
 from __future__ import annotations
 
 import argparse
 import gc
 import json
 import logging
-import multiprocessing
 import os
 import signal
 import sys
@@ -14,7 +17,6 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tabtransformer import hyperparameters, metrics
 from tabtransformer.errors import USER_ERROR_EXIT_CODE, UserError, failure_reason, write_failure
 from tabtransformer.paths import SageMakerPaths
 
@@ -71,6 +73,8 @@ def train_host(paths: SageMakerPaths, cluster: Cluster, scratch: Path) -> int:
     # context yet): the processes share the imported modules' pages instead of each
     # importing torch again (about 270 MB per process). gc.freeze keeps the collector
     # from touching, and so copying, those pages.
+    import multiprocessing
+
     from tabtransformer import job  # noqa: F401  (imports torch)
 
     gc.freeze()
@@ -161,11 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "serve":
         return serve()
     if args.command == "hyperparameters":
+        from tabtransformer import hyperparameters
+
         if args.markdown:
             print(hyperparameters.markdown_table())
         else:
             print(json.dumps({k: str(v) for k, v in hyperparameters.defaults().items()}, indent=2))
         return 0
+    from tabtransformer import metrics
+
     print(json.dumps(metrics.metric_definitions(args.task), indent=2))
     return 0
 
