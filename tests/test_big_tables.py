@@ -18,19 +18,18 @@ import torch
 from conftest import FAST, Job, free_port, make_table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference_readers import read_labelled
 from sklearn.model_selection import train_test_split
 from test_distributed import start
 from test_input_robustness import csv_tables, write_csv
 
 from tabtransformer import load_model, streaming
-from tabtransformer import statistics as statistics_module
-from tabtransformer.channels import read_labelled
+from tabtransformer import table_statistics as statistics_module
 from tabtransformer.distributed import World
 from tabtransformer.errors import UserError
 from tabtransformer.host_store import HostStore, MappedRows, code_dtype
 from tabtransformer.paths import SageMakerPaths
-from tabtransformer.preprocessing import TablePreprocessor
-from tabtransformer.statistics import SAMPLE_SIZE, NumberSample
+from tabtransformer.preprocessing import SAMPLE_SIZE, NumberSample, TablePreprocessor
 from tabtransformer.streaming import labelled_channel
 from tabtransformer.tables import (
     TableSettings,

@@ -24,9 +24,9 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference_readers import read_labelled
 
 from tabtransformer import hyperparameters
-from tabtransformer.channels import read_labelled
 from tabtransformer.errors import UserError
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 

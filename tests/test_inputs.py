@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import FAST, Job, make_table
+from reference_readers import read_labelled
 
 from tabtransformer import hyperparameters
 from tabtransformer.artifacts import read_artifact
-from tabtransformer.channels import read_labelled
 from tabtransformer.errors import USER_ERROR_EXIT_CODE, UserError
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder, to_numbers
 

@@ -23,10 +23,10 @@ import pytest
 from conftest import FAST, Job, free_port, make_table
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from reference_readers import read_labelled
 from test_distributed import start
 
 from tabtransformer import streaming
-from tabtransformer.channels import read_labelled
 from tabtransformer.distributed import World
 from tabtransformer.errors import USER_ERROR_EXIT_CODE, UserError
 from tabtransformer.host_store import HostStore

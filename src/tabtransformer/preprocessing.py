@@ -11,13 +11,20 @@ missing numbers stay NaN for the model's learned missing embedding instead, and 
 column also stores `bin_edges`: up to `numeric_bins` + 1 quantile edges of its N(0, 1)
 scores on the training rows (the piecewise-linear encoding's bins, and the bin an MLM
 target can name).
+
+A column's transform is fitted from its statistics (`ColumnStatistics`): its category
+tokens counted exactly, and a seeded reservoir sample of SAMPLE_SIZE present numbers
+(every number while a column has no more: then the fit is exact). `TablePreprocessor.fit`
+gathers them over one frame; `table_statistics` gathers them chunk by chunk and merges
+them across channels and hosts, then fits with `TablePreprocessor.from_statistics`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,6 +47,9 @@ TASKS = ("binary", "multiclass", "regression")
 MAX_TRAINING_MAGNITUDE = 1e150
 MAX_BINNING_ROWS = 1_000_000  # bin edges come from an evenly spaced subsample beyond this
 FALLBACK_BIN_EDGES = [-1.0, 0.0, 1.0]  # a column with too few distinct values for quantiles
+SAMPLE_SIZE = 100_000  # present numbers kept per numeric column for quantiles and bins
+MAX_NUMERIC_TOKENS = 100_000  # distinct tokens counted while a column may be numeric
+SAMPLE_SEED = 0
 
 
 def where(label: Any) -> str:
@@ -57,23 +67,23 @@ def to_numbers(values: pd.Series, column: str, limit: float = math.inf) -> np.nd
     """
     if pd.api.types.is_bool_dtype(values.dtype):
         return values.astype("float64").to_numpy()
-    numbers = _parse_numbers(values)
+    numbers = parse_numbers(values)
     bad = (numbers.isna() & values.notna()).to_numpy()
     if bad.any():
-        raise _bad_number(
+        raise bad_number(
             values, bad, column, f"is not a number, and '{column}' is a numeric column"
         )
     x = numbers.to_numpy(dtype="float64")
     out_of_range = np.isinf(x) | (np.abs(x) > limit)  # NaN (missing) compares False
     if out_of_range.any():
         bound = f" and at most {limit:g} in magnitude" if math.isfinite(limit) else ""
-        raise _bad_number(
+        raise bad_number(
             values, out_of_range, column, f"is out of range: numbers must be finite{bound}"
         )
     return x
 
 
-def _parse_numbers(values: pd.Series) -> pd.Series:
+def parse_numbers(values: pd.Series) -> pd.Series:
     """pd.to_numeric, tolerating what it cannot take (ints beyond float range: infinite)."""
     try:
         return pd.to_numeric(values, errors="coerce")
@@ -90,7 +100,7 @@ def _to_float(value: Any) -> float:
         return math.nan
 
 
-def _bad_number(values: pd.Series, bad: np.ndarray, column: str, problem: str) -> UserError:
+def bad_number(values: pd.Series, bad: np.ndarray, column: str, problem: str) -> UserError:
     first = int(bad.argmax())
     shown = repr(values.iloc[first])
     if len(shown) > 60:
@@ -126,13 +136,13 @@ def _token(value: Any) -> str:
     return str(value).strip()
 
 
-def _is_numeric_column(values: pd.Series) -> bool:
+def is_numeric_column(values: pd.Series) -> bool:
     if pd.api.types.is_bool_dtype(values.dtype):
         return False
     if pd.api.types.is_numeric_dtype(values.dtype):
         return True
     present = values.dropna()
-    return bool(_parse_numbers(present).notna().all())
+    return bool(parse_numbers(present).notna().all())
 
 
 @dataclass
@@ -198,6 +208,164 @@ def bin_codes(z: np.ndarray, n_bins: int) -> np.ndarray:
 
 
 @dataclass
+class NumberSample:
+    """A uniform reservoir sample (algorithm R, seeded) of a column's present numbers."""
+
+    values: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    seen: int = 0
+
+    def add(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        room = max(0, SAMPLE_SIZE - len(self.values))
+        if room:
+            self.values = np.concatenate([self.values, x[:room]])
+        rest = x[room:]
+        if len(rest):
+            positions = self.seen + room + np.arange(len(rest))
+            slots = rng.integers(0, positions + 1)
+            keep = slots < SAMPLE_SIZE
+            # the last value drawn into a slot wins, as a sequential reservoir would
+            slot, value = slots[keep][::-1], rest[keep][::-1]
+            slot, first = np.unique(slot, return_index=True)
+            self.values[slot] = value[first]
+        self.seen += len(x)
+
+    def merged(self, other: NumberSample, rng: np.random.Generator) -> NumberSample:
+        """The union when both hold every number and it fits; else a sample drawn from each
+        in proportion to the numbers it stands for."""
+        seen = self.seen + other.seen
+        if seen <= SAMPLE_SIZE:
+            return NumberSample(np.concatenate([self.values, other.values]), seen)
+        take = round(SAMPLE_SIZE * self.seen / seen)
+        take = min(take, len(self.values))
+        rest = min(SAMPLE_SIZE - take, len(other.values))
+        values = np.concatenate(
+            [
+                rng.choice(self.values, take, replace=False),
+                rng.choice(other.values, rest, replace=False),
+            ]
+        )
+        return NumberSample(values, seen)
+
+
+def beyond_training_range(values: pd.Series, bad: np.ndarray, column: str) -> UserError:
+    """The error `to_numbers` gives in training for the `bad` values, kept to raise later
+    (when the column turns out numeric)."""
+    return bad_number(
+        values,
+        bad,
+        column,
+        f"is out of range: numbers must be finite and at most {MAX_TRAINING_MAGNITUDE:g} "
+        "in magnitude",
+    )
+
+
+@dataclass
+class ColumnStatistics:
+    """One column's counts (None: dropped past MAX_NUMERIC_TOKENS) and number sample."""
+
+    name: str
+    kind: str  # "auto" (numeric until a value is not), "categorical" or "numeric"
+    numeric: bool = True
+    counts: Counter | None = field(default_factory=Counter)
+    sample: NumberSample = field(default_factory=NumberSample)
+    n_missing: int = 0
+    out_of_range: UserError | None = None
+
+    def update(self, values: pd.Series, rng: np.random.Generator) -> None:
+        if self.kind == "numeric":
+            x = to_numbers(values, self.name, MAX_TRAINING_MAGNITUDE)
+            self._add_numbers(x, rng)
+            return
+        if self.kind == "auto" and self.numeric and not is_numeric_column(values):
+            self.numeric = False
+        if self.kind == "auto" and self.numeric:
+            x = parse_numbers(values).to_numpy(dtype="float64")
+            bad = np.isinf(x) | (np.abs(x) > MAX_TRAINING_MAGNITUDE)
+            if bad.any() and self.out_of_range is None:
+                self.out_of_range = beyond_training_range(values, bad, self.name)
+            self._add_numbers(np.where(bad, np.nan, x), rng)
+        self._count(values)
+
+    def _add_numbers(self, x: np.ndarray, rng: np.random.Generator) -> None:
+        present = x[~np.isnan(x)]
+        self.n_missing += len(x) - len(present)
+        self.sample.add(present, rng)
+
+    def _count(self, values: pd.Series) -> None:
+        if self.counts is None:
+            return
+        self.counts.update(to_tokens(values).value_counts(dropna=True).to_dict())
+        if self.kind == "auto" and self.numeric and len(self.counts) > MAX_NUMERIC_TOKENS:
+            self.counts = None
+
+    def merged(self, other: ColumnStatistics, rng: np.random.Generator) -> ColumnStatistics:
+        counts = None
+        if self.counts is not None and other.counts is not None:
+            counts = self.counts + other.counts
+        return ColumnStatistics(
+            self.name,
+            self.kind,
+            self.numeric and other.numeric,
+            counts,
+            self.sample.merged(other.sample, rng),
+            self.n_missing + other.n_missing,
+            self.out_of_range or other.out_of_range,
+        )
+
+    @property
+    def categorical(self) -> bool:
+        return self.kind == "categorical" or (self.kind == "auto" and not self.numeric)
+
+    def vocabulary(self) -> CategoricalColumn:
+        ordered = sorted(self.counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return CategoricalColumn(self.name, [str(k) for k, _ in ordered])
+
+    def quantile_map(self, numeric_bins: int) -> NumericColumn:
+        if self.out_of_range is not None:
+            raise self.out_of_range
+        present = self.sample.values
+        median = float(np.median(present)) if len(present) else 0.0
+        if self.n_missing and not numeric_bins:
+            log.info(
+                "column '%s': %d missing value(s) imputed with the median %g",
+                self.name,
+                self.n_missing,
+                median,
+            )
+        n_q = min(MAX_QUANTILES, len(present))
+        quantiles = np.quantile(present, np.linspace(0, 1, n_q)) if n_q else []
+        column = NumericColumn(self.name, [float(v) for v in quantiles], median)
+        if numeric_bins:
+            column.bin_edges = fit_bin_edges(column.normal(pd.Series(present)), numeric_bins)
+        return column
+
+
+def column_statistics(names: list[str], categorical: list[str] | None) -> list[ColumnStatistics]:
+    """Empty statistics of the columns `names`; `categorical` None: kinds from the values."""
+
+    def kind(name: str) -> str:
+        if categorical is None:
+            return "auto"
+        return "categorical" if name in categorical else "numeric"
+
+    return [ColumnStatistics(n, kind(n)) for n in names]
+
+
+def update_columns(columns: list[ColumnStatistics], chunk: pd.DataFrame, rows_before: int) -> None:
+    """Add a chunk's rows (its columns: those of `columns`, in order) to their statistics;
+    `rows_before`: the rows the statistics hold already (they seed the sampling)."""
+    rng = sample_rng(rows_before)
+    for column, name in zip(columns, chunk.columns, strict=True):
+        column.update(chunk[name], rng)
+
+
+def sample_rng(n_rows: int) -> np.random.Generator:
+    """The sampling generator of a chunk or merge: seeded by the rows seen before it, so
+    that a run is reproducible."""
+    return np.random.default_rng([SAMPLE_SEED, n_rows])
+
+
+@dataclass
 class TablePreprocessor:
     """Maps a feature table to (categorical codes, numeric floats) and back to a schema."""
 
@@ -216,12 +384,21 @@ class TablePreprocessor:
         numeric_bins: int = 0,
     ) -> TablePreprocessor:
         """Learn vocabularies, quantiles and (numeric_bins > 0) bin edges.
-        `categorical=None`: text columns are categorical. Numbers beyond
-        statistics.SAMPLE_SIZE per column are sampled (see `statistics`)."""
-        from tabtransformer.statistics import FeatureStatistics  # it builds on this module
+        `categorical=None`: text columns are categorical. Numbers beyond SAMPLE_SIZE per
+        column are sampled (see `ColumnStatistics`)."""
+        columns = column_statistics([str(c) for c in features.columns], categorical)
+        update_columns(columns, features, 0)
+        return cls.from_statistics(columns, continuous_bins, numeric_bins)
 
-        stats = FeatureStatistics.of(features, categorical)
-        return stats.preprocessor(continuous_bins, numeric_bins)
+    @classmethod
+    def from_statistics(
+        cls, columns: list[ColumnStatistics], continuous_bins: int = 0, numeric_bins: int = 0
+    ) -> TablePreprocessor:
+        """Fit vocabularies (from the counts), quantiles and (numeric_bins > 0) bin edges
+        (from the number samples) of the columns' statistics, in table order."""
+        cats = [c.vocabulary() for c in columns if c.categorical]
+        nums = [c.quantile_map(numeric_bins) for c in columns if not c.categorical]
+        return cls([c.name for c in columns], cats, nums, continuous_bins, numeric_bins)
 
     def transform(self, features: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
         """Encode a frame whose columns are `feature_names` into int64 codes and float32
@@ -337,7 +514,7 @@ class TargetEncoder:
                 "least 2 (and enough to hold some out for validation unless there is a "
                 "'validation' channel)."
             )
-        numeric = _is_numeric_column(target)
+        numeric = is_numeric_column(target)
         column = _column_name(target)
         if task == "auto":
             if numeric:
@@ -379,7 +556,7 @@ class TargetEncoder:
             x = to_numbers(target, _column_name(target), MAX_TRAINING_MAGNITUDE)
             return ((x - self.mean) / self.std).astype(np.float32)  # a fresh, writable array
         # Text classes take labels as text (a chunk of a text column may hold numbers only).
-        numeric = not isinstance(self.classes[0], str) and _is_numeric_column(target)
+        numeric = not isinstance(self.classes[0], str) and is_numeric_column(target)
         labels = pd.Series(_labels(target, numeric), index=target.index, dtype=object)
         index = {c: i for i, c in enumerate(self.classes)}
         codes = labels.map(index)

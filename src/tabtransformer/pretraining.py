@@ -37,12 +37,11 @@ from tabtransformer.distributed import wrap
 from tabtransformer.errors import UserError
 from tabtransformer.hardware import compiled
 from tabtransformer.inference import Encoded, autocast, eval_batch_rows
-from tabtransformer.loop import LoopSettings, run_epochs
+from tabtransformer.loop import LoopSettings, adamw, batches, optimizer_step, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
 from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
-from tabtransformer.training import adamw, batches, optimizer_step
 
 log = logging.getLogger(__name__)
 RESAMPLE_ROUNDS = 20

@@ -1,13 +1,14 @@
-"""Channel files read in chunks, never whole: the streamed reader of big tables.
+"""Channel files read in chunks, never whole: the reader of every table training reads.
 
 `labelled_channel` / `unlabeled_channel` open a channel as a `Channel`: where its target
-and features are, by the layouts `channels.read_labelled` and `read_unlabeled` accept.
-`ChannelFiles.open` lists a channel's files (the layouts of `channels`), reads their column
-names only, and checks that they share one layout. `chunks()` then yields pandas frames of
-at most CHUNK_ROWS rows, indexed by `(file, line)` like `channels.read_files`, for the
-columns asked for; CSV (optionally gzip) through pyarrow's streaming CSV reader, Parquet
-by record batches. Values are those `channels.read_files` gives (CSV cells as text,
-Parquet typed), and the errors name the file and line as its errors do.
+and features are, by the layouts `channels` describes. `ChannelFiles.open` lists a
+channel's files (`channels.channel_files`), reads their column names only, and checks that
+they share one layout. `chunks()` then yields pandas frames of at most CHUNK_ROWS rows,
+indexed by `(file, line)`, for the columns asked for; CSV (optionally gzip) through
+pyarrow's streaming CSV reader with the options of `formats.parse_csv`, Parquet by record
+batches. CSV cells come as text, Parquet typed (`formats.parquet_frame`), and the errors
+name the file and line. The tests read the same files whole (tests/reference_readers.py)
+and compare.
 """
 
 from __future__ import annotations
@@ -21,22 +22,21 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from tabtransformer.channels import (
-    GZIP_ERRORS,
-    GZIP_MAGIC,
-    MAX_ROW_BYTES,
-    PARQUET_MAGIC,
-    _check_flat,
-    _csv_advice,
-    _damaged_gzip,
-    _magic,
-    channel_files,
-    csv_columns,
-    headerless_names,
-    parquet_frame,
-    read_categorical_index,
-)
+from tabtransformer.channels import channel_files, headerless_names, read_categorical_index
 from tabtransformer.errors import UserError
+from tabtransformer.formats import (
+    GZIP_ERRORS,
+    check_flat,
+    csv_advice,
+    csv_columns,
+    csv_options,
+    damaged_gzip,
+    is_gzip,
+    is_parquet,
+    parquet_frame,
+    ragged_rows,
+    unreadable_parquet,
+)
 
 CHUNK_ROWS = 65536  # rows per chunk: bounds the pandas frames alive at one time
 
@@ -70,7 +70,7 @@ class ChannelFiles:
         indexed by (file name, line)."""
         wanted = list(columns if columns is not None else self.columns)
         for path in self.files:
-            if _magic(path, 4) == PARQUET_MAGIC:
+            if is_parquet(path):
                 yield from _parquet_chunks(path, self.header, self.columns, wanted)
             else:
                 yield from _csv_chunks(path, self.header, self.columns, wanted)
@@ -83,12 +83,12 @@ def _describe(layout: list[str], header: bool) -> str:
 def _file_columns(path: Path, header: bool) -> list[str]:
     """A file's column names (a header's, or "0", "1", ...), from its first record or
     Parquet schema."""
-    if _magic(path, 4) == PARQUET_MAGIC:
+    if is_parquet(path):
         try:
             schema = pq.read_schema(path)
         except (pa.ArrowException, OSError) as e:
-            raise UserError(f"Cannot read Parquet file {path}: {e}") from None
-        _check_flat(path, schema)
+            raise unreadable_parquet(path, e) from None
+        check_flat(path, schema)
         names = _parquet_columns(schema)
         return names if header else [str(i) for i in range(len(names))]
     return csv_columns(path, header)
@@ -124,39 +124,21 @@ def _parquet_chunks(
             yield _indexed(frame, path, line)
             line += len(frame)
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"Cannot read Parquet file {path}: {e}") from None
+        raise unreadable_parquet(path, e) from None
 
 
 def _csv_chunks(
     path: Path, header: bool, columns: list[str], wanted: list[str]
 ) -> Iterator[pd.DataFrame]:
     """CSV records as text; a record with another number of fields than the header (or
-    the first record) raises a UserError naming its line, as `channels.parse_csv` does."""
-    compression = "gzip" if _magic(path, 2) == GZIP_MAGIC else None
+    the first record) raises a UserError naming its line, as `formats.parse_csv` does."""
+    compression = "gzip" if is_gzip(path) else None
     bad_rows: list[pacsv.InvalidRow] = []
-
-    def on_invalid(row: pacsv.InvalidRow) -> str:
-        bad_rows.append(row)
-        return "skip"
-
     line = 2 if header else 1
     try:
         reader = pacsv.open_csv(
             pa.input_stream(str(path), compression=compression),
-            read_options=pacsv.ReadOptions(
-                column_names=columns,
-                skip_rows_after_names=1 if header else 0,
-                use_threads=False,
-                block_size=MAX_ROW_BYTES,
-            ),
-            parse_options=pacsv.ParseOptions(
-                invalid_row_handler=on_invalid, newlines_in_values=True
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={n: pa.string() for n in wanted},
-                strings_can_be_null=True,
-                include_columns=wanted,
-            ),
+            **csv_options(columns, 1 if header else 0, bad_rows, include=wanted),
         )
         for batch in reader:
             if bad_rows:
@@ -171,22 +153,16 @@ def _csv_chunks(
             raise _ragged(path, bad_rows, len(columns))
     except pa.ArrowException as e:
         if compression is not None and isinstance(e, GZIP_ERRORS):
-            raise _damaged_gzip(path, e) from None
-        raise UserError(f"File {path}, line ?: cannot parse the CSV: {_csv_advice(e)}") from None
+            raise damaged_gzip(path, e) from None
+        raise UserError(f"File {path}, line ?: cannot parse the CSV: {csv_advice(e)}") from None
     except GZIP_ERRORS as e:
         if compression is None:
             raise
-        raise _damaged_gzip(path, e) from None
+        raise damaged_gzip(path, e) from None
 
 
 def _ragged(path: Path, bad_rows: list[pacsv.InvalidRow], n_columns: int) -> UserError:
-    row = bad_rows[0]
-    number = row.number if row.number is not None else "?"
-    return UserError(
-        f"File {path}, line {number}: expected {row.expected_columns} columns but found "
-        f"{row.actual_columns} ({len(bad_rows)} such row(s)). Every row must have "
-        f"{n_columns} columns. Row text: {row.text[:200]!r}"
-    )
+    return ragged_rows(bad_rows, n_columns, lambda line: f"File {path}, line {line}")
 
 
 @dataclass(frozen=True)

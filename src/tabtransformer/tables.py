@@ -39,8 +39,8 @@ from tabtransformer.host_store import HostStore, MappedRows, code_dtype
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder, TooManyClasses
 from tabtransformer.settings import pick
-from tabtransformer.statistics import FeatureStatistics, TargetStatistics
 from tabtransformer.streaming import Channel, labelled_channel, unlabeled_channel
+from tabtransformer.table_statistics import FeatureStatistics, TargetStatistics
 
 log = logging.getLogger(__name__)
 SHARDED = "ShardedByS3Key"

@@ -14,7 +14,7 @@ outputs, times `semi_supervised_weight`, is added to the labelled loss.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,14 +28,13 @@ from tabtransformer.distributed import World, wrap
 from tabtransformer.errors import UserError
 from tabtransformer.hardware import compiled, gather, place
 from tabtransformer.inference import Encoded, autocast, predict_raw, to_prediction
-from tabtransformer.loop import LoopSettings, run_epochs
+from tabtransformer.loop import LoopSettings, adamw, batches, optimizer_step, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
 from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
 
 log = logging.getLogger(__name__)
-FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -101,52 +100,6 @@ def check_semi_supervised(mode: str, task: str, has_unlabeled: bool) -> None:
             f"semi_supervised={mode} learns from unlabeled rows, and this job has no "
             "'unlabeled' channel: add one (feature columns only) or set semi_supervised=none."
         )
-
-
-def batches(
-    n_rows: int,
-    batch_size: int,
-    generator: torch.Generator,
-    world: World | None = None,
-    device: torch.device | None = None,
-) -> list[torch.Tensor]:
-    """Shuffled row indexes, one tensor per batch (moved to `device` once per epoch, not
-    batch by batch); with several processes, this one's shard of the shared permutation
-    (every process gets as many batches)."""
-    order = torch.randperm(n_rows, generator=generator)
-    if world is not None:
-        order = world.shard(order)
-    if device is not None:
-        order = order.to(device)
-    return list(order.split(batch_size))
-
-
-def adamw(
-    params: Iterable[torch.nn.Parameter], phase: PhaseSettings, device: torch.device
-) -> torch.optim.AdamW:
-    """AdamW with the phase's learning rate and weight decay; fused (one kernel for all
-    parameters, a quarter of the time of the per-parameter loop) on CPUs and GPUs."""
-    return torch.optim.AdamW(
-        params,
-        lr=phase.learning_rate,
-        weight_decay=phase.weight_decay,
-        fused=device.type in FUSED_ADAMW_DEVICES or None,
-    )
-
-
-def optimizer_step(
-    optimizer: torch.optim.Optimizer, loss: torch.Tensor, grad_clip: float = 0.0
-) -> torch.Tensor:
-    """One gradient step on `loss` (its global gradient norm clipped to `grad_clip` when
-    > 0); returns it detached, where it was computed: reading it (`.item()`) would make
-    the host wait for the device every batch, so the loop sums it there instead."""
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip > 0:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    optimizer.step()
-    return loss.detach()
 
 
 def loss_fn(task: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:

@@ -43,8 +43,8 @@ from pyarrow import csv as pa_csv
 from sagemaker_inference import content_types
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
-from tabtransformer.channels import parse_csv
 from tabtransformer.errors import UserError
+from tabtransformer.formats import parse_csv
 from tabtransformer.inference import Attributions, Embeddings, Predictor
 from tabtransformer.preprocessing import MAX_TRAINING_MAGNITUDE
 
