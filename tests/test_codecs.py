@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO
 from sagemaker_inference.errors import GenericInferenceToolkitError
 
 from tabtransformer.errors import UserError
@@ -129,19 +125,6 @@ def test_encodings_of_regression_predictions():
         codecs.encode(codecs.Answer(y), regressor, codecs.ResponseFormat("text/csv"), False)
         == "1.5\n2.25\n"
     )
-
-
-def test_serving_imports_none_of_the_training_code():
-    code = (
-        "import sys, tabtransformer.serving.server; "
-        "print(sorted(m for m in sys.modules if m.startswith('tabtransformer')))"
-    )
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    loaded = out.stdout
-    assert "tabtransformer.inference" in loaded, out.stderr
-    for training_module in ("training", "checkpoints", "distributed", "loop", "pretraining"):
-        assert f"tabtransformer.{training_module}'" not in loaded
 
 
 @pytest.mark.parametrize(

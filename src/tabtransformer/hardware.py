@@ -78,10 +78,6 @@ class Compiled:
         except Exception as error:  # unsupported platform or Python: torch raises many kinds
             self._give_up(error)
 
-    @property
-    def is_compiled(self) -> bool:
-        return self.compiled is not None
-
     def _give_up(self, error: BaseException) -> None:
         self.compiled = None
         log.warning(

@@ -42,9 +42,6 @@ class Metric:
     def final_regex(self) -> str:
         return rf"metrics=\{{'{self.name}': {NUMBER}\}}"
 
-    def is_better(self, value: float, best: float | None) -> bool:
-        return is_better(value, best, self.higher_is_better)
-
 
 def is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
     """Whether `value` improves on `best` (None: nothing yet); NaN never beats a number."""
