@@ -8,7 +8,7 @@ target `personSearch`), resampled with replacement to --rows training rows. Both
 have d = 32, 6 blocks, 8 heads, the MLP {4l, 2l} with ReLU, LayerNorm on the numbers, the
 same dropouts, batch size and learning rate (Adam-family optimiser), on the same threads.
 
-- This project: its real code path. `job.architecture` + `job.build_model` with the paper's
+- This project: its real code path. `plan.NetworkSettings` + `job.build_model` with the paper's
   recipe (PAPER_RECIPE), `training.fit` (the epoch loop of the training job), rows/s read
   from the loop's per-epoch log line (training time only), and `inference.predict_raw`.
 - The peer, `tab_transformer_pytorch.TabTransformer` (pip install -e '.[benchmark]'), fed
@@ -48,10 +48,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from tabtransformer import hyperparameters
 from tabtransformer.hardware import configure_threads
 from tabtransformer.inference import Encoded, encode_table, eval_batch_rows, predict_raw
-from tabtransformer.job import architecture, build_model
+from tabtransformer.job import build_model
 from tabtransformer.model import TabTransformer
+from tabtransformer.plan import NetworkSettings
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
-from tabtransformer.training import FitSettings, fit, loss_fn
+from tabtransformer.training import FitData, FitSettings, fit, loss_fn
 
 TARGET = "personSearch"
 DROPPED = ["rownames", "idNum", "date"]
@@ -152,12 +153,14 @@ def benchmark_project(
     """This project's model, fitted by `training.fit`, predicting with `predict_raw`."""
     hp = job_hyperparameters(args)
     torch.manual_seed(0)
-    model = build_model(architecture(hp), pre, target.n_outputs, None)
+    network = NetworkSettings.from_hyperparameters(hp).for_task(target.task)
+    model = build_model(network, pre, target.n_outputs, None)
     rows_per_s = RowsPerSecond()
     logging.getLogger("tabtransformer.loop").setLevel(logging.INFO)  # its epoch lines
     logging.getLogger("tabtransformer.loop").addHandler(rows_per_s)
     try:
-        fit(model, train, valid, target, FitSettings.from_hyperparameters(hp, target.task), device)
+        settings = FitSettings.from_hyperparameters(hp, target.task)
+        fit(model, FitData(train, valid, target), settings, device)
     finally:
         logging.getLogger("tabtransformer.loop").removeHandler(rows_per_s)
     batch = train.rows(slice(0, args.batch_size)).to(device)

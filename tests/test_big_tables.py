@@ -91,8 +91,7 @@ def test_load_tables_holds_out_the_seeded_stratified_share(tmp_path: Path):
     table = make_table("multiclass", n=150)
     job.channel("training", table)
     tables = load_tables(
-        SageMakerPaths(job.base), {"training"}, TableSettings(), False, None, (0, 0),
-        World(), tmp_path / "scratch",
+        SageMakerPaths(job.base), TableSettings(), None, World(), tmp_path / "scratch",
     )  # fmt: skip
     labelled = tables.labelled
     assert (len(labelled.train), len(labelled.valid)) == (120, 30)
@@ -163,8 +162,8 @@ def test_ranks_of_hosts_with_different_row_counts_take_equal_shards():
     shards = {}
     for rank in range(4):
         host = rank // 2
-        world = World(rank, 4, rank % 2, per_host=2, rows_per_rank=5)
-        shards[rank] = world.shard(orders[host])
+        world = World(rank, 4, rank % 2, per_host=2)
+        shards[rank] = world.shard(orders[host], rows_per_rank=5)
     assert {len(s) for s in shards.values()} == {5}
     assert set(torch.cat([shards[0], shards[1]]).tolist()) == set(range(10))
     assert set(torch.cat([shards[2], shards[3]]).tolist()) == set(range(7))
@@ -177,8 +176,7 @@ def _load_on_one_host(rank: int, port: int, base: str, scratch: str, queue) -> N
     )
     world = World(rank, 2, rank, per_host=2)
     tables = load_tables(
-        SageMakerPaths(Path(base)), {"training"}, TableSettings(), False, None, (0, 0),
-        world, Path(scratch),
+        SageMakerPaths(Path(base)), TableSettings(), None, world, Path(scratch),
     )  # fmt: skip
     train = tables.labelled.train
     queue.put((rank, type(train.codes_array).__name__, str(train.codes_array.filename), len(train)))
@@ -276,8 +274,7 @@ def test_text_labels_after_many_numeric_ones_are_all_counted(tmp_path: Path, mon
     labels = [str(i % 9) for i in range(40)] + ["x"]
     (folder / "a.csv").write_text("".join(f"{y},{i}\n" for i, y in enumerate(labels)))
     tables = load_tables(
-        SageMakerPaths(tmp_path), {"training"}, TableSettings(), False, None, (0, 0),
-        World(), tmp_path / "scratch",
+        SageMakerPaths(tmp_path), TableSettings(), None, World(), tmp_path / "scratch",
     )  # fmt: skip
     assert tables.labelled.target.classes == sorted({*labels})
 

@@ -20,12 +20,13 @@ from tabtransformer.artifacts import read_artifact
 from tabtransformer.checkpoints import Checkpointer, StopFlag, Stopped
 from tabtransformer.errors import UserError
 from tabtransformer.inference import Encoded, to_prediction
-from tabtransformer.job import architecture, build_model, with_numeric_embedding
+from tabtransformer.job import build_model
 from tabtransformer.model import TabTransformer, TabTransformerConfig
+from tabtransformer.plan import NetworkSettings
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.schedule import learning_rate_factor
 from tabtransformer.settings import PhaseSettings
-from tabtransformer.training import FitSettings, fit, loss_fn, validation_scores
+from tabtransformer.training import FitData, FitSettings, fit, loss_fn, validation_scores
 
 DATA = Path(__file__).parent / "data"
 OLD_ARTIFACT = DATA / "old_artifact"  # written by the code before numeric tokens existed
@@ -47,7 +48,7 @@ def test_paper_settings_build_the_paper_network_parameter_for_parameter():
     hp = hyperparameters.parse({**hyperparameters.PAPER_RECIPE, **artifact_hp})
     assert (hp["numeric_embedding"], hp["ensemble_size"], hp["mlp_hidden_cap"]) == ("none", 1, 0)
     pre = read_artifact(OLD_ARTIFACT).preprocessor
-    model = build_model(architecture(hp), pre, n_outputs=2, base=None)
+    model = build_model(NetworkSettings.from_hyperparameters(hp), pre, n_outputs=2, base=None)
     old = load_file(OLD_ARTIFACT / "model.safetensors")
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
         k: tuple(v.shape) for k, v in old.items()
@@ -275,7 +276,7 @@ def test_fit_follows_the_schedule_and_a_restart_continues_it(tmp_path: Path, mon
 
         model.register_forward_hook(count_validations)
         checkpointer = Checkpointer(folder, "job", stop)
-        fit(model, train, valid, target, settings, torch.device("cpu"), checkpointer)
+        fit(model, FitData(train, valid, target), settings, torch.device("cpu"), checkpointer)
 
     run(tmp_path / "straight")
     straight, rates[:] = list(rates), []
@@ -294,16 +295,53 @@ def test_fit_follows_the_schedule_and_a_restart_continues_it(tmp_path: Path, mon
     [("binary", "periodic"), ("multiclass", "ple"), ("regression", "ple"), (None, "ple")],
 )
 def test_numeric_embedding_auto_is_periodic_for_binary_tasks_and_ple_otherwise(task, kind):
-    shape = architecture(hyperparameters.defaults())
+    shape = NetworkSettings.from_hyperparameters(hyperparameters.defaults())
     assert shape.numeric_embedding == "auto"
-    assert with_numeric_embedding(shape, task).numeric_embedding == kind
+    assert shape.for_task(task).numeric_embedding == kind
     chosen = replace(shape, numeric_embedding="ple")
-    assert with_numeric_embedding(chosen, "binary") == chosen  # a choice is kept
+    assert chosen.for_task("binary") == chosen  # a choice is kept
 
 
-def test_continuous_bins_and_numeric_embedding_are_alternatives():
-    with pytest.raises(UserError, match="continuous_bins"):
+def test_continuous_bins_is_retired_for_numeric_embedding():
+    """One way of making numeric tokens: continuous_bins=0 (its old default) is ignored,
+    any other value is a UserError pointing to numeric_embedding."""
+    with pytest.raises(UserError, match=r"continuous_bins.*numeric_embedding"):
         hyperparameters.parse({"continuous_bins": "16", "numeric_embedding": "ple"})
+    assert "continuous_bins" not in hyperparameters.parse({"continuous_bins": "0"})
+
+
+BIN_TOKEN_ARTIFACT = DATA / "bin_token_artifact"  # numeric columns as quantile-bin tokens
+BIN_TOKEN_PREDICTIONS = json.loads((DATA / "bin_token_artifact_predictions.json").read_text())
+
+
+def test_a_bin_token_artifact_loads_and_predicts_what_it_predicted_before():
+    predictor = load_model(BIN_TOKEN_ARTIFACT)
+    assert predictor.preprocessor.continuous_bins == 8
+    got = predictor.predict(old_rows())
+    assert np.allclose(got, BIN_TOKEN_PREDICTIONS["probabilities"], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_bin_token_artifact_serves_and_fine_tunes_through_the_real_entry_points(tmp_path):
+    """Written with continuous_bins=8 before it was retired: the real server answers what
+    it predicted, and a job fine-tunes from it (its bin tokens carry over)."""
+    base = tmp_path / "serve"
+    shutil.copytree(BIN_TOKEN_ARTIFACT, base / "model")
+    server = Server(base)
+    try:
+        response = server.post(old_rows().to_csv(header=False, index=False))
+    finally:
+        server.stop()
+    assert response.status_code == 200, response.text
+    assert np.allclose(response.json()["probabilities"], BIN_TOKEN_PREDICTIONS["probabilities"])
+    job = Job(tmp_path / "fine_tune")
+    job.channel("training", make_table("binary"), header=True)
+    shutil.copytree(BIN_TOKEN_ARTIFACT, job.data / "model")
+    job.hyperparameters({**FAST, "n_epochs": "1", "target_column": "label"})
+    result = job.train()
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    prep = json.loads((job.model / "preprocessing.json").read_text())["features"]
+    assert prep["continuous_bins"] == 8
 
 
 @pytest.mark.slow

@@ -133,8 +133,8 @@ def test_unlabeled_channel_means_rtd_by_default(job: Job):
     assert out["report"]["pretrained"] == "rtd"
 
 
-# numeric columns as quantile-bin tokens (the earlier extension) instead of PLE tokens
-BIN_TOKENS = {"continuous_bins": "8", "numeric_embedding": "none"}
+# numeric columns as PLE tokens, so that pretraining predicts their quantile bins
+NUMERIC_TOKENS = {"numeric_embedding": "ple", "numeric_bins": "8"}
 
 
 @pytest.fixture
@@ -143,7 +143,7 @@ def pretrained(tmp_path) -> Job:
     job = Job(tmp_path / "pretrain")
     table = make_table("binary", n=400)
     job.channel("unlabeled", table.drop(columns="label"), header=True)
-    job.hyperparameters({**PRETRAIN_FAST, "target_column": "label", **BIN_TOKENS})
+    job.hyperparameters({**PRETRAIN_FAST, "target_column": "label", **NUMERIC_TOKENS})
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     return job
@@ -188,7 +188,8 @@ def test_pretrain_once_fine_tune_two_targets_from_folder_and_tarball(tmp_path, p
     assert load_model(classifier.model).task == "binary"
     assert load_model(regressor.model).task == "regression"
     prep = json.loads((regressor.model / "preprocessing.json").read_text())["features"]
-    assert prep["continuous_bins"] == 8  # the pretrained vocabulary and bins carry over
+    base = json.loads((pretrained.model / "preprocessing.json").read_text())["features"]
+    assert prep == base  # the pretrained vocabulary and bins carry over
 
 
 @pytest.mark.slow

@@ -17,7 +17,13 @@ from tabtransformer.errors import UserError
 from tabtransformer.inference import encode_table, predict_raw
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
-from tabtransformer.training import FitSettings, fit, unlabeled_batches, unlabeled_loss
+from tabtransformer.training import (
+    FitData,
+    FitSettings,
+    fit,
+    unlabeled_batches,
+    unlabeled_loss,
+)
 
 
 def test_entropy_loss_is_the_mean_entropy_of_each_members_prediction():
@@ -103,9 +109,8 @@ def test_entropy_regularisation_makes_predictions_on_unlabeled_rows_more_confide
         settings = FitSettings.from_hyperparameters(
             {**hp, "semi_supervised": mode}, "binary", has_unlabeled=True
         )
-        history, _ = fit(
-            model, labelled, valid, encoder, settings, torch.device("cpu"), unlabeled=unlabeled
-        )
+        data = FitData(labelled, valid, encoder, unlabeled)
+        history, _ = fit(model, data, settings, torch.device("cpu"))
         assert len(history) == 15  # the same number of epochs for both
         entropies[mode] = mean_entropy(model, unlabeled)
     assert entropies["entropy"] < 0.8 * entropies["none"], entropies

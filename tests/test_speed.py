@@ -84,7 +84,7 @@ def fit_tiny(monkeypatch=None, **hp) -> tuple[list[dict], TabTransformer, tuple]
     config = TabTransformerConfig(pre.cardinalities, len(pre.numeric), 2, dim=8, n_blocks=1)
     model = TabTransformer(config)
     settings = training.FitSettings.from_hyperparameters(values, "binary")
-    history, _ = training.fit(model, train, valid, encoder, settings, CPU)
+    history, _ = training.fit(model, training.FitData(train, valid, encoder), settings, CPU)
     return history, model, (pre, encoder, train, valid)
 
 

@@ -153,8 +153,7 @@ def test_text_labels_beyond_max_classes_are_refused_chunk_by_chunk(tmp_path: Pat
     paths = SageMakerPaths(tmp_path)
     with pytest.raises(UserError, match=r"30 distinct text labels.*';' characters"):
         load_tables(
-            paths, {"training"}, TableSettings(), False, None, (0, 0), World(),
-            tmp_path / "scratch",
+            paths, TableSettings(), None, World(), tmp_path / "scratch",
         )  # fmt: skip
     whole = read_labelled(folder, "")
     with pytest.raises(UserError, match=r"30 distinct text labels.*task=multiclass"):

@@ -40,9 +40,6 @@ class World:
     size: int = 1
     local_rank: int = 0
     per_host: int = 1  # processes on each host
-    # Set when each host trains on its own rows (a ShardedByS3Key training channel): every
-    # process takes this many rows an epoch from its host's rows (see `shard`).
-    rows_per_rank: int | None = None
 
     @property
     def is_main(self) -> bool:
@@ -61,21 +58,21 @@ class World:
     def host_index(self) -> int:
         return self.rank // self.per_host
 
-    def shard(self, order: torch.Tensor) -> torch.Tensor:
+    def shard(self, order: torch.Tensor, rows_per_rank: int | None = None) -> torch.Tensor:
         """This rank's rows of a permutation; every rank gets the same count.
 
         Rows shared by every host: every `size`-th row of the permutation all ranks share
         (the last `len % size` rows of it wait for the next epoch). Each host's own rows
-        (`rows_per_rank` set): the processes of a host split its permutation, every
-        `per_host`-th row, and each takes `rows_per_rank` rows of its share, starting
-        over when a host has fewer rows than the largest host (as DistributedSampler
-        pads), so that every rank runs the same number of steps."""
-        if self.rows_per_rank is None:
+        (`rows_per_rank` given, see `tables.Labelled`): the processes of a host split its
+        permutation, every `per_host`-th row, and each takes `rows_per_rank` rows of its
+        share, starting over when a host has fewer rows than the largest host (as
+        DistributedSampler pads), so that every rank runs the same number of steps."""
+        if rows_per_rank is None:
             usable = len(order) - len(order) % self.size
             return order[self.rank : usable : self.size]
         mine = order[self.local_rank :: self.per_host]
-        repeats = -(-self.rows_per_rank // max(1, len(mine)))
-        return mine.repeat(repeats)[: self.rows_per_rank]
+        repeats = -(-rows_per_rank // max(1, len(mine)))
+        return mine.repeat(repeats)[:rows_per_rank]
 
     def from_hosts(self, value: T | None) -> list[T]:
         """The `value` of each host's first process, in host order, on every process (a

@@ -17,6 +17,16 @@ from tabtransformer.errors import UserError
 from tabtransformer.options import ENSEMBLE_HEADS, NUMERIC_EMBEDDINGS, PRETRAINING_OBJECTIVES
 
 PLATFORM_KEY_PREFIXES = ("sagemaker_", "_tuning_objective_metric")
+# Hyperparameters that no longer exist: the value that meant "off" (accepted and ignored,
+# so old tuning configs still run) and what replaced them.
+RETIRED = {
+    "continuous_bins": (
+        "0",
+        "numeric columns become tokens through numeric_embedding (ple or periodic; "
+        "pretraining then corrupts and predicts their quantile bins). A model trained with "
+        "continuous_bins still loads, serves and fine-tunes.",
+    ),
+}
 # The paper's network and recipe (6 blocks, numeric scalars into the MLP, one head, constant
 # learning rate, no clipping, and the dropout of 0.3 that the first round chose for that
 # network): these values over the defaults.
@@ -369,16 +379,6 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         high=1.0,
         low_open=True,
     ),
-    Hyperparameter(
-        "continuous_bins",
-        int,
-        0,
-        "0: continuous columns bypass the Transformer (paper). n > 0: each continuous column "
-        "also enters the Transformer as a token (its quantile bin of n), so pretraining "
-        "corrupts and predicts it like a categorical cell (an extension).",
-        low=0,
-        high=256,
-    ),
     # --- unlabeled rows while fine-tuning (issue 12) ---------------------------------------
     Hyperparameter(
         "semi_supervised",
@@ -545,6 +545,14 @@ def _decode(raw: Any, kind: type) -> Any:
     return decoded
 
 
+def _retired(key: str, raw_value: Any) -> None:
+    """A retired hyperparameter at its old default is ignored; any other value is a
+    UserError saying what replaced it."""
+    off, replacement = RETIRED[key]
+    if str(raw_value).strip().strip('"') != off:
+        raise UserError(f"Hyperparameter '{key}' is retired: {replacement}")
+
+
 def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
     """Validate a hyperparameter map as SageMaker writes it and fill in defaults."""
     if not isinstance(raw, Mapping):
@@ -557,6 +565,9 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key, raw_value in raw.items():
         if key.startswith(PLATFORM_KEY_PREFIXES):
             continue
+        if key in RETIRED:
+            _retired(key, raw_value)
+            continue
         if key not in BY_NAME:
             unknown.append(key)
             continue
@@ -566,14 +577,6 @@ def parse(raw: Mapping[str, Any]) -> dict[str, Any]:
         raise UserError(
             f"Unknown hyperparameter(s): {', '.join(sorted(unknown))}. "
             f"Valid names: {', '.join(sorted(BY_NAME))}."
-        )
-    if values["continuous_bins"] == 1:
-        raise UserError("Hyperparameter 'continuous_bins' must be 0 (off) or at least 2.")
-    if values["continuous_bins"] and values["numeric_embedding"] != "none":
-        raise UserError(
-            "Hyperparameters 'continuous_bins' and 'numeric_embedding' both bring numeric "
-            "columns into the Transformer: set continuous_bins=0 with numeric_embedding="
-            f"{values['numeric_embedding']}, or numeric_embedding=none."
         )
     if values["input_dim"] % values["n_heads"]:
         raise UserError(

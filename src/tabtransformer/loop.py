@@ -164,13 +164,14 @@ def batches(
     generator: torch.Generator,
     world: World | None = None,
     device: torch.device | None = None,
+    rows_per_rank: int | None = None,
 ) -> list[torch.Tensor]:
     """Shuffled row indexes, one tensor per batch (moved to `device` once per epoch, not
     batch by batch); with several processes, this one's shard of the shared permutation
-    (every process gets as many batches)."""
+    (every process gets as many batches; `rows_per_rank`: see `World.shard`)."""
     order = torch.randperm(n_rows, generator=generator)
     if world is not None:
-        order = world.shard(order)
+        order = world.shard(order, rows_per_rank)
     if device is not None:
         order = order.to(device)
     return list(order.split(batch_size))

@@ -89,16 +89,13 @@ class ReportInputs:
     target: TargetEncoder
     valid: Encoded
     summary: Mapping[str, Any]  # metrics.json: validation scores, epochs run, best epoch
-    eval_metric: str  # the metric permutation importance measures ('auto' resolved here)
+    eval_metric: str  # the metric permutation importance measures (the job's, resolved)
     device: torch.device
-    seed: int = 0
+    seed: int = 0  # the job's seed: which rows the report samples
 
     @property
     def metric(self) -> metrics.Metric:
-        name = self.eval_metric
-        if name == "auto" or self.target.task not in metrics.BY_NAME[name].tasks:
-            name = metrics.DEFAULT_EVAL_METRIC[self.target.task]
-        return metrics.BY_NAME[name]
+        return metrics.BY_NAME[self.eval_metric]
 
 
 @dataclass

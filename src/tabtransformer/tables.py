@@ -38,7 +38,6 @@ from tabtransformer.errors import UserError
 from tabtransformer.host_store import HostStore, MappedRows, code_dtype
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder, TooManyClasses
-from tabtransformer.settings import pick
 from tabtransformer.streaming import Channel, labelled_channel, unlabeled_channel
 from tabtransformer.table_statistics import FeatureStatistics, TargetStatistics
 
@@ -48,44 +47,66 @@ SHARDED = "ShardedByS3Key"
 
 @dataclass(frozen=True)
 class TableSettings:
-    """The hyperparameters that decide how the tables are read, labelled and split."""
+    """What decides how the tables are read, labelled, split and binned: the channels
+    present, whether the job only pretrains, and the hyperparameters of the same names."""
 
+    channels: frozenset[str] = frozenset({"training"})
+    pretrain_only: bool = False
     target_column: str = ""
     task: str = "auto"
     max_classes: int = 20
     validation_fraction: float = 0.2
     seed: int = 0
+    numeric_bins: int = 0  # > 0: each numeric column's quantile bin edges (numeric tokens)
 
     @property
     def header(self) -> bool:
         """Files have a header row exactly when target_column names the target."""
         return bool(self.target_column)
 
+    @property
+    def labelled(self) -> bool:
+        """Whether the job reads labels (it fine-tunes)."""
+        return not self.pretrain_only
+
     @classmethod
-    def from_hyperparameters(cls, hp: Mapping[str, Any]) -> TableSettings:
-        return pick(cls, hp)
+    def from_hyperparameters(
+        cls, hp: Mapping[str, Any], channels: frozenset[str], numeric_bins: int
+    ) -> TableSettings:
+        pretrain_only = hp["pretrain_only"] or "training" not in channels
+        return cls(
+            channels,
+            pretrain_only,
+            hp["target_column"],
+            hp["task"],
+            hp["max_classes"],
+            hp["validation_fraction"],
+            hp["seed"],
+            numeric_bins,
+        )
 
 
 @dataclass(frozen=True)
 class Labelled:
-    """The labelled rows of a fine-tuning job and their target encoding."""
+    """The labelled rows of a fine-tuning job and their target encoding; `rows_per_rank`
+    is set when each host trains on its own rows (a ShardedByS3Key training channel):
+    every process then takes this many rows an epoch from its host's rows."""
 
     train: MappedRows
     valid: MappedRows
     target: TargetEncoder
+    rows_per_rank: int | None = None
 
 
 @dataclass(frozen=True)
 class Tables:
     """The fitted preprocessor; every feature row (training, then unlabeled), encoded; the
-    labelled rows (None: pretraining only); the feature rows over all hosts; and the
-    process's place, with `rows_per_rank` set when each host trains on its own rows."""
+    labelled rows (None: pretraining only); and the feature rows over all hosts."""
 
     pre: TablePreprocessor
     features: MappedRows
     labelled: Labelled | None
     n_rows_all_hosts: int
-    world: World
 
 
 def sharded_channels(paths: SageMakerPaths) -> set[str]:
@@ -103,9 +124,7 @@ class HostReader:
     """What the first process of a host reads and keeps between the passes."""
 
     paths: SageMakerPaths
-    channels: set[str]
     settings: TableSettings
-    pretrain_only: bool
     base_names: list[str] | None
     store: HostStore
     train: Channel | None = None
@@ -119,12 +138,12 @@ class HostReader:
     def open(self) -> tuple[list[str], list[str] | None, TargetStatistics | None]:
         """Open the channels; the feature names, categorical columns and target summary."""
         s = self.settings
-        if "training" in self.channels:
+        if "training" in s.channels:
             self.train = labelled_channel(self.paths.channel("training"), s.target_column)
         names = self.train.names if self.train else self.base_names
-        if "unlabeled" in self.channels:
+        if "unlabeled" in s.channels:
             self.unlabeled = unlabeled_channel(self.paths.channel("unlabeled"), s.header, names)
-        if not self.pretrain_only and "validation" in self.channels:
+        if s.labelled and "validation" in s.channels:
             self.valid = labelled_channel(self.paths.channel("validation"), s.target_column)
             if self.valid.names != self.train.names:
                 raise UserError(
@@ -316,7 +335,9 @@ def merged(parts: list[Any], sharded: bool) -> Any:
     return total
 
 
-def check_sharding(paths: SageMakerPaths, channels: set[str], world: World, objective: str) -> None:
+def check_sharding(
+    paths: SageMakerPaths, channels: frozenset[str], world: World, objective: str
+) -> None:
     """Pretraining reads every feature row on every process: refuse sharded rows for it."""
     sharded = sharded_channels(paths) & channels & {"training", "unlabeled"}
     if sharded and world.distributed and objective != "none":
@@ -350,30 +371,41 @@ def check_rows_per_process(counts: list[tuple[int, int]], sharded: bool, world: 
         )
 
 
+@dataclass(frozen=True)
+class Layout:
+    """Which channels each host reads on its own (ShardedByS3Key), and where the
+    validation rows come from: a `validation` channel (`own_valid`) or the hold-out, and
+    whether they are gathered from every host (`gather_valid`)."""
+
+    sharded: frozenset[str]
+    own_valid: bool
+    gather_valid: bool
+
+    @classmethod
+    def of(cls, paths: SageMakerPaths, settings: TableSettings) -> Layout:
+        sharded = frozenset(sharded_channels(paths) & settings.channels)
+        own_valid = settings.labelled and "validation" in settings.channels
+        gather_valid = settings.labelled and (
+            "validation" in sharded if own_valid else "training" in sharded
+        )
+        return cls(sharded, own_valid, gather_valid)
+
+
 def load_tables(
     paths: SageMakerPaths,
-    channels: set[str],
     settings: TableSettings,
-    pretrain_only: bool,
     base: TablePreprocessor | None,
-    bins: tuple[int, int],
     world: World,
     scratch: Path,
 ) -> Tables:
     """Read, fit and encode the channels present (see the module docstring).
 
     `base`: the preprocessor of a base model (its schema is checked and it is reused);
-    `bins`: (continuous_bins, numeric_bins) for a fresh preprocessor; `scratch`: this
-    host's folder for the encoded arrays."""
-    sharded = sharded_channels(paths) & channels
-    reader = HostReader(
-        paths,
-        channels,
-        settings,
-        pretrain_only,
-        base.feature_names if base else None,
-        HostStore(scratch / "encoded"),
-    )
+    `scratch`: this host's folder for the encoded arrays."""
+    layout = Layout.of(paths, settings)
+    sharded = layout.sharded
+    base_names = base.feature_names if base else None
+    reader = HostReader(paths, settings, base_names, HostStore(scratch / "encoded"))
     opened = world.on_hosts(reader.open)
     names, categorical, _ = opened[0]
     for host, (other, _, _) in enumerate(opened[1:], start=2):
@@ -383,7 +415,7 @@ def load_tables(
                 "every host's files must share one column layout."
             )
     encoder = None
-    if not pretrain_only:
+    if settings.labelled:
         target = merged([t for _, _, t in opened], "training" in sharded)
         target.check_present(settings.target_column or "column 0")
         try:
@@ -409,16 +441,12 @@ def load_tables(
             for c in ("training", "unlabeled")
             if c in fitted[0]
         ]
-        pre = merged(parts, True).preprocessor(*bins)
+        pre = merged(parts, True).preprocessor(numeric_bins=settings.numeric_bins)
     log.info("%s", pre.describe())
     state = json.dumps(pre.to_dict(), sort_keys=True).encode()
     log.info("preprocessing state sha256=%s", hashlib.sha256(state).hexdigest())
-    own_valid = not pretrain_only and "validation" in channels
-    gather_valid = not pretrain_only and (
-        "validation" in sharded if own_valid else "training" in sharded
-    )
-    encoded = world.on_hosts(lambda: reader.encode(pre, gather_valid))
-    return open_tables(reader.store, pre, encoder, encoded, own_valid, gather_valid, sharded, world)
+    encoded = world.on_hosts(lambda: reader.encode(pre, layout.gather_valid))
+    return open_tables(reader, pre, encoded, layout, world)
 
 
 def describe_target(encoder: TargetEncoder) -> None:
@@ -431,16 +459,14 @@ def describe_target(encoder: TargetEncoder) -> None:
 
 
 def open_tables(
-    store: HostStore,
+    reader: HostReader,
     pre: TablePreprocessor,
-    encoder: TargetEncoder | None,
     encoded: list[dict[str, Any]],
-    own_valid: bool,
-    gather_valid: bool,
-    sharded: set[str],
+    layout: Layout,
     world: World,
 ) -> Tables:
     """Map the host's encoded arrays (written by its first process) as the job's tables."""
+    store, encoder = reader.store, reader.encoder
     host = encoded[world.host_index]
     features_all = MappedRows(
         store.load("features_codes"),
@@ -457,20 +483,21 @@ def open_tables(
     labelled = None
     if encoder is not None:
         train = features_all.subset(train_rows)
-        if gather_valid:
+        if layout.gather_valid:
             parts = [e["valid"] for e in encoded]
             valid = MappedRows(*(np.concatenate(arrays) for arrays in zip(*parts, strict=True)))
         else:
-            valid = open_valid(store, own_valid)
-        labelled = Labelled(train, valid, encoder)
-        if "training" in sharded and world.distributed:
+            valid = open_valid(store, layout.own_valid)
+        rows_per_rank = None
+        if "training" in layout.sharded and world.distributed:
             largest = max(e["n_train"] for e in encoded)
-            world = replace(world, rows_per_rank=-(-largest // world.per_host))
+            rows_per_rank = -(-largest // world.per_host)
             log.info(
                 "sharded training channel: hosts hold %s training rows; every process "
                 "takes %d rows an epoch",
                 [e["n_train"] for e in encoded],
-                world.rows_per_rank,
+                rows_per_rank,
             )
-    n_rows = sum(e["n_rows"] for e in encoded) if sharded else host["n_rows"]
-    return Tables(pre, features, labelled, n_rows, world)
+        labelled = Labelled(train, valid, encoder, rows_per_rank)
+    n_rows = sum(e["n_rows"] for e in encoded) if layout.sharded else host["n_rows"]
+    return Tables(pre, features, labelled, n_rows)

@@ -163,26 +163,36 @@ def validation_scores(
     return result
 
 
+@dataclass(frozen=True)
+class FitData:
+    """The rows fine-tuning learns from: labelled training and validation rows, their
+    target encoding, unlabeled rows (semi_supervised) and, when each host trains on its
+    own rows, how many each process takes an epoch."""
+
+    train: Encoded
+    valid: Encoded
+    target: TargetEncoder
+    unlabeled: Encoded | None = None
+    rows_per_rank: int | None = None
+
+
 def fit(
     model: TabTransformer,
-    train: Encoded,
-    valid: Encoded,
-    target: TargetEncoder,
+    data: FitData,
     settings: FitSettings,
     device: torch.device,
     checkpointer: Checkpointer | None = None,
-    world: World | None = None,
-    unlabeled: Encoded | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Train with early stopping on `settings.eval_metric`; leaves the best weights in `model`.
 
-    With `settings.semi_supervised` other than none, `unlabeled` rows (features only) join
-    every batch. Resumes from and saves to `checkpointer` each epoch (phase "finetune").
-    Returns the per-epoch history (train loss, with the weighted unlabeled loss, and
-    validation metrics) and the best epoch.
+    With `settings.semi_supervised` other than none, the unlabeled rows (features only)
+    join every batch. The processes are `checkpointer`'s; it resumes and saves each epoch
+    (phase "finetune"). Returns the per-epoch history (train loss, with the weighted
+    unlabeled loss, and validation metrics) and the best epoch.
     """
     checkpointer = checkpointer or Checkpointer(None)
-    world = world or World()
+    world = checkpointer.world
+    train, valid, target, unlabeled = data.train, data.valid, data.target, data.unlabeled
     phase = settings.phase
     generator = torch.Generator().manual_seed(phase.seed)
     model.to(device).train()
@@ -210,7 +220,9 @@ def fit(
     def train_epoch() -> Iterator[tuple[torch.Tensor, int]]:
         nonlocal epoch
         epoch += 1
-        epoch_batches = batches(len(train_rows), phase.batch_size, generator, world, train_at)
+        epoch_batches = batches(
+            len(train_rows), phase.batch_size, generator, world, train_at, data.rows_per_rank
+        )
         if semi:
             extra = unlabeled_batches(
                 len(unlabeled_rows), len(epoch_batches), phase.batch_size, generator, world
@@ -248,3 +260,22 @@ def fit(
         lambda: validation_scores(model, valid, target, device),
     )
     return loop.history, loop.best_epoch
+
+
+def final_scores(
+    model: TabTransformer,
+    data: FitData,
+    device: torch.device,
+    history: list[dict[str, float]],
+    best_epoch: int,
+) -> dict[str, Any]:
+    """The validation scores of the kept weights (logged for SageMaker) and the run."""
+    scores = validation_scores(model, data.valid, data.target, device)
+    for metric in metrics.for_task(data.target.task):
+        log.info("%s", metric.final_line(scores[metric.name]))
+    return {
+        "task": data.target.task,
+        "validation": scores,
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+    }

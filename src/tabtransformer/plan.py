@@ -1,0 +1,186 @@
+"""A training job's plan: every setting resolved once, into typed parts.
+
+`JobPlan.read(paths)` reads the hyperparameters and the channels before any table is
+read; `plan.completed(task, base)` finishes it once the target's task is known (a base
+artifact's network applies when there is one). Each `auto` is resolved in one of those
+two places and logged once:
+- `pretrain_objective` (before reading: rtd when the job only pretrains, or has unlabeled
+  rows and no base model; else none),
+- `task` (by the target encoder, from the labels: `completed` takes its answer),
+- `numeric_embedding` (once the task is known: periodic for binary classification, PLE
+  otherwise, as the accuracy benchmark measured — docs/benchmarks.md),
+- `eval_metric` (the task's default metric).
+Everything after reads the plan's parts, never the raw hyperparameters (which travel
+only into the artifact's `hyperparameters.json` and the checkpoint's identity).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+from tabtransformer import hyperparameters
+from tabtransformer.channels import read_json_config, validate_channels
+from tabtransformer.options import NUMERIC_EMBEDDINGS
+from tabtransformer.paths import SageMakerPaths
+from tabtransformer.pretraining import PretrainSettings
+from tabtransformer.tables import TableSettings
+from tabtransformer.training import FitSettings
+
+if TYPE_CHECKING:
+    from tabtransformer.model import TabTransformerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class NetworkSettings:
+    """The network's shape as the hyperparameters ask for it (the table's columns and the
+    outputs come later); `numeric_embedding` may be "auto" until the plan is completed."""
+
+    dim: int
+    n_blocks: int
+    n_heads: int
+    frac_shared_embed: float
+    attn_dropout: float
+    mlp_dropout: float
+    continuous_norm: str
+    numeric_embedding: str
+    numeric_bins: int
+    ensemble_size: int
+    ensemble_head: str
+    mlp_hidden_cap: int
+
+    @classmethod
+    def from_hyperparameters(cls, hp: Mapping[str, Any]) -> NetworkSettings:
+        return cls(
+            hp["input_dim"],
+            hp["n_blocks"],
+            hp["n_heads"],
+            hp["frac_shared_embed"],
+            hp["attn_dropout"],
+            hp["mlp_dropout"],
+            hp["continuous_norm"],
+            hp["numeric_embedding"],
+            hp["numeric_bins"],
+            hp["ensemble_size"],
+            hp["ensemble_head"],
+            hp["mlp_hidden_cap"],
+        )
+
+    @property
+    def numeric_tokens(self) -> bool:
+        """Whether numeric columns become tokens ("auto" always makes tokens)."""
+        kind = self.numeric_embedding
+        return kind == "auto" or NUMERIC_EMBEDDINGS[kind].tokens
+
+    @property
+    def bins_per_numeric_column(self) -> int:
+        """The most quantile bins a numeric column's edges hold (0: none are made)."""
+        return self.numeric_bins if self.numeric_tokens else 0
+
+    def for_task(self, task: str | None) -> NetworkSettings:
+        """numeric_embedding=auto made concrete: 'periodic' for binary classification,
+        'ple' otherwise (regression, multiclass, pretraining without labels), as the
+        accuracy benchmark measured (docs/benchmarks.md); a chosen embedding is kept."""
+        if self.numeric_embedding != "auto":
+            return self
+        kind = "periodic" if task == "binary" else "ple"
+        log.info(
+            "numeric_embedding=auto: %s numeric tokens for a %s task", kind, task or "unlabeled"
+        )
+        return replace(self, numeric_embedding=kind)
+
+    def config(self) -> TabTransformerConfig:
+        """The network config of this shape (no columns yet)."""
+        from tabtransformer.model import TabTransformerConfig  # torch: only when building
+
+        if self.numeric_embedding == "auto":
+            raise ValueError("numeric_embedding=auto is resolved by JobPlan.completed")
+        return TabTransformerConfig(
+            dim=self.dim,
+            n_blocks=self.n_blocks,
+            n_heads=self.n_heads,
+            frac_shared_embed=self.frac_shared_embed,
+            attn_dropout=self.attn_dropout,
+            mlp_dropout=self.mlp_dropout,
+            continuous_norm=self.continuous_norm,
+            numeric_embedding=self.numeric_embedding,
+            ensemble_size=self.ensemble_size,
+            ensemble_head=self.ensemble_head,
+            mlp_hidden_cap=self.mlp_hidden_cap,
+        )
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """What the training report reads."""
+
+    enabled: bool
+    eval_metric: str  # resolved (never "auto") once the plan is completed
+    seed: int
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """What one training job does, resolved from its hyperparameters and channels."""
+
+    paths: SageMakerPaths
+    hyperparameters: Mapping[str, Any]  # the validated values, for the artifact
+    channels: frozenset[str]
+    tables: TableSettings
+    pretraining: PretrainSettings
+    network: NetworkSettings
+    report: ReportSettings
+    fit: FitSettings | None = None  # set by `completed` for a job with labels
+    task: str | None = None  # set by `completed` ("binary", "multiclass", "regression")
+
+    @classmethod
+    def read(cls, paths: SageMakerPaths) -> JobPlan:
+        """The plan before any table is read (a bad value or channel is a UserError)."""
+        hp = hyperparameters.parse(read_json_config(paths.hyperparameters, {}))
+        channels = frozenset(validate_channels(paths))
+        network = NetworkSettings.from_hyperparameters(hp)
+        tables = TableSettings.from_hyperparameters(hp, channels, network.bins_per_numeric_column)
+        pretraining = PretrainSettings.from_hyperparameters(hp, set(channels), tables.pretrain_only)
+        if hp["pretrain_objective"] == "auto":
+            log.info("pretrain_objective=auto: %s", pretraining.objective)
+        report = ReportSettings(hp["report"], hp["eval_metric"], hp["seed"])
+        return cls(paths, hp, channels, tables, pretraining, network, report)
+
+    @property
+    def pretrains(self) -> bool:
+        return self.pretraining.objective != "none"
+
+    @property
+    def from_base(self) -> bool:
+        """Whether the job fine-tunes (or pretrains further) a model from its `model` channel."""
+        return "model" in self.channels
+
+    def completed(self, task: str | None, base_numeric_embedding: str | None) -> JobPlan:
+        """The plan once the target's task is known (None: a pretraining-only job); with a
+        base model, its numeric embedding applies (`base_numeric_embedding`)."""
+        network = self.network
+        if base_numeric_embedding is not None:
+            network = replace(network, numeric_embedding=base_numeric_embedding)
+        elif network.numeric_embedding == "auto":
+            kind = "periodic" if task == "binary" else "ple"
+            log.info(
+                "numeric_embedding=auto: %s numeric tokens for a %s task", kind, task or "unlabeled"
+            )
+            network = replace(network, numeric_embedding=kind)
+        if task is None:
+            return replace(self, network=network)
+        fit = FitSettings.from_hyperparameters(
+            self.hyperparameters, task, "unlabeled" in self.channels
+        )
+        if self.hyperparameters["eval_metric"] == "auto":
+            log.info("eval_metric=auto: %s for a %s task", fit.eval_metric, task)
+        report = replace(self.report, eval_metric=fit.eval_metric)
+        return replace(self, network=network, fit=fit, task=task, report=report)
+
+    @property
+    def semi_supervised(self) -> bool:
+        return self.fit is not None and self.fit.semi_supervised != "none"
