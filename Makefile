@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format lock image image-test readme-tables clean
+.PHONY: install demo test test-fast lint format lock image image-test clean
 
 install: $(STAMP)
 
@@ -19,7 +19,7 @@ demo: install
 
 # The image tests are left out here (pyproject addopts: -m 'not image'): make image-test.
 test: install lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=20
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not image"
