@@ -18,11 +18,13 @@ demo: install
 	$(BIN)/python scripts/demo.py
 
 # The image tests are left out here (pyproject addopts: -m 'not image'): make image-test.
+# Two pytest workers, a test file per worker (its module fixtures train once): most tests
+# wait on a subprocess or a server, so two cores run two files at once.
 test: install lint
-	$(BIN)/python -m pytest -q --durations=20
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=20
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow and not image"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not image"
 
 lint: install
 	$(BIN)/ruff check src tests scripts docker

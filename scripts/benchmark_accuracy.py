@@ -217,7 +217,7 @@ def run_tabtransformer(
     if task != "regression":
         hp.setdefault("task", task)
     predictor, seconds = train_through_entry_point(hp, train, valid)
-    out = predictor.predict(test[0])
+    out = predictor.outputs(test[0])
     classes = [str(c) for c in predictor.classes] if predictor.classes else []
     return score(task, test[1], out, classes), seconds
 

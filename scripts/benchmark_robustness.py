@@ -57,7 +57,7 @@ def fit_network(settings: dict[str, str], train: Split, valid: Split, seed: int)
     """Train through the real `train` entry point; the model's P(second class)."""
     hp = {"seed": str(seed), "task": "binary", "report": "false", **settings}
     predictor, _ = train_through_entry_point(hp, train, valid)
-    return lambda x: predictor.predict(x)[:, 1]
+    return lambda x: predictor.predict_proba(x)[:, 1]
 
 
 def fit_lightgbm(train: Split, valid: Split, seed: int) -> Scorer:

@@ -186,7 +186,7 @@ def run_job(
 
 def test_auc(model_dir: Path, test: pd.DataFrame) -> float:
     predictor = load_model(model_dir)
-    probabilities = predictor.predict(test.drop(columns=[TARGET]))
+    probabilities = predictor.predict_proba(test.drop(columns=[TARGET]))
     positive = predictor.classes.index("yes")
     return roc_auc_score(test[TARGET] == "yes", probabilities[:, positive])
 

@@ -57,7 +57,7 @@ def main() -> int:
     if report.is_file():
         print(f"\n== training report (open it in a browser): {report}")
     print("\n== predictions for 5 rows the model never saw")
-    probabilities = predictor.predict(holdout[features])
+    probabilities = predictor.predict_proba(holdout[features])
     for truth, p in zip(holdout["churn"], probabilities, strict=True):
         label = predictor.predict_labels(p[None])[0]
         print(f"  P(churn=yes)={p[1]:.3f}  predicted={label:<3}  actual={truth}")

@@ -9,7 +9,7 @@ burst of malformed requests mixed with good ones, single-row requests while slow
 hold connections with half-sent bodies, and 1000-row bodies sent chunked (no
 Content-Length) next to an over-limit chunked body that must get 413. Prints p50/p99
 latency, rows/s, errors (wrong status or wrong number of answers) and dropped requests next
-to in-process `Predictor.predict` timings, and checks the targets. Loopback only; stops by
+to in-process `Predictor.outputs` timings, and checks the targets. Loopback only; stops by
 itself.
 
     .venv/bin/python scripts/load_test.py [--seconds 10] [--clients 2]
@@ -52,15 +52,15 @@ def in_process(model_dir: Path, features: pd.DataFrame) -> dict[str, float]:
     predictor = load_model(model_dir)
     one, thousand = features.head(1), features.head(1000)
     for _ in range(20):
-        predictor.predict(one)
+        predictor.outputs(one)
     singles = []
     for _ in range(200):
         start = time.perf_counter()
-        predictor.predict(one)
+        predictor.outputs(one)
         singles.append(time.perf_counter() - start)
     start, n = time.perf_counter(), 0
     while time.perf_counter() - start < 3:
-        predictor.predict(thousand)
+        predictor.outputs(thousand)
         n += 1000
     return {
         "p50_ms": 1000 * statistics.median(singles),

@@ -33,4 +33,4 @@ def test_every_model_file_is_0644_whatever_the_writer_chose(tmp_path):
     assert {p.name for p in files} >= {"model.safetensors", "preprocessing.json"}
     modes = {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in files}
     assert set(modes.values()) == {"0o644"}, modes
-    assert load_model(model_dir).predict(features.head(3)).shape == (3, 2)
+    assert load_model(model_dir).outputs(features.head(3)).shape == (3, 2)

@@ -14,6 +14,7 @@ from tabtransformer.inference import Predictor
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.serving import codecs
+from tabtransformer.serving.accept import negotiate
 
 
 def predictor(task: str = "binary") -> Predictor:
@@ -42,9 +43,9 @@ def test_json_by_position_by_name_and_jsonlines_agree(binary):
     by_position = codecs.decode(b'{"instances": [["red", 1.5]]}', "application/json", binary).frame
     by_name = codecs.decode(b'[{"size": 1.5, "color": "red"}]', "application/json", binary).frame
     lines = codecs.decode(b'{"features": ["red", 1.5]}\n', "application/jsonlines", binary).frame
-    expected = binary.predict(pd.DataFrame({"color": ["red"], "size": [1.5]}))
+    expected = binary.outputs(pd.DataFrame({"color": ["red"], "size": [1.5]}))
     for frame in (by_position, by_name, lines):
-        assert np.allclose(binary.predict(frame), expected)
+        assert np.allclose(binary.outputs(frame), expected)
 
 
 @pytest.mark.parametrize(
@@ -63,7 +64,7 @@ def test_json_by_position_by_name_and_jsonlines_agree(binary):
 def test_bad_bodies_are_user_errors_naming_the_place(binary, body, content_type, message):
     with pytest.raises(UserError, match=message):
         records = codecs.decode(body, content_type, binary)
-        binary.predict(records.frame)  # a bad number surfaces when the frame is encoded
+        binary.outputs(records.frame)  # a bad number surfaces when the frame is encoded
 
 
 def test_unsupported_content_type_is_415(binary):
@@ -83,13 +84,13 @@ def test_unsupported_content_type_is_415(binary):
     ],
 )
 def test_negotiate_picks_the_first_supported_type(accept, expected):
-    fmt = codecs.negotiate(accept, "application/json")
+    fmt = negotiate(accept, "application/json")
     assert (fmt.content_type, fmt.verbose) == expected
 
 
 def test_unsupported_accept_is_406():
     with pytest.raises(GenericInferenceToolkitError) as error:
-        codecs.negotiate("image/png", "application/json")
+        negotiate("image/png", "application/json")
     assert error.value.status_code == 406
 
 
@@ -137,21 +138,21 @@ def test_encodings_of_regression_predictions():
     ],
 )
 def test_negotiate_reads_the_embeddings_and_explain_parameters(accept, embeddings, explain):
-    fmt = codecs.negotiate(accept, "application/json")
+    fmt = negotiate(accept, "application/json")
     assert (fmt.embeddings, fmt.explain) == (embeddings, explain)
 
 
 @pytest.mark.parametrize("accept", ["text/csv;explain", "text/csv; embeddings"])
 def test_csv_cannot_carry_embeddings_or_attributions(accept):
     with pytest.raises(GenericInferenceToolkitError) as error:
-        codecs.negotiate(accept, "application/json")
+        negotiate(accept, "application/json")
     assert error.value.status_code == 406
     assert "application/json;explain" in error.value.message
 
 
 def test_embeddings_and_attributions_go_beside_the_predictions(binary):
     frame = pd.DataFrame({"color": ["red", "blue"], "size": [1.0, 2.0]})
-    p, embeddings, attributions = binary.predict(frame), binary.embed(frame), binary.explain(frame)
+    p, embeddings, attributions = binary.outputs(frame), binary.embed(frame), binary.explain(frame)
     fmt = codecs.ResponseFormat("application/json", embeddings=True, explain=True)
     body = json.loads(
         codecs.encode(codecs.Answer(p, None, embeddings, attributions), binary, fmt, False)

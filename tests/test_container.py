@@ -43,7 +43,7 @@ def test_train_pack_unpack_serve_round_trip(tmp_path):
         rows = table.drop(columns="label").head(10)
         response = server.post(rows.to_csv(header=False, index=False))
         assert response.status_code == 200
-        expected = load_model(tarball).predict(rows)
+        expected = load_model(tarball).outputs(rows)
         assert np.allclose(response.json()["probabilities"], expected, atol=1e-9)
     finally:
         server.stop()
@@ -83,6 +83,7 @@ SERVING_SIDE = {
     "tabtransformer.paths",
     "tabtransformer.preprocessing",
     "tabtransformer.serving",
+    "tabtransformer.serving.accept",
     "tabtransformer.serving.app",
     "tabtransformer.serving.codecs",
     "tabtransformer.serving.server",

@@ -50,7 +50,7 @@ def test_two_hosts_train_one_model_written_by_the_first(tmp_path):
     outputs = [p.communicate(timeout=300)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
     assert "process 0 of 2" in outputs[0]
-    assert load_model(jobs[0].model).predict(table.drop(columns="label")).shape == (400, 2)
+    assert load_model(jobs[0].model).outputs(table.drop(columns="label")).shape == (400, 2)
     assert not jobs[1].model.exists() or not any(jobs[1].model.iterdir())
 
 

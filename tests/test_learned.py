@@ -204,7 +204,7 @@ def test_a_report_failure_is_a_warning_and_the_job_succeeds(tmp_path, monkeypatc
     assert (job.model / "model.safetensors").is_file()
     assert not (job.base / "output" / "failure").exists()
     assert "training report not written: RuntimeError: disk on fire" in caplog.text
-    load_model(job.model).predict(FEATURES.head(2))
+    load_model(job.model).outputs(FEATURES.head(2))
 
 
 def test_a_failed_plot_leaves_the_rest_of_the_report(tmp_path, monkeypatch, caplog):
@@ -268,7 +268,7 @@ def test_embeddings_and_attributions_over_the_server(served, content_type):
     assert reply.status_code == 200, reply.text
     answer = reply.json()
     predictor = load_model(job.model)
-    assert np.allclose(answer["probabilities"], predictor.predict(rows), atol=1e-9)
+    assert np.allclose(answer["probabilities"], predictor.outputs(rows), atol=1e-9)
     assert answer["columns"] == ["color", "shape"]
     assert np.array(answer["embeddings"]).shape == (5, 2, 32)
     assert np.allclose(answer["embeddings"], predictor.embed(rows).values, atol=2e-6)

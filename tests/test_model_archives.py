@@ -172,8 +172,8 @@ def test_tar_czf_of_a_model_folder_or_of_its_files_loads_and_predicts_as_the_fol
         names = tar.getnames()
     assert ("model/model.safetensors" if not flags else "./model.safetensors") in names
     validate_artifact(archive)
-    got = load_model(archive).predict(rows())
-    assert np.array_equal(got, load_model(MODEL).predict(rows()))
+    got = load_model(archive).outputs(rows())
+    assert np.array_equal(got, load_model(MODEL).outputs(rows()))
     assert np.allclose(got, PREDICTIONS["probabilities"], atol=1e-6)
 
 
@@ -227,7 +227,7 @@ def test_the_real_server_serves_a_folder_layout_archive_as_the_folder(tmp_path):
         assert response.status_code == 200, response.text
     finally:
         server.stop()
-    expected = load_model(MODEL).predict(rows())
+    expected = load_model(MODEL).outputs(rows())
     assert np.allclose(response.json()["probabilities"], expected, atol=1e-9)
 
 

@@ -59,7 +59,7 @@ def test_old_artifact_loads_and_predicts_what_it_predicted_before():
     predictor = load_model(OLD_ARTIFACT)
     assert predictor.model.config.numeric_embedding == "none"
     assert predictor.preprocessor.numeric_bins == 0
-    got = predictor.predict(old_rows())
+    got = predictor.outputs(old_rows())
     assert np.allclose(got, OLD_PREDICTIONS["probabilities"], atol=1e-6)
 
 
@@ -317,7 +317,7 @@ BIN_TOKEN_PREDICTIONS = json.loads((DATA / "bin_token_artifact_predictions.json"
 def test_a_bin_token_artifact_loads_and_predicts_what_it_predicted_before():
     predictor = load_model(BIN_TOKEN_ARTIFACT)
     assert predictor.preprocessor.continuous_bins == 8
-    got = predictor.predict(old_rows())
+    got = predictor.outputs(old_rows())
     assert np.allclose(got, BIN_TOKEN_PREDICTIONS["probabilities"], atol=1e-6)
 
 
@@ -380,7 +380,7 @@ def test_numeric_tokens_and_ensembles_round_trip_through_train_and_serve(
     features = json.loads((job.model / "preprocessing.json").read_text())["features"]
     assert features["numeric_bins"] == 32 and all(c["bin_edges"] for c in features["numeric"])
     rows = table.drop(columns="label").head(20)
-    expected = load_model(job.model).predict(rows)
+    expected = load_model(job.model).outputs(rows)
     assert np.isfinite(expected).all()
     server = Server(job.base)
     try:
@@ -402,7 +402,7 @@ def test_pretraining_with_numeric_tokens_runs(job: Job):
     )
     result = job.train()
     assert result.returncode == 0, result.stderr[-3000:]
-    assert load_model(job.model).predict(FEATURES.head(5)).shape == (5, 2)
+    assert load_model(job.model).outputs(FEATURES.head(5)).shape == (5, 2)
 
 
 def test_the_paper_recipe_over_the_defaults_is_the_papers_network_and_recipe():

@@ -21,6 +21,7 @@ from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
 from tabtransformer.pretraining import (
     OBJECTIVES,
     Corruptor,
+    PretrainRows,
     PretrainSettings,
     TokenColumns,
     bin_index,
@@ -95,7 +96,7 @@ def test_pretraining_loss_falls_on_a_real_table():
     phase = PhaseSettings(n_epochs=4, patience=4, batch_size=256, learning_rate=1e-3)
     settings = PretrainSettings("mlm", corruption_rate=0.3, phase=phase)
     train, valid = rows.rows(slice(0, 5000)), rows.rows(slice(5000, None))
-    history = pretrain(model, train, valid, settings, torch.device("cpu"))
+    history = pretrain(model, PretrainRows(train, valid), settings, torch.device("cpu"))
     assert history[-1]["validation_pretrain_loss"] < 0.9 * history[0]["validation_pretrain_loss"]
     assert history[-1]["validation_masked_accuracy"] > 0.5
 
@@ -358,7 +359,8 @@ def test_pretraining_learns_numeric_cells_from_their_context(objective, epochs, 
     phase = PhaseSettings(n_epochs=epochs, patience=epochs, batch_size=128, learning_rate=2e-3)
     settings = PretrainSettings(objective, 0.3, phase, lr_schedule="cosine")
     train, valid = rows.rows(slice(0, 3500)), rows.rows(slice(3500, None))
-    history = pretrain(model, train, valid, settings, torch.device("cpu"), columns=columns)
+    rows = PretrainRows(train, valid, columns)
+    history = pretrain(model, rows, settings, torch.device("cpu"))
     name = "masked_accuracy" if objective == "mlm" else "detection_accuracy"
     assert f"validation_categorical_{name}" in history[-1]
     assert history[-1][f"validation_numeric_{name}"] > chance + 0.05
@@ -417,7 +419,7 @@ def test_fine_tunes_from_one_pretrained_artifact_take_their_own_ensemble_head(tm
     assert json.loads((single.model / "model_config.json").read_text())["ensemble_size"] == 1
     predictor = load_model(ensemble.model)
     table = make_table("binary", n=20, seed=5)[["color", "size", "shape", "weight"]]
-    probabilities = predictor.predict(table)
+    probabilities = predictor.outputs(table)
     assert probabilities.shape == (20, 2) and np.allclose(probabilities.sum(1), 1, atol=1e-5)
 
 
@@ -436,4 +438,4 @@ def test_an_artifact_written_before_numeric_tokens_is_a_base_to_fine_tune(tmp_pa
     assert "reused" in result.stdout and "a new head of 2 member(s)" in result.stdout
     config = json.loads((job.model / "model_config.json").read_text())
     assert config["ensemble_size"] == 2 and config["dim"] == 8  # the old Transformer's shape
-    assert load_model(job.model).predict(table.drop(columns="label").head(5)).shape == (5, 2)
+    assert load_model(job.model).outputs(table.drop(columns="label").head(5)).shape == (5, 2)

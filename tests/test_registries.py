@@ -11,7 +11,7 @@ from tabtransformer import hyperparameters, options
 from tabtransformer.artifacts import CONFIG_RULES
 from tabtransformer.model import NUMERIC_VALUE_EMBEDDINGS, TabTransformerConfig
 from tabtransformer.pretraining import OBJECTIVES
-from tabtransformer.serving import codecs
+from tabtransformer.serving import accept, codecs
 
 
 def choices(name: str) -> tuple:
@@ -38,13 +38,13 @@ def test_every_numeric_embedding_that_makes_tokens_has_a_value_embedding():
 
 def test_every_content_type_has_a_decoder_or_an_encoder():
     assert set(codecs.DECODERS) == set(codecs.DECODABLE)
-    assert set(codecs.ENCODERS) == set(codecs.ENCODABLE)
+    assert set(codecs.ENCODERS) == set(accept.RESPONSE_TYPES)
 
 
-def test_the_schema_and_options_import_no_torch():
+def test_the_schema_options_and_server_settings_import_no_torch():
     code = (
-        "import sys; import tabtransformer.hyperparameters, tabtransformer.options; "
-        "print('torch' in sys.modules)"
+        "import sys; import tabtransformer.hyperparameters, tabtransformer.options, "
+        "tabtransformer.serving.settings; print('torch' in sys.modules)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.stdout.strip() == "False", result.stderr

@@ -58,7 +58,7 @@ def test_csv_predictions_equal_in_process_predictions(server, binary_model):
     response = server.post(csv_body(rows))
     assert response.status_code == 200
     assert response.headers["Content-Type"].startswith("application/json")
-    expected = load_model(binary_model.model).predict(rows)
+    expected = load_model(binary_model.model).outputs(rows)
     assert np.allclose(response.json()["probabilities"], expected, atol=1e-9)
 
 
@@ -177,7 +177,7 @@ def test_regression_response_and_headerless_model(tmp_path):
     try:
         rows = table.drop(columns="label").head(3)
         response = server.post(csv_body(rows))
-        expected = load_model(job.model).predict(rows)
+        expected = load_model(job.model).outputs(rows)
         assert np.allclose(response.json()["prediction"], expected)
         as_csv = server.post(csv_body(rows), accept="text/csv").text.split()
         assert np.allclose([float(v) for v in as_csv], expected, rtol=1e-6)

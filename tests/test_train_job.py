@@ -50,7 +50,7 @@ def test_binary_headerless_with_text_labels(job: Job):
     assert "epoch 1/4 train_loss=" in log and "rows/s=" in log and "time_left<=" in log
     predictor = load_model(job.model)
     assert predictor.classes == ["no", "yes"]
-    probabilities = predictor.predict(table.drop(columns="label").head(7))
+    probabilities = predictor.outputs(table.drop(columns="label").head(7))
     assert probabilities.shape == (7, 2)
     assert abs(probabilities.sum(axis=1) - 1).max() < 1e-9
     assert (job.base / "output" / "data" / "training_history.csv").is_file()
@@ -76,7 +76,7 @@ def test_regression_predicts_in_target_units(job: Job):
     report = trained(job)
     assert report["task"] == "regression"
     assert model_config(job)["numeric_embedding"] == "ple"  # the default, auto
-    predictions = load_model(job.model).predict(table.drop(columns="label"))
+    predictions = load_model(job.model).outputs(table.drop(columns="label"))
     assert predictions.shape == (300,)
     assert abs(predictions.mean() - table["label"].mean()) < 0.5 * table["label"].std()
     assert report["validation"]["r2"] > 0.2
@@ -92,8 +92,8 @@ def test_header_csv_with_target_column_and_validation_channel(job: Job):
     trained(job)
     predictor = load_model(job.model)
     assert predictor.feature_names == ["color", "size", "shape", "weight"]
-    by_name = predictor.predict(table[["weight", "shape", "size", "color"]].head(3))
-    by_position = predictor.predict(table[["color", "size", "shape", "weight"]].head(3))
+    by_name = predictor.outputs(table[["weight", "shape", "size", "color"]].head(3))
+    by_position = predictor.outputs(table[["color", "size", "shape", "weight"]].head(3))
     assert (by_name == by_position).all()
 
 
@@ -144,11 +144,11 @@ def test_same_seed_same_model(job: Job, tmp_path):
     table = make_table("binary")
     job.channel("training", table)
     trained(job)
-    first = load_model(job.model).predict(table.drop(columns="label"))
+    first = load_model(job.model).outputs(table.drop(columns="label"))
     other = Job(tmp_path / "other")
     other.channel("training", table)
     trained(other)
-    second = load_model(other.model).predict(table.drop(columns="label"))
+    second = load_model(other.model).outputs(table.drop(columns="label"))
     assert (first == second).all()
 
 
@@ -160,7 +160,7 @@ def test_model_without_categorical_or_without_numeric_columns(job: Job, tmp_path
     only_cats = Job(tmp_path / "cats")
     only_cats.channel("training", table[["label", "color", "shape"]])
     trained(only_cats)
-    assert load_model(only_cats.model).predict(table[["color", "shape"]]).shape == (240, 2)
+    assert load_model(only_cats.model).outputs(table[["color", "shape"]]).shape == (240, 2)
 
 
 # --- user errors: a short reason in output/failure, exit code 1, no traceback -------------

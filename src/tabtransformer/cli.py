@@ -137,11 +137,15 @@ def train_process(
 
 
 def serve() -> int:
-    """The inference container entry point: gunicorn serving the Flask app."""
-    from tabtransformer.serving.server import run_server
+    """The inference container entry point: gunicorn serving the Flask app. The server's
+    settings are checked first, before torch is imported."""
+    from tabtransformer.serving.settings import ServingSettings
 
     setup_logging()
     try:
+        ServingSettings.from_env()
+        from tabtransformer.serving.server import run_server
+
         return run_server()
     except UserError as error:
         log.error("cannot serve: %s", error)

@@ -237,12 +237,30 @@ class Predictor:
             raise UserError(f"Expected {len(names)} feature columns but got {features.shape[1]}.")
         return features.set_axis(names, axis=1)
 
-    def predict(self, features: pd.DataFrame, deadline: float | None = None) -> np.ndarray:
-        """Class probabilities (N, C) or regression predictions (N,) in target units.
-        `deadline` (a `time.monotonic()` value): DeadlinePassed rather than run past it."""
+    def outputs(self, features: pd.DataFrame, deadline: float | None = None) -> np.ndarray:
+        """What the endpoint answers: class probabilities (N, C) or regression predictions
+        (N,) in target units. `deadline` (a `time.monotonic()` value): DeadlinePassed
+        rather than run past it."""
         data = encode_table(self.preprocessor, self.align(features))
         raw = predict_raw(self.model, data, self.device, deadline)
         return to_prediction(raw, self.target)
+
+    def predict(self, features: pd.DataFrame) -> np.ndarray:
+        """As scikit-learn's `predict`: each row's most probable original label
+        (classification) or its predicted value (regression)."""
+        outputs = self.outputs(features)
+        if self.task == "regression":
+            return outputs
+        return np.asarray(self.classes)[outputs.argmax(axis=1)]
+
+    def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
+        """As scikit-learn's `predict_proba`: class probabilities (N, C), columns in
+        `classes` order. A regression model has none (a UserError)."""
+        if self.task == "regression":
+            raise UserError(
+                "This is a regression model: it has no class probabilities; use predict."
+            )
+        return self.outputs(features)
 
     @property
     def token_columns(self) -> list[str]:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-from sklearn import metrics as skm
+if TYPE_CHECKING:
+    import numpy as np
 
 NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
 
@@ -53,12 +54,18 @@ def is_better(value: float, best: float | None, higher_is_better: bool) -> bool:
 
 
 def _safe(
-    fn: Callable[[np.ndarray, np.ndarray], float],
+    fn: Callable[[Any, np.ndarray, np.ndarray], float],
 ) -> Callable[[np.ndarray, np.ndarray], float]:
+    """A metric computed with scikit-learn's metrics module, imported on first use (the
+    metric definitions and the schema need neither it nor numpy); NaN where the metric is
+    undefined (e.g. AUC with a single class present)."""
+
     def wrapped(y: np.ndarray, out: np.ndarray) -> float:
+        from sklearn import metrics as skm
+
         try:
-            return float(fn(y, out))
-        except ValueError:  # e.g. AUC with a single class present
+            return float(fn(skm, y, out))
+        except ValueError:
             return float("nan")
 
     return wrapped
@@ -75,7 +82,7 @@ REGISTRY: tuple[Metric, ...] = (
         CLASSIFICATION,
         True,
         _safe(
-            lambda y, p: skm.f1_score(
+            lambda skm, y, p: skm.f1_score(
                 y, _labels(p), average="binary" if p.shape[1] == 2 else "macro", zero_division=0
             )
         ),
@@ -85,32 +92,44 @@ REGISTRY: tuple[Metric, ...] = (
         "accuracy",
         CLASSIFICATION,
         True,
-        _safe(lambda y, p: skm.accuracy_score(y, _labels(p))),
+        _safe(lambda skm, y, p: skm.accuracy_score(y, _labels(p))),
         "share of correct labels",
     ),
     Metric(
         "auc",
         ("binary",),
         True,
-        _safe(lambda y, p: skm.roc_auc_score(y, p[:, 1])),
+        _safe(lambda skm, y, p: skm.roc_auc_score(y, p[:, 1])),
         "area under the ROC curve",
     ),
     Metric(
         "log_loss",
         CLASSIFICATION,
         False,
-        _safe(lambda y, p: skm.log_loss(y, p, labels=np.arange(p.shape[1]))),
+        _safe(lambda skm, y, p: skm.log_loss(y, p, labels=list(range(p.shape[1])))),
         "cross-entropy of the predicted probabilities",
     ),
-    Metric("r2", ("regression",), True, _safe(skm.r2_score), "coefficient of determination"),
+    Metric(
+        "r2",
+        ("regression",),
+        True,
+        _safe(lambda skm, y, p: skm.r2_score(y, p)),
+        "coefficient of determination",
+    ),
     Metric(
         "rmse",
         ("regression",),
         False,
-        _safe(lambda y, p: math.sqrt(skm.mean_squared_error(y, p))),
+        _safe(lambda skm, y, p: math.sqrt(skm.mean_squared_error(y, p))),
         "root mean squared error",
     ),
-    Metric("mae", ("regression",), False, _safe(skm.mean_absolute_error), "mean absolute error"),
+    Metric(
+        "mae",
+        ("regression",),
+        False,
+        _safe(lambda skm, y, p: skm.mean_absolute_error(y, p)),
+        "mean absolute error",
+    ),
 )
 BY_NAME = {m.name: m for m in REGISTRY}
 # The metric JumpStart's TabTransformer reports for each task (its tuning objective).

@@ -402,10 +402,8 @@ def pretrain_on_rows(
         n_valid,
         columns.describe(),
     )
-    train, valid = rows.rows(order[n_valid:]), rows.rows(order[:n_valid])
-    return pretrain(
-        model, train, valid, settings, device, columns=columns, checkpointer=checkpointer
-    )
+    held_out = PretrainRows(rows.rows(order[n_valid:]), rows.rows(order[:n_valid]), columns)
+    return pretrain(model, held_out, settings, device, checkpointer)
 
 
 def check_pretraining_rows(n_rows: int, n_valid: int, n_processes: int) -> None:
@@ -424,26 +422,34 @@ def check_pretraining_rows(n_rows: int, n_valid: int, n_processes: int) -> None:
     )
 
 
+@dataclass(frozen=True)
+class PretrainRows:
+    """The rows pretraining learns from, the held-out rows its early stopping watches,
+    and the token columns that take part (None: the categorical ones)."""
+
+    train: Encoded
+    valid: Encoded
+    columns: TokenColumns | None = None
+
+
 def pretrain(
     model: TabTransformer,
-    train: Encoded,
-    valid: Encoded,
+    rows: PretrainRows,
     settings: PretrainSettings,
     device: torch.device,
-    *,
-    columns: TokenColumns | None = None,
     checkpointer: Checkpointer | None = None,
 ) -> list[dict[str, float]]:
     """Pretrain `model`'s embeddings and Transformer in place; keeps the best epoch.
 
-    `columns` (default: the categorical ones) are corrupted and predicted; the processes
-    are `checkpointer`'s. Early stopping
-    watches the loss on `valid` (held-out unlabeled rows) under a fixed corruption.
-    Resumes from and saves to `checkpointer` (phase "pretrain"). Returns the history.
+    The token columns of `rows` are corrupted and predicted; the processes are
+    `checkpointer`'s. Early stopping watches the loss on the held-out rows under a fixed
+    corruption. Resumes from and saves to `checkpointer` (phase "pretrain"). Returns the
+    history.
     """
     checkpointer = checkpointer or Checkpointer(None)
     world = checkpointer.world
-    columns = columns or TokenColumns(list(model.config.cardinalities), [])
+    train, valid = rows.train, rows.valid
+    columns = rows.columns or TokenColumns(list(model.config.cardinalities), [])
     objective, phase = settings.objective, settings.phase
     seed = phase.seed
     head = OBJECTIVES[objective].head(columns.class_counts, model.config.dim)

@@ -32,6 +32,7 @@ from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 from tabtransformer.errors import UserError
 from tabtransformer.inference import DeadlinePassed, Predictor
 from tabtransformer.serving import codecs
+from tabtransformer.serving.accept import negotiate
 from tabtransformer.serving.settings import ServingSettings
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class ComputeBudget:
         best = float("inf")
         for _ in range(2):
             start = time.perf_counter()
-            predictor.predict(frame)
+            predictor.outputs(frame)
             best = min(best, time.perf_counter() - start)
         rate = CALIBRATION_ROWS / max(best, 1e-6)
         return cls(rate, COMPUTE_SHARE * timeout_s, DEADLINE_SHARE * timeout_s)
@@ -161,7 +162,7 @@ def create_app(
     @app.post("/invocations")
     def invocations() -> Response:
         started = time.monotonic()
-        fmt = codecs.negotiate(request.headers.get("Accept"), settings.default_accept)
+        fmt = negotiate(request.headers.get("Accept"), settings.default_accept)
         body = read_body(request.environ["wsgi.input"], request.content_length, limit)
         content_type = request.content_type
 
@@ -230,7 +231,7 @@ def _computed(
 ) -> str:
     """Predictions (and embeddings, attributions) of the records, encoded as `fmt` asks."""
     frame, rows = records.frame, len(records.frame)
-    predictions = predictor.predict(frame, deadline) if rows else np.empty(0)
+    predictions = predictor.outputs(frame, deadline) if rows else np.empty(0)
     embeddings = predictor.embed(frame, deadline=deadline) if fmt.embeddings and rows else None
     attributions = predictor.explain(frame, deadline) if fmt.explain and rows else None
     answer = codecs.Answer(predictions, records.blank, embeddings, attributions)

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,11 +46,15 @@ from tabtransformer.errors import UserError
 from tabtransformer.formats import parse_csv
 from tabtransformer.inference import Attributions, Embeddings, Predictor
 from tabtransformer.preprocessing import MAX_TRAINING_MAGNITUDE
+from tabtransformer.serving.accept import (
+    ALIASES,
+    JSONLINES,
+    RESPONSE_TYPES,
+    ResponseFormat,
+    media_type,
+)
 
 log = logging.getLogger(__name__)
-JSONLINES = "application/jsonlines"
-ALIASES = {"application/x-jsonlines": JSONLINES}  # another name for the same type
-VERBOSE, EMBEDDINGS, EXPLAIN = "verbose", "embeddings", "explain"
 EMBEDDING_DECIMALS = 6
 BYTES_PER_EMBEDDING_VALUE = 12  # "-0.123456, " in JSON
 BLANK_RECORD = {"error": "blank record"}
@@ -60,12 +63,6 @@ LONGEST_INT = 18  # digits that always fit int64; longer integers stay text (no 
 MISSING_TEXT = frozenset(pa_csv.ConvertOptions().null_values)
 SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # how a JSON body spells one
 SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def media_type(header: str | None) -> tuple[str, set[str]]:
-    """'application/json; verbose' -> ('application/json', {'verbose'})."""
-    parts = [p.strip().lower() for p in (header or "").split(";")]
-    return parts[0], {p.split("=")[0] for p in parts[1:] if p}
 
 
 @dataclass
@@ -296,70 +293,6 @@ def _reject_non_finite(frame: pd.DataFrame, predictor: Predictor) -> None:
             )
 
 
-@dataclass(frozen=True)
-class ResponseFormat:
-    """What the client asked for: a content type, and whether to add labels, contextual
-    embeddings or attributions."""
-
-    content_type: str
-    verbose: bool = False
-    embeddings: bool = False
-    explain: bool = False
-
-
-def accepted(accept: str | None, default: str) -> list[str]:
-    """The media ranges of an Accept header, most preferred first (by q-value, then order),
-    without those of q=0 ("not acceptable"); none at all: `default`."""
-    ranked = []
-    for position, candidate in enumerate(c.strip() for c in (accept or "").split(",")):
-        if not candidate:
-            continue
-        q = 1.0
-        for param in candidate.split(";")[1:]:
-            name, _, value = param.strip().partition("=")
-            if name.strip().lower() == "q":
-                try:
-                    q = float(value)
-                except ValueError:
-                    q = math.nan
-                if not 0 <= q <= 1:
-                    raise UserError(
-                        f"Accept {candidate!r}: q must be a number from 0 to 1 (q=0: not "
-                        "acceptable)."
-                    )
-        if q > 0:
-            ranked.append((-q, position, candidate))
-    if not accept or not accept.strip():
-        return [default]
-    return [candidate for _, _, candidate in sorted(ranked)]
-
-
-def negotiate(accept: str | None, default: str) -> ResponseFormat:
-    """Pick the most preferred supported type of an Accept header ('*/*' or none:
-    `default`); q-values rank the types and q=0 excludes one."""
-    for candidate in accepted(accept, default):
-        kind, params = media_type(candidate)
-        params.discard("q")
-        if kind in (content_types.ANY, "application/*", ""):
-            kind, params = media_type(default)
-        kind = ALIASES.get(kind, kind)
-        if kind == content_types.CSV and params & {EMBEDDINGS, EXPLAIN}:
-            raise GenericInferenceToolkitError(
-                406,
-                f"Accept {candidate.strip()!r}: CSV answers carry predictions only; ask for "
-                "application/json;embeddings or application/json;explain (or "
-                "application/jsonlines with the same parameters).",
-            )
-        if kind in ENCODABLE:
-            return ResponseFormat(kind, VERBOSE in params, EMBEDDINGS in params, EXPLAIN in params)
-    raise GenericInferenceToolkitError(
-        406,
-        f"Accept {accept!r} is not supported; ask for one of "
-        f"{', '.join(ENCODABLE)} (application/json;verbose adds labels, ;embeddings the "
-        "contextual embeddings, ;explain per-column attributions).",
-    )
-
-
 def check_answer_size(fmt: ResponseFormat, rows: int, predictor: Predictor, limit: int) -> None:
     """Before any computing: `;embeddings` needs token columns (else a 400), and the
     estimated embedding answer (rows x tokens x d x 12 bytes) must fit in `limit` bytes
@@ -471,7 +404,7 @@ ENCODERS: dict[str, Callable[[Prepared], str]] = {
     content_types.CSV: csv_body,
     JSONLINES: jsonlines_body,
 }
-ENCODABLE = tuple(ENCODERS)
+ENCODABLE = RESPONSE_TYPES
 
 
 def _extras(embeddings: Embeddings | None, attributions: Attributions | None) -> dict[str, Any]:

@@ -220,7 +220,7 @@ class Server(BaseApplication):
         predictor = load_model(self.model_dir)
         # One all-missing row through the whole path: a model that cannot predict stops
         # the worker from booting instead of answering 500 to every request.
-        predictor.predict(pd.DataFrame([[None] * len(predictor.feature_names)]))
+        predictor.outputs(pd.DataFrame([[None] * len(predictor.feature_names)]))
         log.info(
             "worker %d: model loaded from %s (%s, %d features)",
             os.getpid(),

@@ -16,6 +16,7 @@ from typing import TypeVar
 from sagemaker_inference.errors import BaseInferenceToolkitError
 
 from tabtransformer.errors import UserError
+from tabtransformer.serving.accept import negotiate
 
 T = TypeVar("T")
 DEFAULT_PORT = 8080
@@ -101,8 +102,6 @@ def _boolean(raw: str) -> bool:
 
 
 def _check_default_accept(value: str) -> None:
-    from tabtransformer.serving.codecs import negotiate  # codecs imports pandas: only here
-
     try:
         negotiate(value, "application/json")
     except (BaseInferenceToolkitError, UserError) as e:
