@@ -6,6 +6,7 @@ with fast hyperparameters, `Server` is LocalServer.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,6 +18,12 @@ import pytest
 from tabtransformer.local import SERVE_ENTRY, TRAIN_ENTRY, LocalJob, LocalServer, free_port
 
 REPO = Path(__file__).resolve().parents[1]
+# Under pytest-xdist (make test), each worker's jobs and servers take their share of the
+# cores: torch's OpenMP threads spin while they wait, and two workers' jobs each using
+# every core slow each other several-fold. Set before any test module imports torch.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
+    os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
 FAST = {"n_epochs": "4", "n_blocks": "1", "patience": "3", "batch_size": "64"}
 # The tests run the very files the image runs, from this checkout (an editable install).
 assert TRAIN_ENTRY == REPO / "docker" / "train" and SERVE_ENTRY == REPO / "docker" / "serve", (

@@ -207,6 +207,23 @@ def test_a_declared_length_over_the_limit_is_413_before_the_body(server):
     assert server.post(FEATURES.head(1).to_csv(header=False, index=False)).status_code == 200
 
 
+@pytest.mark.parametrize("chunked_upload", [True, False], ids=["chunked", "Content-Length"])
+def test_a_413_closes_its_connection_and_the_next_request_on_the_session_is_answered(
+    server, chunked_upload
+):
+    """An over-limit body is answered 413 with Connection: close (its rest is drained, not
+    read as the next request): a keep-alive client's next request gets a fresh connection."""
+    row = FEATURES.head(1).to_csv(header=False, index=False).encode()
+    big = row * (7 * 1024 * 1024 // len(row))
+    data = (big[i : i + 16384] for i in range(0, len(big), 16384)) if chunked_upload else big
+    session = requests.Session()
+    headers = {"Content-Type": "text/csv"}
+    over = session.post(server.url + "/invocations", data=data, headers=headers, timeout=30)
+    assert over.status_code == 413 and over.headers.get("Connection") == "close"
+    good = session.post(server.url + "/invocations", data=row * 3, headers=headers, timeout=30)
+    assert good.status_code == 200 and len(good.json()["probabilities"]) == 3
+
+
 # --- Unicode, missing values, magnitudes, rows of either kind, q-values -----------------
 
 

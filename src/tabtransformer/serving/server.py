@@ -28,7 +28,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import tempfile
 import time
 import warnings
@@ -122,9 +121,11 @@ def stop_if_asked_while_booting(arbiter: Any, worker: Any) -> None:
 class BodyDeadline:
     """WSGI middleware: the whole request body must arrive within `seconds` of the request
     start, else the read raises 408 (a trickling upload cannot hold a connection forever);
-    a framing error in the body is a 400. After the answer is sent, a body left unread (a
-    413) is drained, and a connection whose body stream broke or was left unread is
-    closed."""
+    a framing error in the body is a 400. An answer that leaves the body unread (a 413) or
+    follows a broken body stream says `Connection: close`, so that no client sends another
+    request after it on the same connection; once it is sent, an unread body is drained
+    (bounded by the deadline), so that a client still sending reads the answer rather
+    than a reset."""
 
     def __init__(self, app: Callable[..., Iterable[bytes]], seconds: float):
         self.app = app
@@ -133,21 +134,30 @@ class BodyDeadline:
     def __call__(self, environ: dict[str, Any], start_response: Callable) -> Iterable[bytes]:
         stream = DeadlineStream(environ["wsgi.input"], time.monotonic() + self.seconds)
         environ["wsgi.input"] = stream
-        answer = self.app(environ, start_response)
-        if environ.get(UNREAD_BODY) or stream.broken:
-            return AfterAnswer(answer, lambda: self.close_connection(environ, stream))
+
+        def respond(status: str, headers: list, exc_info: Any = None) -> Callable:
+            if environ.get(UNREAD_BODY) or stream.broken:
+                close_after(start_response)
+            return start_response(status, headers, exc_info)
+
+        answer = self.app(environ, respond)
+        if environ.get(UNREAD_BODY) and not stream.broken:
+            return AfterAnswer(answer, lambda: drain_quietly(stream))
         return answer
 
-    @staticmethod
-    def close_connection(environ: dict[str, Any], stream: DeadlineStream) -> None:
-        """Drain what the client still sends (bounded by the deadline), then close."""
-        if not stream.broken:
-            with contextlib.suppress(Exception):  # a late or broken rest: close all the same
-                drain(stream)
-        sock = environ.get("gunicorn.socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+
+def close_after(start_response: Callable) -> None:
+    """Make gunicorn answer `Connection: close` and close the connection after this answer
+    (its `start_response` is a method of the response it writes)."""
+    response = getattr(start_response, "__self__", None)
+    if hasattr(response, "force_close"):
+        response.force_close()
+
+
+def drain_quietly(stream: DeadlineStream) -> None:
+    """Read and drop the rest of a body; a late or broken rest ends the drain."""
+    with contextlib.suppress(Exception):
+        drain(stream)
 
 
 class AfterAnswer:
