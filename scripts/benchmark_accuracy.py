@@ -122,21 +122,36 @@ TT_CONFIGS: dict[str, dict[str, str]] = {
         "grad_clip": "1.0",
     },
 }
-TT_CONFIGS["cap256"] = {**TT_CONFIGS["tokens"], "mlp_hidden_cap": "256"}
-TT_CONFIGS["periodic"] = {**TT_CONFIGS["cap256"], "numeric_embedding": "periodic"}
-TT_CONFIGS["b3"] = {**TT_CONFIGS["cap256"], "n_blocks": "3"}
-TT_CONFIGS["b3e50"] = {**TT_CONFIGS["b3"], "n_epochs": "50"}
-TT_CONFIGS["b3e50lr"] = {**TT_CONFIGS["b3e50"], "learning_rate": "0.001"}
-TT_CONFIGS["b3c128"] = {**TT_CONFIGS["b3"], "mlp_hidden_cap": "128"}
-TT_CONFIGS["b3c128ll"] = {**TT_CONFIGS["b3c128"], "eval_metric": "log_loss"}
-TT_CONFIGS["b3c128d1"] = {**TT_CONFIGS["b3c128"], "attn_dropout": "0.1", "mlp_dropout": "0.1"}
-TT_CONFIGS["bs128"] = {**TT_CONFIGS["b3c128d1"], "batch_size": "128"}
-TT_CONFIGS["bs512"] = {**TT_CONFIGS["b3c128d1"], "batch_size": "512"}
-TT_CONFIGS["be"] = {**TT_CONFIGS["b3c128d1"], "ensemble_head": "batchensemble"}
-TT_CONFIGS["noclip"] = {**TT_CONFIGS["b3c128d1"], "grad_clip": "0"}
-TT_CONFIGS["plr"] = {**TT_CONFIGS["b3c128d1"], "numeric_embedding": "periodic"}
-TT_CONFIGS["auto"] = {**TT_CONFIGS["b3c128d1"], "numeric_embedding": "auto"}
-TT_CONFIGS["const"] = {**TT_CONFIGS["b3c128d1"], "lr_schedule": "constant", "warmup_epochs": "0"}
+# Each variant: its name = the configuration it starts from + what it changes.
+VARIANTS = """
+cap256 = tokens + mlp_hidden_cap=256
+periodic = cap256 + numeric_embedding=periodic
+b3 = cap256 + n_blocks=3
+b3e50 = b3 + n_epochs=50
+b3e50lr = b3e50 + learning_rate=0.001
+b3c128 = b3 + mlp_hidden_cap=128
+b3c128ll = b3c128 + eval_metric=log_loss
+b3c128d1 = b3c128 + attn_dropout=0.1, mlp_dropout=0.1
+bs128 = b3c128d1 + batch_size=128
+bs512 = b3c128d1 + batch_size=512
+be = b3c128d1 + ensemble_head=batchensemble
+noclip = b3c128d1 + grad_clip=0
+plr = b3c128d1 + numeric_embedding=periodic
+auto = b3c128d1 + numeric_embedding=auto
+const = b3c128d1 + lr_schedule=constant, warmup_epochs=0
+"""
+
+
+def add_variants(text: str) -> None:
+    """Add each `name = base + k=v, k=v` line of `text` to TT_CONFIGS."""
+    for line in filter(None, map(str.strip, text.splitlines())):
+        name, rest = (part.strip() for part in line.split("=", 1))
+        base, changes = (part.strip() for part in rest.split("+", 1))
+        pairs = (change.strip().split("=", 1) for change in changes.split(","))
+        TT_CONFIGS[name] = {**TT_CONFIGS[base], **dict(pairs)}
+
+
+add_variants(VARIANTS)
 GBDTS = ("lightgbm", "catboost")
 PEERS = (*GBDTS, "tabm_d", "tabm_d_quantile", "realmlp_td")
 PYTABKIT = ("tabm_d", "tabm_d_quantile", "realmlp_td")

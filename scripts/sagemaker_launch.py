@@ -127,20 +127,32 @@ def job_name(args: argparse.Namespace, prefix: str) -> str:
     return args.job_name or f"{prefix}-{time.strftime('%y%m%d-%H%M%S')}"
 
 
+def create(operation: str, request: dict[str, Any]) -> dict[str, Any]:
+    """A SageMaker Create* request, checked against the service model."""
+    return checked("sagemaker", operation, request)
+
+
+def job_definition(args: argparse.Namespace, output: str) -> dict[str, Any]:
+    """What a training job and a tuning job's training jobs share (the hyperparameters go
+    under the key each request names them by)."""
+    return {
+        "AlgorithmSpecification": algorithm(args.image, args.task),
+        "RoleArn": args.role,
+        "InputDataConfig": channels(args.bucket, args.prefix, tuple(args.channels)),
+        "OutputDataConfig": {"S3OutputPath": s3_uri(args.bucket, args.prefix, output)},
+        "ResourceConfig": resources(args),
+        "StoppingCondition": {"MaxRuntimeInSeconds": args.max_runtime},
+    }
+
+
 def training_request(args: argparse.Namespace) -> dict[str, Any]:
     name = job_name(args, "tabtransformer")
-    return checked(
-        "sagemaker",
+    return create(
         "CreateTrainingJob",
         {
             "TrainingJobName": name,
-            "AlgorithmSpecification": algorithm(args.image, args.task),
-            "RoleArn": args.role,
+            **job_definition(args, "output"),
             "HyperParameters": parse_hyperparameters(args.hp),
-            "InputDataConfig": channels(args.bucket, args.prefix, tuple(args.channels)),
-            "OutputDataConfig": {"S3OutputPath": s3_uri(args.bucket, args.prefix, "output")},
-            "ResourceConfig": resources(args),
-            "StoppingCondition": {"MaxRuntimeInSeconds": args.max_runtime},
             "CheckpointConfig": {
                 "S3Uri": s3_uri(args.bucket, args.prefix, "checkpoints", name),
                 "LocalPath": "/opt/ml/checkpoints",
@@ -152,8 +164,7 @@ def training_request(args: argparse.Namespace) -> dict[str, Any]:
 def tuning_request(args: argparse.Namespace) -> dict[str, Any]:
     objective = metrics.BY_NAME[OBJECTIVE[args.task]]
     name = job_name(args, "tt-tune")  # tuning job names are limited to 32 characters
-    return checked(
-        "sagemaker",
+    return create(
         "CreateHyperParameterTuningJob",
         {
             "HyperParameterTuningJobName": name,
@@ -170,13 +181,8 @@ def tuning_request(args: argparse.Namespace) -> dict[str, Any]:
                 "ParameterRanges": TUNING_RANGES,
             },
             "TrainingJobDefinition": {
-                "AlgorithmSpecification": algorithm(args.image, args.task),
-                "RoleArn": args.role,
+                **job_definition(args, "tuning"),
                 "StaticHyperParameters": parse_hyperparameters(args.hp),
-                "InputDataConfig": channels(args.bucket, args.prefix, tuple(args.channels)),
-                "OutputDataConfig": {"S3OutputPath": s3_uri(args.bucket, args.prefix, "tuning")},
-                "ResourceConfig": resources(args),
-                "StoppingCondition": {"MaxRuntimeInSeconds": args.max_runtime},
             },
         },
     )
@@ -229,8 +235,7 @@ def deploy_requests(args: argparse.Namespace) -> list[tuple[str, str, dict[str, 
 
 def transform_request(args: argparse.Namespace) -> dict[str, Any]:
     name = job_name(args, "tabtransformer-transform")
-    return checked(
-        "sagemaker",
+    return create(
         "CreateTransformJob",
         {
             "TransformJobName": name,

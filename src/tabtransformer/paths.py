@@ -7,6 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
+def under(relative: str) -> property:
+    """A path of the layout: `relative` under the base folder."""
+    return property(lambda self: self.base / relative, doc=f"<base>/{relative}")
+
+
 @dataclass(frozen=True)
 class SageMakerPaths:
     """The `/opt/ml` layout a training or serving container reads and writes."""
@@ -17,45 +22,16 @@ class SageMakerPaths:
     def from_env(cls) -> SageMakerPaths:
         return cls(Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")))
 
-    @property
-    def config(self) -> Path:
-        return self.base / "input" / "config"
-
-    @property
-    def hyperparameters(self) -> Path:
-        return self.config / "hyperparameters.json"
-
-    @property
-    def input_data_config(self) -> Path:
-        return self.config / "inputdataconfig.json"
-
-    @property
-    def resource_config(self) -> Path:
-        return self.config / "resourceconfig.json"
-
-    @property
-    def data(self) -> Path:
-        return self.base / "input" / "data"
+    config = under("input/config")
+    hyperparameters = under("input/config/hyperparameters.json")
+    input_data_config = under("input/config/inputdataconfig.json")
+    resource_config = under("input/config/resourceconfig.json")
+    data = under("input/data")
+    model = under("model")
+    output = under("output")
+    output_data = under("output/data")
+    failure = under("output/failure")
+    checkpoints = under("checkpoints")
 
     def channel(self, name: str) -> Path:
         return self.data / name
-
-    @property
-    def model(self) -> Path:
-        return self.base / "model"
-
-    @property
-    def output(self) -> Path:
-        return self.base / "output"
-
-    @property
-    def output_data(self) -> Path:
-        return self.output / "data"
-
-    @property
-    def failure(self) -> Path:
-        return self.output / "failure"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.base / "checkpoints"

@@ -26,6 +26,7 @@ from tabtransformer.channels import read_json_config, validate_channels
 from tabtransformer.options import NUMERIC_EMBEDDINGS
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.pretraining import PretrainSettings
+from tabtransformer.settings import pick
 from tabtransformer.tables import TableSettings
 from tabtransformer.training import FitSettings
 
@@ -40,7 +41,7 @@ class NetworkSettings:
     """The network's shape as the hyperparameters ask for it (the table's columns and the
     outputs come later); `numeric_embedding` may be "auto" until the plan is completed."""
 
-    dim: int
+    input_dim: int
     n_blocks: int
     n_heads: int
     frac_shared_embed: float
@@ -55,20 +56,7 @@ class NetworkSettings:
 
     @classmethod
     def from_hyperparameters(cls, hp: Mapping[str, Any]) -> NetworkSettings:
-        return cls(
-            hp["input_dim"],
-            hp["n_blocks"],
-            hp["n_heads"],
-            hp["frac_shared_embed"],
-            hp["attn_dropout"],
-            hp["mlp_dropout"],
-            hp["continuous_norm"],
-            hp["numeric_embedding"],
-            hp["numeric_bins"],
-            hp["ensemble_size"],
-            hp["ensemble_head"],
-            hp["mlp_hidden_cap"],
-        )
+        return pick(cls, hp)
 
     @property
     def numeric_tokens(self) -> bool:
@@ -100,7 +88,7 @@ class NetworkSettings:
         if self.numeric_embedding == "auto":
             raise ValueError("numeric_embedding=auto is resolved by JobPlan.completed")
         return TabTransformerConfig(
-            dim=self.dim,
+            dim=self.input_dim,
             n_blocks=self.n_blocks,
             n_heads=self.n_heads,
             frac_shared_embed=self.frac_shared_embed,
