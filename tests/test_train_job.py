@@ -441,13 +441,29 @@ def test_damaged_checkpoint_is_set_aside_and_the_job_finishes(job: Job, damage: 
     assert len(list(folder.glob("checkpoint*.damaged-*"))) == 2  # renamed, not deleted
 
 
+def _truncate(newest) -> None:
+    newest.write_bytes(newest.read_bytes()[:1000])  # what a partial sync leaves
+
+
+def _other_generators(newest) -> None:
+    """Readable, but its random generators are not the loop's (incompatible)."""
+    import torch
+
+    state = torch.load(newest, weights_only=True)
+    state["generators"] = [torch.zeros(3, dtype=torch.uint8)] * 5
+    torch.save(state, newest)
+
+
 @pytest.mark.slow
-def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(job: Job):
+@pytest.mark.parametrize(
+    "damage", [_truncate, _other_generators], ids=["truncated", "incompatible"]
+)
+def test_truncated_newest_checkpoint_falls_back_to_the_previous_one(job: Job, damage):
+    """A truncated or an incompatible newest checkpoint: the job resumes from the previous one."""
     job.channel("training", make_table("binary"))
     job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
     trained(job)
-    newest = job.base / "checkpoints" / "checkpoint.pt"
-    newest.write_bytes(newest.read_bytes()[:1000])  # what a partial sync leaves
+    damage(job.base / "checkpoints" / "checkpoint.pt")
     report = trained(job)
     assert "set aside" in report["log"] and "after epoch 1" in report["log"]
     assert "epoch 2/2" in report["log"] and "epoch 1/2" not in report["log"]
@@ -536,23 +552,6 @@ def test_incompatible_checkpoint_is_set_aside_and_the_job_finishes(job: Job, dam
     assert "set aside the incompatible checkpoint" in report["log"]
     assert "epoch 1/3" in report["log"] and report["epochs_run"] == 3
     assert len(list(folder.glob("checkpoint*.damaged-*"))) == 2
-
-
-@pytest.mark.slow
-def test_incompatible_newest_checkpoint_falls_back_to_the_previous_one(job: Job):
-    """Only the newest checkpoint does not fit: the job resumes from the previous one."""
-    import torch
-
-    job.channel("training", make_table("binary"))
-    job.hyperparameters({**FAST, "n_epochs": "2", "patience": "50"})
-    trained(job)
-    newest = job.base / "checkpoints" / "checkpoint.pt"
-    state = torch.load(newest, weights_only=True)
-    state["generators"] = [torch.zeros(3, dtype=torch.uint8)] * 5
-    torch.save(state, newest)
-    report = trained(job)
-    assert "set aside" in report["log"] and "after epoch 1" in report["log"]
-    assert "epoch 2/2" in report["log"] and "epoch 1/2" not in report["log"]
 
 
 @pytest.mark.slow

@@ -256,9 +256,9 @@ def _missing_text_as_missing(frame: pd.DataFrame) -> pd.DataFrame:
     """The texts a CSV cell reads as missing ("", "nan", "NA", ...) are missing in JSON too."""
     for column in frame.columns:
         values = frame[column]
-        text = values.map(lambda v: isinstance(v, str) and v in MISSING_TEXT)
+        text = values.isin(MISSING_TEXT)  # vectorised: only strings can equal these
         if text.any():
-            frame[column] = values.where(~text.astype(bool), None)
+            frame[column] = values.where(~text, None)
     return frame
 
 
