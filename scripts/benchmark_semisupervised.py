@@ -3,17 +3,19 @@
 Per table: a fixed, seeded test set (rows with a label); per split (seed): the labelled rows
 (50 / 200 / 500, nested: the 50 are among the 200) drawn from the rest, and every other row
 as the unlabeled pool (rows whose target is missing included; at least 20,000 rows on the
-paper-size tables). Each pretraining objective runs once per table and split as a
-pretraining-only job (`unlabeled` channel -> artifact), and every labelled size is fine-tuned
-from that artifact through the `model` channel (pretrain once, fine-tune many); the
-semi-supervised variants add the pool as the fine-tuning job's `unlabeled` channel. Peers:
-LightGBM and CatBoost on the same labelled rows, and LightGBM with pseudo-labels (the
-paper's GBDT-PL: confident predictions on the pool join the labels, then a refit).
+paper-size tables). As in the paper, pretraining sees "the entire unlabeled set of training
+data": each objective runs once per table, as a pretraining-only job (`unlabeled` channel ->
+artifact) on the features of every non-test row. It never sees a label, so every split and
+labelled size shares it and is fine-tuned from that artifact through the `model` channel
+(pretrain once, fine-tune many); the semi-supervised variants add the split's pool as the
+fine-tuning job's `unlabeled` channel. Peers: LightGBM and CatBoost on the same labelled
+rows, and LightGBM with pseudo-labels (the paper's GBDT-PL: confident predictions on the
+pool join the labels, then a refit).
 
-Every TabTransformer variant uses numeric tokens (numeric_embedding=ple) so that numeric
-columns take part in pretraining. Results go to a CSV (one row per table, split, labels and
-variant) that a rerun resumes from; a Markdown table of mean ± std test AUC and mean run
-time closes the run.
+Every TabTransformer job runs with the defaults unless `--set` or the variant says
+otherwise. Results go to a CSV (one row per table, split, labels and variant) that a rerun
+resumes from; a Markdown table of mean ± std test AUC and mean run time (fine-tuning, and
+the shared pretraining apart) closes the run.
 
     .venv/bin/python scripts/benchmark_semisupervised.py --tables MplsStops nassCDS \\
         gss_abortion Fertility --labels 50 200 500 --splits 5
@@ -51,7 +53,6 @@ TARGET = "target"  # every table's target, renamed; labels "yes" / "no"
 MIN_UNLABELED = 20000
 PSEUDO_LABEL_THRESHOLD = 0.9
 MIN_PER_CLASS = 4
-BASE_HP = {"numeric_embedding": "ple"}  # every TabTransformer variant
 
 
 @dataclass(frozen=True)
@@ -136,11 +137,13 @@ def load_table(spec: TableSpec) -> pd.DataFrame:
 
 @dataclass
 class Split:
-    """One split of a table: the labelled rows (nested prefixes), the pool, the test rows."""
+    """One split of a table: the labelled rows (nested prefixes), the pool, the test rows,
+    and the features of every non-test row (what pretraining sees, the same in every split)."""
 
     labelled: pd.DataFrame
     pool: pd.DataFrame  # features only
     test: pd.DataFrame
+    pretraining: pd.DataFrame  # features only
 
 
 def make_split(
@@ -164,6 +167,7 @@ def make_split(
         table.iloc[chosen],
         table.iloc[pool].drop(columns=[TARGET]),
         table.iloc[test_index],
+        table.iloc[rest].drop(columns=[TARGET]),
     )
 
 
@@ -192,13 +196,14 @@ def test_auc(model_dir: Path, test: pd.DataFrame) -> float:
 
 
 def pretrained_model(work: Path, key: str, split: Split, hp: dict[str, str]) -> tuple[Path, float]:
-    """The pretraining-only job's artifact for this table, split and objective, run once
-    (kept in `work`, so that a rerun reuses it) and its run time."""
+    """The pretraining-only job's artifact for this table and objective, run once on the
+    features of every non-test row (kept in `work`, so that a rerun reuses it), and its
+    run time."""
     done = work / key / "done.json"
     if done.is_file():
         return work / key / "model", json.loads(done.read_text())["seconds"]
     started = time.perf_counter()
-    run_job(work / key, {"unlabeled": split.pool}, hp)
+    run_job(work / key, {"unlabeled": split.pretraining}, hp)
     seconds = time.perf_counter() - started
     done.write_text(json.dumps({"seconds": seconds}))
     return work / key / "model", seconds
@@ -341,7 +346,7 @@ def main() -> None:
                 f"rows, {len(table.columns) - 1} features",
                 flush=True,
             )
-            work = args.work_dir / name / f"split{split_id}"
+            work = args.work_dir / name
             for variant in args.variants:
                 for n in args.labels:
                     key = (name, str(split_id), str(n), variant)
@@ -382,17 +387,18 @@ def evaluate(
 
 
 def tabtransformer_hp(seed: int, overrides: dict[str, str]) -> dict[str, str]:
-    return {**BASE_HP, "seed": str(seed), **overrides}
+    return {"seed": str(seed), **overrides}
 
 
 def pretrain_once(
     variant: Variant, seed: int, work: Path, split: Split, overrides: dict[str, str]
 ) -> tuple[Path | None, float]:
-    """The variant's pretrained artifact for this split (None: no pretraining) and the time
-    its pretraining-only job took; one job per objective and settings, kept in `work`."""
+    """The variant's pretrained artifact for this table (None: no pretraining) and the time
+    its pretraining-only job took; one job per objective and settings (seed 0, shared by
+    every split), kept in `work`."""
     if variant.pretrain is None:
         return None, 0.0
-    hp = {**tabtransformer_hp(seed, overrides), **variant.pretrain}
+    hp = {**tabtransformer_hp(0, overrides), **variant.pretrain}
     digest = hashlib.sha1(json.dumps(hp, sort_keys=True).encode()).hexdigest()[:12]
     return pretrained_model(work, f"pretrain-{digest}", split, hp)
 

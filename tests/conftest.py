@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if WORKERS > 1 and "OMP_NUM_THREADS" not in os.environ:
     os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // WORKERS))
-FAST = {"n_epochs": "4", "n_blocks": "1", "patience": "3", "batch_size": "64"}
+# cv_folds=1: one model per job (the few-label default cross-fits 5; test_cross_fitting.py).
+FAST = {"n_epochs": "4", "n_blocks": "1", "patience": "3", "batch_size": "64", "cv_folds": "1"}
 # The tests run the very files the image runs, from this checkout (an editable install).
 assert TRAIN_ENTRY == REPO / "docker" / "train" and SERVE_ENTRY == REPO / "docker" / "serve", (
     f"tabtransformer is not imported from this checkout's src/: {TRAIN_ENTRY}"

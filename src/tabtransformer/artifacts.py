@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from tabtransformer.errors import UserError
 from tabtransformer.inference import Predictor
-from tabtransformer.model import TabTransformer, TabTransformerConfig
+from tabtransformer.model import Network, TabTransformerConfig, build_network
 from tabtransformer.options import ENSEMBLE_HEADS, NUMERIC_EMBEDDINGS
 from tabtransformer.preprocessing import TASKS, TablePreprocessor, TargetEncoder
 
@@ -74,7 +74,7 @@ ARTIFACT_FILE_MODE = 0o644
 class Artifact:
     """Everything in a model folder. `target` is None for a pretraining-only artifact."""
 
-    model: TabTransformer
+    model: Network
     preprocessor: TablePreprocessor
     target: TargetEncoder | None
     header: bool
@@ -247,7 +247,7 @@ def _read_folder(folder: Path) -> Artifact:
     _check_files(folder)
     try:
         config = TabTransformerConfig(**json.loads((folder / CONFIG).read_text()))
-        model = TabTransformer(config)
+        model = build_network(config)
         model.load_state_dict(load_file(folder / WEIGHTS))
         prep = json.loads((folder / PREPROCESSING).read_text())
         metrics_path = folder / METRICS
@@ -327,6 +327,7 @@ CONFIG_RULES = {
     "ensemble_size": _integer(1, 1024),
     "ensemble_head": Rule(lambda v: v in ENSEMBLE_HEADS, f"one of {ENSEMBLE_HEADS}"),
     "mlp_hidden_cap": _integer(0, 10**6),
+    "folds": _integer(1, 64),
 }
 FEATURES_RULES = {
     "feature_names": _list_of(TEXT, MAX_COLUMNS, min_length=1),
@@ -456,7 +457,7 @@ def _check_weights(path: Path, config: TabTransformerConfig) -> None:
     """Tensor names and shapes in the safetensors header against the network the config
     builds on the meta device (no memory, no kernels, no threads)."""
     with torch.device("meta"):
-        expected = {k: list(v.shape) for k, v in TabTransformer(config).state_dict().items()}
+        expected = {k: list(v.shape) for k, v in build_network(config).state_dict().items()}
     try:
         with safe_open(path, framework="np") as weights:
             found = {k: list(weights.get_slice(k).get_shape()) for k in weights.keys()}  # noqa: SIM118

@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import signal
 import time
 import warnings
@@ -39,7 +40,8 @@ log = logging.getLogger(__name__)
 FILE = "checkpoint.pt"
 PREVIOUS = "checkpoint.previous.pt"
 KEYS = ("fingerprint", "phase", "loop", "model", "optimizer", "generators")
-PHASES = ("pretrain", "finetune")
+PHASES = ("pretrain", "finetune")  # and "finetune fold i/k" (crossfit.py)
+FOLD_PHASE = re.compile(r"finetune fold [1-9][0-9]*/[1-9][0-9]*")
 # Part of every checkpoint's identity: bump when what a checkpoint holds changes.
 FORMAT_VERSION = 2
 # Hyperparameters that may change between a stopped job and its restart.
@@ -174,13 +176,14 @@ class Checkpointer:
         self._start = self._candidates[0][1] if self._candidates else None
 
     def resumed_phase(self, network: torch.nn.Module | None = None) -> str | None:
-        """The phase the job's checkpoint was saved in ("pretrain" or "finetune"), None
-        without one: a job resuming in "finetune" has finished pretraining. With `network`
+        """The phase the job's checkpoint was saved in ("pretrain", "finetune" or
+        "finetune fold i/k"), None without one: a job resuming in a "finetune" phase has
+        finished pretraining. With `network`
         (the model fine-tuning trains), a "finetune" checkpoint whose weights do not fit it
         is set aside first, so that pretraining is not skipped for a checkpoint that then
         cannot be restored."""
         state = self._read()
-        while state is not None and network is not None and state["phase"] == "finetune":
+        while state is not None and network is not None and state["phase"].startswith("finetune"):
             problem = weights_problem(state["model"], network)
             if problem is None:
                 break
@@ -201,7 +204,7 @@ class Checkpointer:
 
 @dataclass
 class PhaseCheckpoint:
-    """Restores, saves and stops one training loop ("pretrain" or "finetune")."""
+    """Restores, saves and stops one training loop ("pretrain", "finetune" or a fold's)."""
 
     owner: Checkpointer
     name: str
@@ -303,8 +306,10 @@ def well_formed_problem(state: Any) -> str | None:
     """What makes a loaded object not a checkpoint of this algorithm, or None."""
     if not isinstance(state, dict) or not all(key in state for key in KEYS):
         return "it is not a checkpoint of this algorithm"
-    if state["phase"] not in PHASES or not isinstance(state["fingerprint"], str):
-        return f"its phase {state['phase']!r:.40} is not one of {PHASES}"
+    phase = state["phase"]
+    known = phase in PHASES or (isinstance(phase, str) and FOLD_PHASE.fullmatch(phase))
+    if not known or not isinstance(state["fingerprint"], str):
+        return f"its phase {phase!r:.40} is not one of {PHASES} or 'finetune fold i/k'"
     if not isinstance(state["loop"], dict) or not isinstance(state["optimizer"], dict):
         return "its loop or optimizer entry is not a mapping"
     model, generators = state["model"], state["generators"]

@@ -162,7 +162,8 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "batch_size",
         int,
         256,
-        "Rows per optimisation step.",
+        "Rows per optimisation step. A table of fewer than 8 batches takes smaller batches "
+        "(its training rows / 8, at least 16), so that an epoch has 8 steps.",
         low=1,
         high=65536,
         jumpstart_default=256,
@@ -281,12 +282,26 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         low_open=True,
     ),
     Hyperparameter(
+        "cv_folds",
+        int,
+        0,
+        "Cross-fitted models: k >= 2 splits the labelled training rows into k stratified "
+        "folds (seeded); model i trains on the others and early-stops on fold i, so every "
+        "row trains; the job's validation metrics are the out-of-fold predictions' (with a "
+        "'validation' channel: the fold models' mean on it); the artifact holds the k "
+        "models and predicts their mean. 1: one model and a validation_fraction hold-out. "
+        "0 (auto): 5 with at most 1000 labelled training rows, else 1.",
+        low=0,
+        high=20,
+    ),
+    Hyperparameter(
         "eval_metric",
         str,
         "auto",
         "Validation metric for early stopping and "
-        "model selection. auto: auc (binary), log_loss (multiclass), rmse "
-        "(regression).",
+        "model selection. auto: auc (binary; log_loss with at most 1000 labelled training "
+        "rows, where a held-out fold has a handful of each class), log_loss (multiclass), "
+        "rmse (regression).",
         choices=("auto", "auc", "log_loss", "accuracy", "f1", "rmse", "mae", "r2"),
     ),
     # --- semi-supervised pretraining (paper section 3.2) ----------------------------------

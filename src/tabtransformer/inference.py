@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from tabtransformer.errors import UserError
-from tabtransformer.model import TabTransformer
+from tabtransformer.model import Network
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor, TargetEncoder
 
 # Rows per evaluation forward pass, whatever batch_size is. On a CPU, batches whose
@@ -91,7 +91,7 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
 
 @torch.inference_mode()
 def _in_batches(
-    model: TabTransformer,
+    model: Network,
     data: Encoded,
     device: torch.device,
     forward: Callable[[Encoded], torch.Tensor],
@@ -117,23 +117,23 @@ def _in_batches(
 
 
 def predict_raw(
-    model: TabTransformer, data: Encoded, device: torch.device, deadline: float | None = None
+    model: Network, data: Encoded, device: torch.device, deadline: float | None = None
 ) -> torch.Tensor:
-    """Model outputs (N, k, n_outputs) of the k ensemble members as float32 on the CPU,
-    in evaluation mode (DeadlinePassed after `deadline`)."""
+    """Model outputs (N, k, n_outputs) of the k ensemble members (of every fold) as float32
+    on the CPU, in evaluation mode (DeadlinePassed after `deadline`)."""
     c = model.config
     return _in_batches(
         model,
         data,
         device,
         lambda p: model(p.codes, p.numbers),
-        (c.ensemble_size, c.n_outputs),
+        (c.folds * c.ensemble_size, c.n_outputs),
         deadline,
     )
 
 
 def contextual_embeddings(
-    model: TabTransformer,
+    model: Network,
     data: Encoded,
     device: torch.device,
     layer: int = -1,
@@ -203,7 +203,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: TabTransformer,
+        model: Network,
         preprocessor: TablePreprocessor,
         target: TargetEncoder,
         header: bool,
@@ -227,6 +227,11 @@ class Predictor:
     @property
     def feature_names(self) -> list[str]:
         return self.preprocessor.feature_names
+
+    @property
+    def folds(self) -> int:
+        """How many cross-fitted networks predict (their mean); 1: one network."""
+        return self.model.config.folds
 
     def align(self, features: pd.DataFrame) -> pd.DataFrame:
         """Columns by name when they match the training names, otherwise by position."""
@@ -276,7 +281,8 @@ class Predictor:
         self, features: pd.DataFrame, layer: int = -1, deadline: float | None = None
     ) -> Embeddings:
         """Each row's contextual embeddings per token column at `layer` (0: before the
-        Transformer, -1: after its last block; a list index over n_blocks + 1 layers)."""
+        Transformer, -1: after its last block; a list index over n_blocks + 1 layers). A
+        cross-fitted model gives its folds' mean (`folds`)."""
         config = self.model.config
         if not config.n_tokens:
             raise UserError(

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from tabtransformer.artifacts import Artifact, read_base_artifact, save_artifact
 from tabtransformer.checkpoints import Checkpointer, StopFlag, fingerprint
+from tabtransformer.crossfit import fit_folds, fold_rows
 from tabtransformer.distributed import World
-from tabtransformer.host_store import scratch_folder
-from tabtransformer.model import TabTransformer, TabTransformerConfig
+from tabtransformer.host_store import MappedRows, scratch_folder
+from tabtransformer.model import CrossFitted, Network, TabTransformer, TabTransformerConfig
 from tabtransformer.options import NUMERIC_EMBEDDINGS
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.plan import JobPlan, NetworkSettings
@@ -44,9 +46,15 @@ def run(paths: SageMakerPaths, world: World | None = None, scratch: Path | None 
     check_sharding(paths, plan.channels, world, plan.pretraining.objective)
     with scratch_folder(scratch) as folder:
         tables = load_tables(paths, plan.tables, base.preprocessor if base else None, world, folder)
-        target = tables.labelled.target if tables.labelled else None
+        labelled = tables.labelled
+        task = labelled.target.task if labelled else None
         base_embedding = base.model.config.numeric_embedding if base else None
-        plan = plan.completed(target.task if target else None, base_embedding)
+        n_labelled, sharded = 0, False
+        if labelled is not None:
+            own_valid = "validation" in plan.channels
+            n_labelled = len(labelled.train) + (0 if own_valid else len(labelled.valid))
+            sharded = labelled.rows_per_rank is not None
+        plan = plan.completed(task, base_embedding, n_labelled, sharded)
         train(plan, tables, base, world, started)
 
 
@@ -65,7 +73,8 @@ def train(
     schema = {"features": tables.pre.to_dict(), "target": target}
     job_id = fingerprint(dict(plan.hyperparameters), schema, tables.n_rows_all_hosts)
     checkpointer = Checkpointer(plan.paths.checkpoints, job_id, StopFlag().install(), world)
-    if plan.pretrains and checkpointer.resumed_phase(model) != "finetune":
+    resumed = checkpointer.resumed_phase(model) or ""  # a fold has the model's shape
+    if plan.pretrains and not resumed.startswith("finetune"):
         features = tables.features
         history = pretrain_on_rows(
             model, tables.pre, features, plan.pretraining, device, checkpointer
@@ -80,27 +89,92 @@ def train(
             save_artifact(plan.paths.model, artifact, dict(plan.hyperparameters))
             log.info("pretrained model written to %s", plan.paths.model)
         return
-    train_rows, valid = labelled.train, labelled.valid
     unlabeled = None
     if plan.semi_supervised:
+        train_rows = labelled.train
         unlabeled = tables.features.subset(np.arange(len(train_rows), len(tables.features)))
-    data = FitData(train_rows, valid, labelled.target, unlabeled, labelled.rows_per_rank)
-    history, best_epoch = fit(model, data, plan.fit, device, checkpointer)
+    data = FitData(
+        labelled.train, labelled.valid, labelled.target, unlabeled, labelled.rows_per_rank
+    )
+    encoder_from = model if (plan.pretrains or base is not None) else None
+    result = fine_tune(plan, model, data, encoder_from, device, checkpointer)
     if not world.is_main:
         return  # the other processes train; the first one reports and writes
-    summary = final_scores(model, data, device, history, best_epoch)
-    summary["pretrained"] = pretrained or ("from model channel" if base else None)
-    write_history(plan.paths.output_data, "training_history", history)
-    artifact = Artifact(model.cpu(), tables.pre, labelled.target, plan.tables.header, summary)
+    result.summary["pretrained"] = pretrained or ("from model channel" if base else None)
+    for name, history in result.histories.items():
+        write_history(plan.paths.output_data, name, history)
+    network = result.network.cpu()
+    artifact = Artifact(network, tables.pre, labelled.target, plan.tables.header, result.summary)
     save_artifact(plan.paths.model, artifact, dict(plan.hyperparameters))
     log.info("model written to %s", plan.paths.model)
     report = plan.report
+    shown, rows = result.report_on
     inputs = ReportInputs(
-        model, tables.pre, labelled.target, valid, summary, report.eval_metric, device, report.seed
-    )
+        shown, tables.pre, labelled.target, rows, result.summary, report.eval_metric, device,
+        report.seed,
+    )  # fmt: skip
     write_training_report(
         plan.paths.output_data, report.enabled, inputs, time.monotonic() - started
     )
+
+
+@dataclass
+class FineTuned:
+    """What fine-tuning gives the artifact and the report: the network, metrics.json's
+    summary, the histories to write by name, and the network and labelled rows the report
+    looks at."""
+
+    network: Network
+    summary: dict[str, Any]
+    histories: dict[str, list[dict[str, float]]]
+    report_on: tuple[Network, MappedRows]
+
+
+def fine_tune(
+    plan: JobPlan,
+    model: TabTransformer,
+    data: FitData,
+    encoder_from: TabTransformer | None,
+    device: torch.device,
+    checkpointer: Checkpointer,
+) -> FineTuned:
+    """One model early-stopping on the validation rows, or cross-fitted models (cv_folds);
+    `encoder_from`: the pretrained or base network every fold starts from (None: each fold
+    is a fresh network)."""
+    settings = plan.fit
+    if settings.folds == 1:
+        history, best_epoch = fit(model, data, settings, device, checkpointer)
+        summary = final_scores(model, data, device, history, best_epoch)
+        return FineTuned(model, summary, {"training_history": history}, (model, data.valid))
+    seed = plan.tables.seed
+
+    def start(fold: int) -> TabTransformer:
+        torch.manual_seed(seed + fold)
+        network = TabTransformer(model.config)
+        if encoder_from is not None:
+            network.load_state_dict(encoder_state(encoder_from), strict=False)
+        return network
+
+    own_valid = "validation" in plan.channels
+    run = fit_folds(start, data, settings, device, checkpointer, own_valid)
+    histories = {"training_history": run.histories[0]}
+    histories.update({f"training_history_fold{i + 1}": h for i, h in enumerate(run.histories)})
+    del histories["training_history_fold1"]
+    summary = run.summary(data.target.task)
+    if own_valid:
+        report_on = (run.network, data.valid)
+    else:
+        first_fold = fold_rows(data.train, data.valid, own_valid).subset(
+            np.flatnonzero(run.assignment == 0)
+        )
+        report_on = (run.network.folds[0], first_fold)
+        summary["report_shows"] = "fold 1 on its held-out fold"
+    return FineTuned(run.network, summary, histories, report_on)
+
+
+def encoder_state(network: TabTransformer) -> dict[str, torch.Tensor]:
+    """A network's embeddings and Transformer: every tensor but the prediction head's."""
+    return {k: v for k, v in network.state_dict().items() if not k.startswith("mlp.")}
 
 
 def build_model(
@@ -124,9 +198,10 @@ def build_model(
         "ensemble_head": network.ensemble_head,
         "mlp_hidden_cap": network.mlp_hidden_cap,
     }
-    config = TabTransformerConfig(**{**base.model.config.to_dict(), **head})
+    config = TabTransformerConfig(**{**base.model.config.to_dict(), **head, "folds": 1})
     model = TabTransformer(config)
-    reused = {k: v for k, v in base.model.state_dict().items() if not k.startswith("mlp.")}
+    source = base.model.folds[0] if isinstance(base.model, CrossFitted) else base.model
+    reused = encoder_state(source)
     model.load_state_dict(reused, strict=False)
     log.info(
         "fine-tuning from the 'model' channel: reused %d tensors (embeddings and "

@@ -21,7 +21,9 @@ ensemble_head="batchensemble" its hidden layers are TabM's BatchEnsemble instead
 weight, per-member scalings of its inputs and outputs; the first input scaling starts at random
 signs) and only the output layer is per member. `forward` always returns (B, k, n_outputs),
 k = 1 for the paper; predictions average the members' probabilities (or values), the training
-loss averages their losses. The members never interact before the output.
+loss averages their losses. The members never interact before the output. Cross-fitted
+models (`folds` k > 1, `CrossFitted`) are k whole networks, each fine-tuned with one fold of
+the labelled rows held out, whose members sit side by side: (B, k*e, n_outputs).
 
 Each column's embedding of a value is [shared column part (d * frac_shared_embed) ||
 per-value part]; code 0 is *missing* (also the MLM mask) and code 1 is *unseen*. No
@@ -48,7 +50,7 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +80,7 @@ class TabTransformerConfig:
     ensemble_size: int = 1  # k MLP heads over the one Transformer
     ensemble_head: str = "plain"  # k > 1: "plain" (k independent MLPs) or "batchensemble"
     mlp_hidden_cap: int = 0  # > 0: the MLP's first hidden width is at most this
+    folds: int = 1  # > 1: that many cross-fitted networks of this shape (CrossFitted)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -313,6 +316,8 @@ class Block(nn.Module):
 class TabTransformer(nn.Module):
     def __init__(self, config: TabTransformerConfig):
         super().__init__()
+        if config.folds != 1:
+            raise ValueError("a config of several folds builds a CrossFitted network")
         self.config = c = config
         n_cat = len(c.cardinalities)
         if n_cat:
@@ -392,6 +397,55 @@ class TabTransformer(nn.Module):
         if self.config.ensemble_size == 1:
             return self.mlp(features).unsqueeze(1)
         return self.mlp(features.unsqueeze(1).expand(-1, self.config.ensemble_size, -1))
+
+
+class CrossFitted(nn.Module):
+    """k networks of one shape, each fine-tuned with one fold of the labelled rows held out
+    (`cv_folds`), as one module: their ensemble members side by side.
+
+        codes (B, m), numbers (B, c)
+          -> each fold's TabTransformer: (B, e, n_outputs)
+          -> concatenated on the member dimension: (B, k*e, n_outputs)
+
+    so that the prediction (the mean over members of their probabilities or values) is the
+    mean over the folds. `contextual` is the folds' mean contextual embedding."""
+
+    def __init__(self, config: TabTransformerConfig):
+        super().__init__()
+        self.config = config
+        one = replace(config, folds=1)
+        self.folds = nn.ModuleList(TabTransformer(one) for _ in range(config.folds))
+
+    @classmethod
+    def of(cls, networks: list[TabTransformer]) -> CrossFitted:
+        """The fold networks (one shape) as one module; their weights are copied in."""
+        folded = cls(replace(networks[0].config, folds=len(networks)))
+        for fold, network in zip(folded.folds, networks, strict=True):
+            fold.load_state_dict(network.state_dict())
+        return folded
+
+    def contextual(
+        self,
+        codes: torch.Tensor,
+        numbers: torch.Tensor | None = None,
+        numeric_mask: torch.Tensor | None = None,
+        layer: int = -1,
+    ) -> torch.Tensor:
+        """The mean over the folds of `TabTransformer.contextual` (B, n_tokens, d)."""
+        parts = [f.contextual(codes, numbers, numeric_mask, layer) for f in self.folds]
+        return torch.stack(parts).mean(0)
+
+    def forward(self, codes: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
+        """Outputs (B, k*e, n_outputs): every fold's e ensemble members."""
+        return torch.cat([f(codes, numbers) for f in self.folds], dim=1)
+
+
+Network = TabTransformer | CrossFitted
+
+
+def build_network(config: TabTransformerConfig) -> Network:
+    """The network a config describes: one TabTransformer, or `folds` of them."""
+    return CrossFitted(config) if config.folds > 1 else TabTransformer(config)
 
 
 def mlp_head(widths: list[int], dropout: float, k: int, kind: str = "plain") -> nn.Sequential:

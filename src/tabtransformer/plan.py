@@ -9,7 +9,9 @@ two places and logged once:
 - `task` (by the target encoder, from the labels: `completed` takes its answer),
 - `numeric_embedding` (once the task is known: periodic for binary classification, PLE
   otherwise, as the accuracy benchmark measured — docs/benchmarks.md),
-- `eval_metric` (the task's default metric).
+- `eval_metric` (the task's default metric; log_loss for a binary task with few labels),
+- `cv_folds` (once the labelled rows are counted: FEW_LABEL_FOLDS cross-fitted models with
+  at most FEW_LABELS labelled training rows, else one).
 Everything after reads the plan's parts, never the raw hyperparameters (which travel
 only into the artifact's `hyperparameters.json` and the checkpoint's identity).
 """
@@ -23,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from tabtransformer import hyperparameters
 from tabtransformer.channels import read_json_config, validate_channels
+from tabtransformer.errors import UserError
 from tabtransformer.options import NUMERIC_EMBEDDINGS
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.pretraining import PretrainSettings
@@ -34,6 +37,11 @@ if TYPE_CHECKING:
     from tabtransformer.model import TabTransformerConfig
 
 log = logging.getLogger(__name__)
+# The few-label recipe (docs/semi-supervised.md): with at most FEW_LABELS labelled training
+# rows, cv_folds=auto trains FEW_LABEL_FOLDS cross-fitted models and eval_metric=auto
+# watches the log loss of a binary task.
+FEW_LABELS = 1000
+FEW_LABEL_FOLDS = 5
 
 
 @dataclass(frozen=True)
@@ -147,9 +155,17 @@ class JobPlan:
         """Whether the job fine-tunes (or pretrains further) a model from its `model` channel."""
         return "model" in self.channels
 
-    def completed(self, task: str | None, base_numeric_embedding: str | None) -> JobPlan:
+    def completed(
+        self,
+        task: str | None,
+        base_numeric_embedding: str | None,
+        labelled_rows: int = 0,
+        sharded: bool = False,
+    ) -> JobPlan:
         """The plan once the target's task is known (None: a pretraining-only job); with a
-        base model, its numeric embedding applies (`base_numeric_embedding`)."""
+        base model, its numeric embedding applies (`base_numeric_embedding`).
+        `labelled_rows`: the training rows cross-fitting would split (`sharded`: each host
+        trains on its own rows, which cross-fitting does not support)."""
         network = self.network
         if base_numeric_embedding is not None:
             network = replace(network, numeric_embedding=base_numeric_embedding)
@@ -161,14 +177,46 @@ class JobPlan:
             network = replace(network, numeric_embedding=kind)
         if task is None:
             return replace(self, network=network)
+        few = labelled_rows <= FEW_LABELS
         fit = FitSettings.from_hyperparameters(
-            self.hyperparameters, task, "unlabeled" in self.channels
+            self.hyperparameters, task, "unlabeled" in self.channels, few
         )
         if self.hyperparameters["eval_metric"] == "auto":
-            log.info("eval_metric=auto: %s for a %s task", fit.eval_metric, task)
+            log.info(
+                "eval_metric=auto: %s for a %s task%s",
+                fit.eval_metric,
+                task,
+                f" with {labelled_rows} labelled rows" if few else "",
+            )
+        folds = resolve_folds(self.hyperparameters["cv_folds"], labelled_rows, sharded)
+        fit = replace(fit, folds=folds)
         report = replace(self.report, eval_metric=fit.eval_metric)
         return replace(self, network=network, fit=fit, task=task, report=report)
 
     @property
     def semi_supervised(self) -> bool:
         return self.fit is not None and self.fit.semi_supervised != "none"
+
+
+def resolve_folds(cv_folds: int, labelled_rows: int, sharded: bool) -> int:
+    """How many cross-fitted models: `cv_folds`, or (0, auto) FEW_LABEL_FOLDS with at most
+    FEW_LABELS labelled rows and one model otherwise; a UserError for folds that cannot be
+    made (each needs two rows; hosts that train on their own rows)."""
+    if cv_folds == 0:
+        folds = FEW_LABEL_FOLDS if labelled_rows <= FEW_LABELS and not sharded else 1
+        log.info("cv_folds=auto: %d for %d labelled training rows", folds, labelled_rows)
+        if folds > 1 and labelled_rows >= 2 * folds:
+            return folds
+        return 1
+    if cv_folds > 1 and sharded:
+        raise UserError(
+            f"cv_folds={cv_folds} splits every labelled row into folds, and the training "
+            "channel is ShardedByS3Key (each host trains on its own rows): use "
+            "FullyReplicated for it, or cv_folds=1."
+        )
+    if cv_folds > 1 and labelled_rows < 2 * cv_folds:
+        raise UserError(
+            f"cv_folds={cv_folds} needs at least {2 * cv_folds} labelled training rows (two "
+            f"a fold), and the job has {labelled_rows}: add rows or choose fewer folds."
+        )
+    return max(cv_folds, 1)

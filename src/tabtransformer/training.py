@@ -14,6 +14,7 @@ outputs, times `semi_supervised_weight`, is added to the labelled loss.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
@@ -29,12 +31,14 @@ from tabtransformer.errors import UserError
 from tabtransformer.hardware import compiled, gather, place
 from tabtransformer.inference import Encoded, autocast, predict_raw, to_prediction
 from tabtransformer.loop import LoopSettings, adamw, batches, optimizer_step, run_epochs
-from tabtransformer.model import TabTransformer
+from tabtransformer.model import Network, TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
 from tabtransformer.schedule import learning_rate_factor, set_learning_rate
 from tabtransformer.settings import PhaseSettings
 
 log = logging.getLogger(__name__)
+MIN_STEPS_PER_EPOCH = 8
+MIN_BATCH_ROWS = 16
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class FitSettings:
     semi_supervised: str = "none"  # "none", "entropy" or "pseudo_label"
     semi_supervised_weight: float = 0.5
     pseudo_label_threshold: float = 0.9
+    folds: int = 1  # cross-fitted models (crossfit.py); 1: one model
 
     def learning_rate(self, progress: float) -> float:
         """The learning rate after `progress` epochs (fractional) of fine-tuning."""
@@ -60,14 +65,17 @@ class FitSettings:
 
     @classmethod
     def from_hyperparameters(
-        cls, hp: Mapping[str, Any], task: str, has_unlabeled: bool = False
+        cls, hp: Mapping[str, Any], task: str, has_unlabeled: bool = False, few_labels: bool = False
     ) -> FitSettings:
-        """Resolve eval_metric=auto for `task`, or check that the metric applies to it;
-        check that semi_supervised has what it needs (a classifier, unlabeled rows)."""
+        """Resolve eval_metric=auto for `task` (`few_labels`: log_loss for a binary task,
+        whose AUC on a few held-out positives is mostly noise), or check that the metric
+        applies to it; check that semi_supervised has what it needs (a classifier,
+        unlabeled rows)."""
         check_semi_supervised(hp["semi_supervised"], task, has_unlabeled)
         name = hp["eval_metric"]
         if name == "auto":
-            name = metrics.DEFAULT_EVAL_METRIC[task]
+            few = few_labels and task == "binary"
+            name = "log_loss" if few else metrics.DEFAULT_EVAL_METRIC[task]
         elif task not in metrics.BY_NAME[name].tasks:
             raise UserError(
                 f"eval_metric={name} does not apply to task {task}; use one of "
@@ -150,17 +158,28 @@ def unlabeled_batches(
 
 
 def validation_scores(
-    model: TabTransformer, data: Encoded, target: TargetEncoder, device: torch.device
+    model: Network, data: Encoded, target: TargetEncoder, device: torch.device
 ) -> dict[str, float]:
     """Loss (the mean of the ensemble members' losses) and every registered metric of the
     task (on the members' averaged prediction) on a labelled table."""
-    raw = predict_raw(model, data, device)
-    result = {"loss": float(loss_fn(target.task)(raw, data.target))}
-    y = data.target.numpy()
+    return scores_of(predict_raw(model, data, device), data.target, target)
+
+
+def scores_of(raw: torch.Tensor, y: torch.Tensor, target: TargetEncoder) -> dict[str, float]:
+    """`validation_scores` of raw outputs (N, k, n_outputs) against encoded targets (N,)."""
+    result = {"loss": float(loss_fn(target.task)(raw, y))}
+    labels = y.numpy()
     if target.task == "regression":
-        y = target.decode_regression(y.astype(np.float64))
-    result.update(metrics.compute_all(target.task, y, to_prediction(raw, target)))
+        labels = target.decode_regression(labels.astype(np.float64))
+    result.update(metrics.compute_all(target.task, labels, to_prediction(raw, target)))
     return result
+
+
+def batch_rows(batch_size: int, n_rows: int) -> int:
+    """Rows per fine-tuning step: `batch_size`, or fewer on a table of fewer than
+    MIN_STEPS_PER_EPOCH batches (n_rows / MIN_STEPS_PER_EPOCH, at least MIN_BATCH_ROWS), so
+    that a few hundred labelled rows still take several steps an epoch."""
+    return min(batch_size, max(MIN_BATCH_ROWS, n_rows // MIN_STEPS_PER_EPOCH))
 
 
 @dataclass(frozen=True)
@@ -176,19 +195,29 @@ class FitData:
     rows_per_rank: int | None = None
 
 
+@dataclass(frozen=True)
+class Saved:
+    """What a fine-tuning checkpoint holds: its phase name and the module whose weights it
+    saves (the network trained, or the cross-fitted whole it is one fold of)."""
+
+    phase: str
+    module: nn.Module
+
+
 def fit(
     model: TabTransformer,
     data: FitData,
     settings: FitSettings,
     device: torch.device,
     checkpointer: Checkpointer | None = None,
+    saved: Saved | None = None,
 ) -> tuple[list[dict[str, float]], int]:
     """Train with early stopping on `settings.eval_metric`; leaves the best weights in `model`.
 
     With `settings.semi_supervised` other than none, the unlabeled rows (features only)
     join every batch. The processes are `checkpointer`'s; it resumes and saves each epoch
-    (phase "finetune"). Returns the per-epoch history (train loss, with the weighted
-    unlabeled loss, and validation metrics) and the best epoch.
+    (`saved`; default: phase "finetune", the model). Returns the per-epoch history (train
+    loss, with the weighted unlabeled loss, and validation metrics) and the best epoch.
     """
     checkpointer = checkpointer or Checkpointer(None)
     world = checkpointer.world
@@ -197,7 +226,8 @@ def fit(
     generator = torch.Generator().manual_seed(phase.seed)
     model.to(device).train()
     optimizer = adamw(model.parameters(), phase, device)
-    checkpoint = checkpointer.phase("finetune", model, optimizer, [generator])
+    saved = saved or Saved("finetune", model)
+    checkpoint = checkpointer.phase(saved.phase, saved.module, optimizer, [generator])
     start = checkpoint.restore()  # before DDP shares the first process's weights
     # DistributedDataParallel when there are several processes; compiled on request.
     forward = compiled(wrap(model, world), phase.compile)
@@ -216,16 +246,25 @@ def fit(
             else "",
         )
     epoch = start.epoch  # the last finished epoch; each train_epoch() runs the next one
+    batch_size = batch_rows(phase.batch_size, data.rows_per_rank or len(train_rows) // world.size)
+    if batch_size != phase.batch_size:
+        log.info(
+            "batches of %d rows (batch_size=%d): %d training rows make %d steps an epoch",
+            batch_size,
+            phase.batch_size,
+            len(train_rows),
+            math.ceil(len(train_rows) / world.size / batch_size),
+        )
 
     def train_epoch() -> Iterator[tuple[torch.Tensor, int]]:
         nonlocal epoch
         epoch += 1
         epoch_batches = batches(
-            len(train_rows), phase.batch_size, generator, world, train_at, data.rows_per_rank
+            len(train_rows), batch_size, generator, world, train_at, data.rows_per_rank
         )
         if semi:
             extra = unlabeled_batches(
-                len(unlabeled_rows), len(epoch_batches), phase.batch_size, generator, world
+                len(unlabeled_rows), len(epoch_batches), batch_size, generator, world
             ).to(unlabeled_at)
         for step, index in enumerate(epoch_batches):
             progress = epoch - 1 + (step + 1) / len(epoch_batches)
@@ -263,7 +302,7 @@ def fit(
 
 
 def final_scores(
-    model: TabTransformer,
+    model: Network,
     data: FitData,
     device: torch.device,
     history: list[dict[str, float]],

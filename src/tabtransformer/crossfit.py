@@ -1,0 +1,216 @@
+"""Cross-fitted fine-tuning (`cv_folds` = k >= 2): every labelled row trains, and each
+model early-stops on a fold of its own instead of one small hold-out.
+
+The labelled training rows (with no `validation` channel: the hold-out rows too) are split
+into k folds, stratified by class where every class has k rows, seeded. Model i starts as
+the single model would (a fresh network, or the base or pretrained encoder with a new
+head; seeded per fold), trains on the other k - 1 folds and early-stops on fold i, through
+`training.fit` (the one epoch loop). The job's validation scores are those of the
+out-of-fold predictions of every row; with a `validation` channel, those of the k models'
+mean on it. The k models become one `CrossFitted` network: one artifact, whose prediction
+is the mean of the folds'.
+
+Checkpoints: the fold in training is checkpointed every epoch like a single model (phase
+"finetune fold i/k"), and each finished fold's weights and history are written once
+beside it (FOLDS_FILE), so a restart resumes the fold it was in.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.model_selection import KFold, StratifiedKFold
+
+from tabtransformer import metrics
+from tabtransformer.checkpoints import Checkpointer
+from tabtransformer.host_store import MappedRows
+from tabtransformer.inference import predict_raw
+from tabtransformer.model import CrossFitted, TabTransformer
+from tabtransformer.training import FitData, FitSettings, Saved, fit, scores_of, validation_scores
+
+log = logging.getLogger(__name__)
+FOLDS_FILE = "finished_folds.pt"
+PHASE_PREFIX = "finetune fold "
+
+
+def fold_rows(train: MappedRows, valid: MappedRows, own_valid: bool) -> MappedRows:
+    """The rows the folds split: the training rows, and the rows the job held out of them
+    when there is no `validation` channel (the same arrays, so one view of both)."""
+    if own_valid:
+        return train
+    if not same_array(train.codes_array, valid.codes_array) or train.index is None:
+        raise ValueError("the hold-out is not a view of the training rows")
+    return replace(train, index=np.sort(np.concatenate([train.index, valid.index])))
+
+
+def same_array(a: np.ndarray, b: np.ndarray) -> bool:
+    """One array, or two maps of one file."""
+    name = getattr(a, "filename", None)
+    return a is b or (name is not None and name == getattr(b, "filename", None))
+
+
+def assign_folds(labels: np.ndarray, k: int, seed: int, classify: bool) -> np.ndarray:
+    """Each row's fold (0..k-1): stratified by class when every class has k rows."""
+    n = len(labels)
+    counts = np.unique(labels, return_counts=True)[1] if classify else np.array([0])
+    if classify and counts.min() >= k:
+        splitter: KFold | StratifiedKFold = StratifiedKFold(k, shuffle=True, random_state=seed)
+    else:
+        splitter = KFold(k, shuffle=True, random_state=seed)
+    folds = np.empty(n, dtype=np.int64)
+    for i, (_, held_out) in enumerate(splitter.split(np.zeros(n), labels)):
+        folds[held_out] = i
+    return folds
+
+
+@dataclass
+class CrossFit:
+    """The cross-fitted run: the k networks as one, each fold's history and best epoch,
+    the validation scores (out-of-fold, or on the validation channel) and what they are
+    computed on."""
+
+    network: CrossFitted
+    histories: list[list[dict[str, float]]]
+    best_epochs: list[int]
+    scores: dict[str, float]
+    scored_on: str
+    assignment: np.ndarray
+
+    def summary(self, task: str) -> dict[str, Any]:
+        """metrics.json's entries for the run (the validation scores, how they were made)."""
+        return {
+            "task": task,
+            "validation": self.scores,
+            "validation_rows": self.scored_on,
+            "folds": len(self.histories),
+            "epochs_run": [len(h) for h in self.histories],
+            "best_epoch": self.best_epochs,
+        }
+
+
+def fit_folds(
+    start: Callable[[int], TabTransformer],
+    data: FitData,
+    settings: FitSettings,
+    device: torch.device,
+    checkpointer: Checkpointer,
+    own_valid: bool,
+) -> CrossFit:
+    """Train k = settings' folds models (`start(i)`: fold i's network before fine-tuning)
+    on `data.train` split into folds; `own_valid`: `data.valid` is a validation channel
+    (else the job's hold-out, which joins the folds)."""
+    k, seed = settings.folds, settings.phase.seed
+    pool = fold_rows(data.train, data.valid, own_valid)
+    labels = pool.target.numpy()
+    folds = assign_folds(labels, k, seed, data.target.task != "regression")
+    network = CrossFitted.of([start(i) for i in range(k)])
+    done = finished_folds(checkpointer, network, resumed_fold(checkpointer, k))
+    first = len(done)
+    histories, best_epochs = [d["history"] for d in done], [d["best_epoch"] for d in done]
+    log.info(
+        "cross-fitting %d models on %d labelled rows (folds of %s rows)%s",
+        k,
+        len(pool),
+        "/".join(str(int(n)) for n in np.bincount(folds, minlength=k)),
+        f"; resuming at fold {first + 1}" if first else "",
+    )
+    for i in range(first, k):
+        fold_data = replace(
+            data,
+            train=pool.subset(np.flatnonzero(folds != i)),
+            valid=pool.subset(np.flatnonzero(folds == i)),
+        )
+        log.info("fold %d/%d: %d training rows, %d held out", i + 1, k, *fold_sizes(fold_data))
+        saved = Saved(f"{PHASE_PREFIX}{i + 1}/{k}", network.folds[i])
+        fold_settings = replace(settings, phase=replace(settings.phase, seed=seed + i))
+        history, best = fit(network.folds[i], fold_data, fold_settings, device, checkpointer, saved)
+        histories.append(history)
+        best_epochs.append(best)
+        save_finished(checkpointer, network, histories, best_epochs)
+    if own_valid:
+        scores = validation_scores(network, data.valid, data.target, device)
+        scored_on = "validation channel (the folds' mean)"
+    else:
+        scores = scores_of(out_of_fold(network, pool, folds, device), pool.target, data.target)
+        scored_on = f"out-of-fold ({len(pool)} rows, {k} folds)"
+    for metric in metrics.for_task(data.target.task):
+        log.info("%s", metric.final_line(scores[metric.name]))
+    return CrossFit(network, histories, best_epochs, scores, scored_on, folds)
+
+
+def fold_sizes(data: FitData) -> tuple[int, int]:
+    return len(data.train), len(data.valid)
+
+
+def out_of_fold(
+    network: CrossFitted, pool: MappedRows, folds: np.ndarray, device: torch.device
+) -> torch.Tensor:
+    """Each row's outputs (N, e, n_outputs) from the one fold model that did not train on it."""
+    parts = []
+    for i, fold in enumerate(network.folds):
+        held_out = np.flatnonzero(folds == i)
+        parts.append((held_out, predict_raw(fold, pool.subset(held_out), device)))
+    first = parts[0][1]
+    raw = torch.empty((len(pool), *first.shape[1:]), dtype=first.dtype)
+    for held_out, out in parts:
+        raw[torch.from_numpy(held_out)] = out
+    return raw
+
+
+def resumed_fold(checkpointer: Checkpointer, k: int) -> int:
+    """The fold (0-based) the job's checkpoint was saved in; 0 without one."""
+    phase = checkpointer.resumed_phase() or ""
+    if not phase.startswith(PHASE_PREFIX):
+        return 0
+    number, _, total = phase.removeprefix(PHASE_PREFIX).partition("/")
+    if total != str(k) or not number.isdigit():
+        return 0
+    return int(number) - 1
+
+
+def finished_folds(
+    checkpointer: Checkpointer, network: CrossFitted, first: int
+) -> list[dict[str, Any]]:
+    """The folds before `first` (the fold the checkpoint is in) as they finished: their
+    histories, with their weights loaded into `network`; none when they are not all there."""
+    if first == 0 or checkpointer.path is None:
+        return []
+    path = checkpointer.path.with_name(FOLDS_FILE)
+    try:
+        saved = torch.load(path, weights_only=True)
+        folds = saved["folds"][:first]
+        if saved["fingerprint"] != checkpointer.fingerprint or len(folds) < first:
+            raise ValueError("not this job's, or too few folds")
+        for fold, entry in zip(network.folds, folds, strict=False):
+            fold.load_state_dict(entry["state"])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as error:
+        log.warning("the finished folds cannot be read (%s): fine-tuning starts afresh", error)
+        checkpointer.discard_start(f"the finished folds in {path} cannot be read")
+        return []
+    log.info("resuming cross-fitting: folds 1-%d finished, from %s", first, path)
+    return [{"history": f["history"], "best_epoch": f["best_epoch"]} for f in folds]
+
+
+def save_finished(
+    checkpointer: Checkpointer,
+    network: CrossFitted,
+    histories: list[list[dict[str, float]]],
+    best_epochs: list[int],
+) -> None:
+    """Write the finished folds' weights and histories beside the checkpoint (the main
+    process, atomically)."""
+    if checkpointer.path is None or not checkpointer.world.is_main:
+        return
+    folds = [
+        {"history": h, "best_epoch": b, "state": fold.state_dict()}
+        for h, b, fold in zip(histories, best_epochs, network.folds, strict=False)
+    ]
+    checkpointer.path.parent.mkdir(parents=True, exist_ok=True)
+    partial = checkpointer.path.with_name(FOLDS_FILE + ".partial")
+    torch.save({"fingerprint": checkpointer.fingerprint, "folds": folds}, partial)
+    partial.replace(checkpointer.path.with_name(FOLDS_FILE))

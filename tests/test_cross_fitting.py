@@ -1,0 +1,229 @@
+"""Cross-fitted models (`cv_folds`): k fold models in one artifact, out-of-fold metrics,
+resume mid-fold, several processes; through the real `train` entry point and server."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAST, TRAIN_ENTRY, Job, Server, free_port, make_table
+
+from tabtransformer import load_model
+from tabtransformer.crossfit import assign_folds
+from tabtransformer.errors import UserError
+from tabtransformer.inference import encode_table, predict_raw, to_prediction
+from tabtransformer.metrics import compute_all
+from tabtransformer.model import CrossFitted
+from tabtransformer.plan import FEW_LABEL_FOLDS, FEW_LABELS, resolve_folds
+
+CROSS_FIT = {**FAST, "cv_folds": "3", "n_epochs": "3", "patience": "50"}
+
+
+def trained(job: Job) -> dict:
+    result = job.train()
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {**json.loads((job.model / "metrics.json").read_text()), "log": result.stdout}
+
+
+@pytest.fixture(scope="module")
+def folded(tmp_path_factory) -> tuple[Job, dict]:
+    job = Job(tmp_path_factory.mktemp("cross_fit") / "opt_ml")
+    job.channel("training", make_table("binary", n=240))
+    job.hyperparameters(CROSS_FIT)
+    return job, trained(job)
+
+
+def test_k_fold_models_train_and_report_out_of_fold_metrics(folded):
+    job, metrics = folded
+    log = metrics["log"]
+    assert "cross-fitting 3 models on 240 labelled rows (folds of 80/80/80 rows)" in log
+    for i in (1, 2, 3):
+        assert f"fold {i}/3: 160 training rows, 80 held out" in log
+    assert metrics["folds"] == 3 and metrics["epochs_run"] == [3, 3, 3]
+    assert metrics["validation_rows"] == "out-of-fold (240 rows, 3 folds)"
+    assert "metrics={'auc': " in log and "validation_auc=" in log
+    config = json.loads((job.model / "model_config.json").read_text())
+    assert config["folds"] == 3
+    for name in ("training_history", "training_history_fold2", "training_history_fold3"):
+        assert (job.base / "output" / "data" / f"{name}.csv").is_file()
+
+
+def test_out_of_fold_metrics_come_from_the_model_that_did_not_train_on_the_row(folded):
+    """Recompute metrics.json's scores: each row predicted by the fold model that held it
+    out (the seeded stratified assignment) gives exactly the logged out-of-fold scores."""
+    job, metrics = folded
+    predictor = load_model(job.model)
+    table = make_table("binary", n=240)
+    features, y = table.drop(columns="label"), (table["label"] == "yes").to_numpy().astype(int)
+    folds = assign_folds(y, 3, seed=0, classify=True)
+    data = encode_table(predictor.preprocessor, predictor.align(features))
+    network = predictor.model
+    assert isinstance(network, CrossFitted) and predictor.folds == 3
+    raw = torch.cat([predict_raw(fold, data, predictor.device) for fold in network.folds], 1)
+    e = network.config.ensemble_size
+    own = np.stack([to_prediction(raw[:, i * e : (i + 1) * e], predictor.target) for i in range(3)])
+    oof = own[folds, np.arange(len(y))]
+    scores = compute_all("binary", y, oof)
+    assert scores["auc"] == pytest.approx(metrics["validation"]["auc"], abs=1e-9)
+    assert scores["log_loss"] == pytest.approx(metrics["validation"]["log_loss"], abs=1e-9)
+
+
+def test_one_artifact_predicts_the_mean_of_the_folds_in_one_call_and_serves_it(folded):
+    job, _ = folded
+    predictor = load_model(job.model)
+    features = make_table("binary", n=240, seed=5).drop(columns="label").head(50)
+    data = encode_table(predictor.preprocessor, predictor.align(features))
+    network = predictor.model
+    per_fold = [
+        to_prediction(predict_raw(f, data, predictor.device), predictor.target)
+        for f in network.folds
+    ]
+    mean = np.mean(per_fold, axis=0)
+    assert np.allclose(predictor.predict_proba(features), mean, atol=1e-9)
+    members = network.config.ensemble_size
+    assert predict_raw(network, data, predictor.device).shape == (50, 3 * members, 2)
+    with Server(job.base) as server:
+        reply = server.post(features.to_csv(header=False, index=False))
+        assert reply.status_code == 200, reply.text
+        served = np.array(reply.json()["probabilities"])
+    assert np.allclose(served, mean, atol=1e-9)
+
+
+def test_a_finished_job_restarted_writes_identical_bytes(folded):
+    job, _ = folded
+    before = (job.model / "model.safetensors").read_bytes()
+    again = trained(job)
+    assert "resuming cross-fitting: folds 1-2 finished" in again["log"]
+    assert (job.model / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.slow
+def test_sigterm_mid_fold_resumes_that_fold(job: Job):
+    job.channel("training", make_table("binary", n=600))
+    hp = {**FAST, "cv_folds": "3", "n_epochs": "200", "patience": "200", "batch_size": "16"}
+    hp_restart = {**hp, "n_epochs": "3"}  # epochs may change on restart
+    env = {**os.environ, "SAGEMAKER_BASE_DIR": str(job.base)}
+    job.hyperparameters(hp)
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN_ENTRY)],
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    lines, in_fold_two = [], False
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("fold 2/3"):
+            in_fold_two = True
+        if in_fold_two and "epoch 1/200" in line:
+            break
+    time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    output = "".join(lines) + process.communicate(timeout=60)[0]
+    assert process.returncode == 143, output
+    assert "stopped by SIGTERM during finetune fold 2/3" in output
+    job.hyperparameters(hp_restart)
+    resumed = trained(job)
+    log = resumed["log"]
+    assert "resuming cross-fitting: folds 1-1 finished" in log
+    assert "resuming finetune fold 2/3" in log
+    assert "fold 1/3:" not in log and "fold 3/3:" in log
+    assert resumed["folds"] == 3 and resumed["epochs_run"][1:] == [3, 3]
+
+
+@pytest.mark.slow
+def test_two_gloo_processes_train_each_fold(tmp_path):
+    job = Job(tmp_path / "opt_ml")
+    table = make_table("binary", n=300)
+    job.channel("training", table)
+    job.hyperparameters({**FAST, "cv_folds": "2"})
+    process = subprocess.Popen(
+        [sys.executable, str(TRAIN_ENTRY)],
+        env={
+            **os.environ,
+            "SAGEMAKER_BASE_DIR": str(job.base),
+            "PROCESSES_PER_HOST": "2",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(free_port()),
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    output = process.communicate(timeout=300)[0]
+    assert process.returncode == 0, output
+    assert "process 0 of 2" in output and "fold 2/2: 150 training rows" in output
+    predictor = load_model(job.model)
+    assert predictor.folds == 2
+    assert predictor.outputs(table.drop(columns="label")).shape == (300, 2)
+
+
+@pytest.mark.slow
+def test_a_validation_channel_is_the_final_check_of_the_folds_mean(job: Job):
+    table = make_table("binary", n=300)
+    job.channel("training", table.iloc[:200])
+    job.channel("validation", table.iloc[200:])
+    job.hyperparameters({**FAST, "cv_folds": "2"})
+    metrics = trained(job)
+    assert metrics["validation_rows"] == "validation channel (the folds' mean)"
+    assert "fold 1/2: 100 training rows, 100 held out" in metrics["log"]
+    predictor = load_model(job.model)
+    p = predictor.predict_proba(table.iloc[200:].drop(columns="label"))[:, 1]
+    y = (table.iloc[200:]["label"] == "yes").to_numpy().astype(int)
+    assert compute_all("binary", y, np.stack([1 - p, p], 1))["auc"] == pytest.approx(
+        metrics["validation"]["auc"], abs=1e-9
+    )
+
+
+def test_a_cross_fitted_artifact_fine_tunes_from_its_first_fold(folded, tmp_path):
+    base_job, _ = folded
+    job = Job(tmp_path / "opt_ml")
+    job.channel("training", make_table("binary", n=240))
+    job.hyperparameters({**FAST, "cv_folds": "1"})
+    shutil.copytree(base_job.model, job.paths.channel("model"))
+    metrics = trained(job)
+    assert "fine-tuning from the 'model' channel: reused" in metrics["log"]
+    assert load_model(job.model).folds == 1
+
+
+def test_cv_folds_auto_follows_the_number_of_labelled_rows():
+    assert resolve_folds(0, 200, sharded=False) == FEW_LABEL_FOLDS
+    assert resolve_folds(0, FEW_LABELS, sharded=False) == FEW_LABEL_FOLDS
+    assert resolve_folds(0, FEW_LABELS + 1, sharded=False) == 1
+    assert resolve_folds(0, 200, sharded=True) == 1
+    assert resolve_folds(0, 6, sharded=False) == 1  # too few rows for 5 folds of two
+    assert resolve_folds(3, 5000, sharded=False) == 3
+    with pytest.raises(UserError, match="cv_folds=5 needs at least 10 labelled training rows"):
+        resolve_folds(5, 9, sharded=False)
+    with pytest.raises(UserError, match="ShardedByS3Key"):
+        resolve_folds(2, 500, sharded=True)
+
+
+def test_folds_are_a_stratified_partition():
+    labels = np.array([0] * 30 + [1] * 9)
+    folds = assign_folds(labels, 3, seed=1, classify=True)
+    for i in range(3):
+        assert (labels[folds == i] == 1).sum() == 3  # each fold holds its share of the class
+    assert sorted(np.bincount(folds)) == [13, 13, 13]
+    assert (assign_folds(labels, 3, seed=1, classify=True) == folds).all()  # seeded
+
+
+def test_a_default_job_with_few_labels_is_cross_fitted(tmp_path):
+    job = Job(tmp_path / "opt_ml")
+    job.channel("training", make_table("binary", n=120))
+    job.hyperparameters({"n_epochs": "2", "n_blocks": "1", "report": "false"})
+    metrics = trained(job)
+    log = metrics["log"]
+    assert "cv_folds=auto: 5 for 120 labelled training rows" in log
+    assert "eval_metric=auto: log_loss for a binary task with 120 labelled rows" in log
+    assert "batches of 16 rows (batch_size=256)" in log
+    assert metrics["folds"] == 5 and load_model(job.model).folds == 5
