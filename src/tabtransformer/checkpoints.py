@@ -39,6 +39,10 @@ from tabtransformer.distributed import World
 log = logging.getLogger(__name__)
 FILE = "checkpoint.pt"
 PREVIOUS = "checkpoint.previous.pt"
+# Between epochs a checkpoint is written at most this often (and always after the first and
+# the last epoch, and on SIGTERM, which a spot interruption sends two minutes ahead): tiny
+# epochs of a few hundred rows would otherwise spend most of their time writing files.
+SAVE_INTERVAL = 60.0
 KEYS = ("fingerprint", "phase", "loop", "model", "optimizer", "generators")
 PHASES = ("pretrain", "finetune")  # and "finetune fold i/k" (crossfit.py)
 FOLD_PHASE = re.compile(r"finetune fold [1-9][0-9]*/[1-9][0-9]*")
@@ -211,6 +215,11 @@ class PhaseCheckpoint:
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     generators: list[torch.Generator]
+    saved_at: float | None = None  # time.monotonic() of this phase's last save
+
+    def due(self) -> bool:
+        """Whether an epoch's save is due: none yet, or SAVE_INTERVAL since the last."""
+        return self.saved_at is None or time.monotonic() - self.saved_at >= SAVE_INTERVAL
 
     def restore(self) -> LoopState:
         """Load this phase's saved state into model, optimizer and generators, or start.
@@ -253,6 +262,7 @@ class PhaseCheckpoint:
     def save(self, loop: LoopState) -> None:
         """Write the state atomically (temporary file, then rename); the main process only."""
         path = self.owner.path
+        self.saved_at = time.monotonic()
         if path is None or not self.owner.world.is_main:
             return
         path.parent.mkdir(parents=True, exist_ok=True)

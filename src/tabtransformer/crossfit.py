@@ -2,7 +2,7 @@
 model early-stops on a fold of its own instead of one small hold-out.
 
 The labelled training rows (with no `validation` channel: the hold-out rows too) are split
-into k folds, stratified by class where every class has k rows, seeded. Model i starts as
+into k folds, stratified by class, seeded. Model i starts as
 the single model would (a fresh network, or the base or pretrained encoder with a new
 head; seeded per fold), trains on the other k - 1 folds and early-stops on fold i, through
 `training.fit` (the one epoch loop). The job's validation scores are those of the
@@ -18,6 +18,7 @@ beside it (FOLDS_FILE), so a restart resumes the fold it was in.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -55,16 +56,19 @@ def same_array(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 def assign_folds(labels: np.ndarray, k: int, seed: int, classify: bool) -> np.ndarray:
-    """Each row's fold (0..k-1): stratified by class when every class has k rows."""
+    """Each row's fold (0..k-1): stratified by class when every class has two rows (a class
+    of fewer than k rows is spread one row a fold)."""
     n = len(labels)
     counts = np.unique(labels, return_counts=True)[1] if classify else np.array([0])
-    if classify and counts.min() >= k:
+    if classify and counts.min() >= 2:
         splitter: KFold | StratifiedKFold = StratifiedKFold(k, shuffle=True, random_state=seed)
     else:
         splitter = KFold(k, shuffle=True, random_state=seed)
     folds = np.empty(n, dtype=np.int64)
-    for i, (_, held_out) in enumerate(splitter.split(np.zeros(n), labels)):
-        folds[held_out] = i
+    with warnings.catch_warnings():  # "the least populated class has fewer than k members"
+        warnings.simplefilter("ignore", UserWarning)
+        for i, (_, held_out) in enumerate(splitter.split(np.zeros(n), labels)):
+            folds[held_out] = i
     return folds
 
 

@@ -84,8 +84,9 @@ def run_epochs(
 
     Continues from `loop` (what `checkpoint.restore()` gave; the caller restores before
     wrapping the model in DDP, so that the first process's weights are the ones shared),
-    saves to `checkpoint` after every epoch and stops (saving) after the batch in which
-    SIGTERM arrives. Returns the final loop state (history, best epoch).
+    saves to `checkpoint` after the first epoch, then at most once a minute
+    (checkpoints.SAVE_INTERVAL) and after the last, and stops (saving) after the batch in
+    which SIGTERM arrives. Returns the final loop state (history, best epoch).
     """
     s = settings
     started, first_epoch = time.perf_counter(), loop.epoch + 1
@@ -137,7 +138,8 @@ def run_epochs(
                 **{f"validation_{k}": v for k, v in scores.items()},
             }
         )
-        checkpoint.save(loop)
+        if stop or epoch == s.n_epochs or checkpoint.due():
+            checkpoint.save(loop)
         if stop:
             log.info(
                 "%searly stopping: validation_%s has not improved for %d epochs",

@@ -8,6 +8,7 @@ same `Metric` objects (`metric_definitions()`), so log format and tuning regex c
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -62,9 +63,12 @@ def _safe(
 
     def wrapped(y: np.ndarray, out: np.ndarray) -> float:
         from sklearn import metrics as skm
+        from sklearn.exceptions import UndefinedMetricWarning
 
         try:
-            return float(fn(skm, y, out))
+            with warnings.catch_warnings():  # the NaN says it; no warning per epoch
+                warnings.simplefilter("ignore", UndefinedMetricWarning)
+                return float(fn(skm, y, out))
         except ValueError:
             return float("nan")
 
