@@ -107,8 +107,8 @@ def test_a_finished_job_restarted_writes_identical_bytes(folded):
 
 @pytest.mark.slow
 def test_sigterm_mid_fold_resumes_that_fold(job: Job):
-    job.channel("training", make_table("binary", n=1500))
-    hp = {**FAST, "cv_folds": "3", "n_epochs": "6", "patience": "50", "batch_size": "16"}
+    job.channel("training", make_table("binary", n=900))
+    hp = {**FAST, "cv_folds": "3", "n_epochs": "4", "patience": "50", "batch_size": "16"}
     job.hyperparameters(hp)
     process = subprocess.Popen(
         [sys.executable, str(TRAIN_ENTRY)],
@@ -118,10 +118,10 @@ def test_sigterm_mid_fold_resumes_that_fold(job: Job):
         stderr=subprocess.STDOUT,
     )
     lines, in_fold_two = [], False
-    for line in process.stdout:  # wait for fold 2's first epoch (of 62 steps) to finish
+    for line in process.stdout:  # wait for fold 2's first epoch (of 38 steps) to finish
         lines.append(line)
         in_fold_two = in_fold_two or "fold 2/3:" in line
-        if in_fold_two and "epoch 1/6" in line:
+        if in_fold_two and "epoch 1/4" in line:
             break
     time.sleep(0.2)
     process.send_signal(signal.SIGTERM)
@@ -133,7 +133,7 @@ def test_sigterm_mid_fold_resumes_that_fold(job: Job):
     assert "resuming cross-fitting: folds 1-1 finished" in log
     assert "resuming finetune fold 2/3" in log and "after epoch 1" in log
     assert "fold 1/3:" not in log and "fold 3/3:" in log
-    assert resumed["folds"] == 3 and resumed["epochs_run"] == [6, 6, 6]
+    assert resumed["folds"] == 3 and resumed["epochs_run"] == [4, 4, 4]
 
 
 @pytest.mark.slow
