@@ -19,7 +19,12 @@ from conftest import FAST, TRAIN_ENTRY, Job, Server, free_port, make_table
 from tabtransformer import load_model
 from tabtransformer.crossfit import assign_folds
 from tabtransformer.errors import UserError
-from tabtransformer.inference import encode_table, predict_raw, to_prediction
+from tabtransformer.inference import (
+    contextual_embeddings,
+    encode_table,
+    predict_raw,
+    to_prediction,
+)
 from tabtransformer.metrics import compute_all
 from tabtransformer.model import CrossFitted
 from tabtransformer.plan import FEW_LABEL_FOLDS, FEW_LABELS, resolve_folds
@@ -223,3 +228,16 @@ def test_a_default_job_with_few_labels_is_cross_fitted(tmp_path):
     assert "eval_metric=auto: log_loss for a binary task with 120 labelled rows" in log
     assert "batches of 16 rows (batch_size=256)" in log
     assert metrics["folds"] == 5 and load_model(job.model).folds == 5
+
+
+def test_embeddings_and_explanations_of_a_cross_fitted_model_are_the_folds_mean(folded):
+    job, _ = folded
+    predictor = load_model(job.model)
+    features = make_table("binary", n=240, seed=6).drop(columns="label").head(20)
+    data = encode_table(predictor.preprocessor, predictor.align(features))
+    per_fold = [contextual_embeddings(f, data, predictor.device) for f in predictor.model.folds]
+    embedded = predictor.embed(features)
+    assert np.allclose(embedded.values, torch.stack(per_fold).mean(0).numpy(), atol=1e-6)
+    attributions = predictor.explain(features)
+    assert attributions.values.shape == (20, len(predictor.feature_names))
+    assert np.isfinite(attributions.values).all()

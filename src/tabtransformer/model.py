@@ -51,6 +51,7 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -424,16 +425,10 @@ class CrossFitted(nn.Module):
             fold.load_state_dict(network.state_dict())
         return folded
 
-    def contextual(
-        self,
-        codes: torch.Tensor,
-        numbers: torch.Tensor | None = None,
-        numeric_mask: torch.Tensor | None = None,
-        layer: int = -1,
-    ) -> torch.Tensor:
-        """The mean over the folds of `TabTransformer.contextual` (B, n_tokens, d)."""
-        parts = [f.contextual(codes, numbers, numeric_mask, layer) for f in self.folds]
-        return torch.stack(parts).mean(0)
+    def contextual(self, codes: torch.Tensor, *more: Any, **named: Any) -> torch.Tensor:
+        """The mean over the folds of `TabTransformer.contextual` (the same arguments):
+        (B, n_tokens, d)."""
+        return torch.stack([f.contextual(codes, *more, **named) for f in self.folds]).mean(0)
 
     def forward(self, codes: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """Outputs (B, k*e, n_outputs): every fold's e ensemble members."""
