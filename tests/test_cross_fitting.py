@@ -29,6 +29,8 @@ from tabtransformer.metrics import compute_all
 from tabtransformer.model import CrossFitted
 from tabtransformer.plan import FEW_LABEL_FOLDS, FEW_LABELS, resolve_folds
 
+# The report is off where it is not what a test looks at (it costs up to 20 s a job).
+QUIET = {**FAST, "report": "false"}
 CROSS_FIT = {**FAST, "cv_folds": "3", "n_epochs": "3", "patience": "50"}
 
 
@@ -113,7 +115,7 @@ def test_a_finished_job_restarted_writes_identical_bytes(folded):
 @pytest.mark.slow
 def test_sigterm_mid_fold_resumes_that_fold(job: Job):
     job.channel("training", make_table("binary", n=900))
-    hp = {**FAST, "cv_folds": "3", "n_epochs": "4", "patience": "50", "batch_size": "16"}
+    hp = {**QUIET, "cv_folds": "3", "n_epochs": "4", "patience": "50", "batch_size": "16"}
     job.hyperparameters(hp)
     process = subprocess.Popen(
         [sys.executable, str(TRAIN_ENTRY)],
@@ -146,7 +148,7 @@ def test_two_gloo_processes_train_each_fold(tmp_path):
     job = Job(tmp_path / "opt_ml")
     table = make_table("binary", n=300)
     job.channel("training", table)
-    job.hyperparameters({**FAST, "cv_folds": "2"})
+    job.hyperparameters({**QUIET, "cv_folds": "2"})
     process = subprocess.Popen(
         [sys.executable, str(TRAIN_ENTRY)],
         env={
@@ -173,7 +175,7 @@ def test_a_validation_channel_is_the_final_check_of_the_folds_mean(job: Job):
     table = make_table("binary", n=300)
     job.channel("training", table.iloc[:200])
     job.channel("validation", table.iloc[200:])
-    job.hyperparameters({**FAST, "cv_folds": "2"})
+    job.hyperparameters({**QUIET, "cv_folds": "2"})
     metrics = trained(job)
     assert metrics["validation_rows"] == "validation channel (the folds' mean)"
     assert "fold 1/2: 100 training rows, 100 held out" in metrics["log"]
@@ -189,7 +191,7 @@ def test_a_cross_fitted_artifact_fine_tunes_from_its_first_fold(folded, tmp_path
     base_job, _ = folded
     job = Job(tmp_path / "opt_ml")
     job.channel("training", make_table("binary", n=240))
-    job.hyperparameters({**FAST, "cv_folds": "1"})
+    job.hyperparameters({**QUIET, "cv_folds": "1"})
     shutil.copytree(base_job.model, job.paths.channel("model"))
     metrics = trained(job)
     assert "fine-tuning from the 'model' channel: reused" in metrics["log"]
