@@ -203,11 +203,10 @@ def resolve_folds(cv_folds: int, labelled_rows: int, sharded: bool) -> int:
     FEW_LABELS labelled rows and one model otherwise; a UserError for folds that cannot be
     made (each needs two rows; hosts that train on their own rows)."""
     if cv_folds == 0:
-        folds = FEW_LABEL_FOLDS if labelled_rows <= FEW_LABELS and not sharded else 1
+        few = labelled_rows <= FEW_LABELS and labelled_rows >= 2 * FEW_LABEL_FOLDS
+        folds = FEW_LABEL_FOLDS if few and not sharded else 1
         log.info("cv_folds=auto: %d for %d labelled training rows", folds, labelled_rows)
-        if folds > 1 and labelled_rows >= 2 * folds:
-            return folds
-        return 1
+        return folds
     if cv_folds > 1 and sharded:
         raise UserError(
             f"cv_folds={cv_folds} splits every labelled row into folds, and the training "
