@@ -83,7 +83,12 @@ class CrossFit:
     best_epochs: list[int]
     scores: dict[str, float]
     scored_on: str
-    assignment: np.ndarray
+    pool: MappedRows  # the rows the folds split
+    assignment: np.ndarray  # each pool row's fold
+
+    def held_out(self, fold: int) -> MappedRows:
+        """The rows fold `fold` (0-based) held out."""
+        return self.pool.subset(np.flatnonzero(self.assignment == fold))
 
     def summary(self, task: str) -> dict[str, Any]:
         """metrics.json's entries for the run (the validation scores, how they were made)."""
@@ -129,7 +134,8 @@ def fit_folds(
             train=pool.subset(np.flatnonzero(folds != i)),
             valid=pool.subset(np.flatnonzero(folds == i)),
         )
-        log.info("fold %d/%d: %d training rows, %d held out", i + 1, k, *fold_sizes(fold_data))
+        n_train, n_held = len(fold_data.train), len(fold_data.valid)
+        log.info("fold %d/%d: %d training rows, %d held out", i + 1, k, n_train, n_held)
         saved = Saved(f"{PHASE_PREFIX}{i + 1}/{k}", network.folds[i])
         fold_settings = replace(settings, phase=replace(settings.phase, seed=seed + i))
         history, best = fit(network.folds[i], fold_data, fold_settings, device, checkpointer, saved)
@@ -144,11 +150,7 @@ def fit_folds(
         scored_on = f"out-of-fold ({len(pool)} rows, {k} folds)"
     for metric in metrics.for_task(data.target.task):
         log.info("%s", metric.final_line(scores[metric.name]))
-    return CrossFit(network, histories, best_epochs, scores, scored_on, folds)
-
-
-def fold_sizes(data: FitData) -> tuple[int, int]:
-    return len(data.train), len(data.valid)
+    return CrossFit(network, histories, best_epochs, scores, scored_on, pool, folds)
 
 
 def out_of_fold(

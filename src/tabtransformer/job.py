@@ -18,7 +18,7 @@ import torch
 
 from tabtransformer.artifacts import Artifact, read_base_artifact, save_artifact
 from tabtransformer.checkpoints import Checkpointer, StopFlag, fingerprint
-from tabtransformer.crossfit import fit_folds, fold_rows
+from tabtransformer.crossfit import fit_folds
 from tabtransformer.distributed import World
 from tabtransformer.host_store import MappedRows, scratch_folder
 from tabtransformer.model import CrossFitted, Network, TabTransformer, TabTransformerConfig
@@ -51,8 +51,8 @@ def run(paths: SageMakerPaths, world: World | None = None, scratch: Path | None 
         base_embedding = base.model.config.numeric_embedding if base else None
         n_labelled, sharded = 0, False
         if labelled is not None:
-            own_valid = "validation" in plan.channels
-            n_labelled = len(labelled.train) + (0 if own_valid else len(labelled.valid))
+            held_out = 0 if plan.has_validation else len(labelled.valid)
+            n_labelled = len(labelled.train) + held_out
             sharded = labelled.rows_per_rank is not None
         plan = plan.completed(task, base_embedding, n_labelled, sharded)
         train(plan, tables, base, world, started)
@@ -155,19 +155,15 @@ def fine_tune(
             network.load_state_dict(encoder_state(encoder_from), strict=False)
         return network
 
-    own_valid = "validation" in plan.channels
-    run = fit_folds(start, data, settings, device, checkpointer, own_valid)
+    run = fit_folds(start, data, settings, device, checkpointer, plan.has_validation)
     histories = {"training_history": run.histories[0]}
-    histories.update({f"training_history_fold{i + 1}": h for i, h in enumerate(run.histories)})
-    del histories["training_history_fold1"]
+    for fold, history in enumerate(run.histories[1:], start=2):
+        histories[f"training_history_fold{fold}"] = history
     summary = run.summary(data.target.task)
-    if own_valid:
+    if plan.has_validation:
         report_on = (run.network, data.valid)
     else:
-        first_fold = fold_rows(data.train, data.valid, own_valid).subset(
-            np.flatnonzero(run.assignment == 0)
-        )
-        report_on = (run.network.folds[0], first_fold)
+        report_on = (run.network.folds[0], run.held_out(0))
         summary["report_shows"] = "fold 1 on its held-out fold"
     return FineTuned(run.network, summary, histories, report_on)
 

@@ -151,6 +151,11 @@ class JobPlan:
         return self.pretraining.objective != "none"
 
     @property
+    def has_validation(self) -> bool:
+        """Whether the job has a `validation` channel (else it holds rows out of training)."""
+        return "validation" in self.channels
+
+    @property
     def from_base(self) -> bool:
         """Whether the job fine-tunes (or pretrains further) a model from its `model` channel."""
         return "model" in self.channels
