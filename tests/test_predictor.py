@@ -28,6 +28,7 @@ def rows() -> pd.DataFrame:
 
 def test_a_classifier_predicts_labels_and_predict_proba_gives_probabilities():
     predictor = load_model(DATA / "old_artifact")
+    assert predictor.target.threshold is None  # written before thresholds: the argmax
     probabilities = predictor.predict_proba(rows())
     assert np.allclose(probabilities, OLD["probabilities"], atol=1e-6)
     assert np.array_equal(predictor.outputs(rows()), probabilities)

@@ -83,12 +83,13 @@ def test_jsonlines_in_and_out(server):
     assert {"probabilities", "predicted_label"} == set(json.loads(lines[0]))
 
 
-def test_accept_types(server):
+def test_accept_types(server, binary_model):
     rows = csv_body(FEATURES.head(5))
     verbose = server.post(rows, accept="application/json;verbose").json()
     assert verbose["labels"] == ["no", "yes"]
+    threshold = load_model(binary_model.model).target.threshold  # chosen in training
     assert verbose["predicted_label"] == [
-        verbose["labels"][int(np.argmax(p))] for p in verbose["probabilities"]
+        verbose["labels"][int(p[1] >= threshold)] for p in verbose["probabilities"]
     ]
     as_csv = server.post(rows, accept="text/csv")
     assert as_csv.headers["Content-Type"].startswith("text/csv")

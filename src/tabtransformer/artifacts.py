@@ -337,7 +337,7 @@ FEATURES_RULES = {
     "numeric_bins": _integer(0, 10**4),
 }
 # Keys that artifacts written before numeric tokens lack.
-OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges"})
+OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges", "threshold"})
 CATEGORICAL_RULES = {"name": TEXT, "categories": _list_of(TEXT, 10**8)}
 NUMERIC_RULES = {
     "name": TEXT,
@@ -353,6 +353,7 @@ TARGET_RULES = {
     "classes": Rule(lambda v: v is None or _list_of(LABEL, 10**6).test(v), "null or labels"),
     "mean": FINITE,
     "std": _number(1e-300, math.inf),
+    "threshold": Rule(lambda v: v is None or _number(0.0, 1.0).test(v), "null or in [0, 1]"),
 }
 
 

@@ -27,12 +27,19 @@ import numpy as np
 import torch
 from sklearn.model_selection import KFold, StratifiedKFold
 
-from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.host_store import MappedRows
 from tabtransformer.inference import predict_raw
 from tabtransformer.model import CrossFitted, TabTransformer
-from tabtransformer.training import FitData, FitSettings, Saved, fit, scores_of, validation_scores
+from tabtransformer.training import (
+    FitData,
+    FitSettings,
+    Saved,
+    final_summary,
+    fit,
+    scores_of,
+    validation_scores,
+)
 
 log = logging.getLogger(__name__)
 FOLDS_FILE = "finished_folds.pt"
@@ -93,8 +100,7 @@ class CrossFit:
     def summary(self, task: str) -> dict[str, Any]:
         """metrics.json's entries for the run (the validation scores, how they were made)."""
         return {
-            "task": task,
-            "validation": self.scores,
+            **final_summary(task, self.scores),
             "validation_rows": self.scored_on,
             "folds": len(self.histories),
             "epochs_run": [len(h) for h in self.histories],
@@ -142,14 +148,14 @@ def fit_folds(
         histories.append(history)
         best_epochs.append(best)
         save_finished(checkpointer, network, histories, best_epochs)
+    decision = settings.decision_threshold
     if own_valid:
-        scores = validation_scores(network, data.valid, data.target, device)
+        scores = validation_scores(network, data.valid, data.target, device, decision)
         scored_on = "validation channel (the folds' mean)"
     else:
-        scores = scores_of(out_of_fold(network, pool, folds, device), pool.target, data.target)
+        raw = out_of_fold(network, pool, folds, device)
+        scores = scores_of(raw, pool.target, data.target, decision)
         scored_on = f"out-of-fold ({len(pool)} rows, {k} folds)"
-    for metric in metrics.for_task(data.target.task):
-        log.info("%s", metric.final_line(scores[metric.name]))
     return CrossFit(network, histories, best_epochs, scores, scored_on, pool, folds)
 
 

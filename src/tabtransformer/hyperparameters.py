@@ -304,6 +304,19 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "rmse (regression).",
         choices=("auto", "auc", "log_loss", "accuracy", "f1", "rmse", "mae", "r2"),
     ),
+    Hyperparameter(
+        "decision_threshold",
+        float,
+        0.0,
+        "Binary classification: the positive (second) class's probability from which it is "
+        "the predicted label, for predicted_label, predict() and the f1 and accuracy "
+        "metrics. 0 (auto): chosen each epoch and at the end to maximise F1 on the rows the "
+        "metrics are computed on (out-of-fold, the hold-out or the validation channel) and "
+        "stored in the artifact (metrics.json shows it). 0.5: the most probable class "
+        "(argmax). Other tasks: the most probable class.",
+        low=0.0,
+        high=1.0,
+    ),
     # --- semi-supervised pretraining (paper section 3.2) ----------------------------------
     Hyperparameter(
         "pretrain_objective",

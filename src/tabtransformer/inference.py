@@ -251,12 +251,12 @@ class Predictor:
         return to_prediction(raw, self.target)
 
     def predict(self, features: pd.DataFrame) -> np.ndarray:
-        """As scikit-learn's `predict`: each row's most probable original label
-        (classification) or its predicted value (regression)."""
+        """As scikit-learn's `predict`: each row's original label (classification, at the
+        model's decision threshold: `predict_labels`) or its predicted value (regression)."""
         outputs = self.outputs(features)
         if self.task == "regression":
             return outputs
-        return np.asarray(self.classes)[outputs.argmax(axis=1)]
+        return np.asarray(self.classes)[self.target.decide(outputs)]
 
     def predict_proba(self, features: pd.DataFrame) -> np.ndarray:
         """As scikit-learn's `predict_proba`: class probabilities (N, C), columns in
@@ -308,7 +308,7 @@ class Predictor:
         data = encode_table(self.preprocessor, self.align(features))
         base = to_prediction(predict_raw(self.model, data, self.device, deadline), self.target)
         classify = self.task != "regression"
-        chosen = base.argmax(axis=1) if classify else None
+        chosen = self.target.decide(base) if classify else None
         base_value = base[np.arange(len(base)), chosen] if classify else base
         cells = column_cells(self.preprocessor)
         n_columns = len(cells)
@@ -337,5 +337,7 @@ class Predictor:
         return 1 + int(embeddings) + (len(self.feature_names) + 1) * int(explain)
 
     def predict_labels(self, probabilities: np.ndarray) -> list[Any]:
-        """The most probable original label of each row."""
-        return [self.classes[i] for i in probabilities.argmax(axis=1)]
+        """Each row's original label: binary, the second class where its probability is at
+        least the decision threshold chosen in training (none: 0.5, the most probable);
+        otherwise the most probable class."""
+        return [self.classes[i] for i in self.target.decide(probabilities)]

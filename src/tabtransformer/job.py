@@ -104,13 +104,14 @@ def train(
     for name, history in result.histories.items():
         write_history(plan.paths.output_data, name, history)
     network = result.network.cpu()
-    artifact = Artifact(network, tables.pre, labelled.target, plan.tables.header, result.summary)
+    target = replace(labelled.target, threshold=result.summary["decision_threshold"])
+    artifact = Artifact(network, tables.pre, target, plan.tables.header, result.summary)
     save_artifact(plan.paths.model, artifact, dict(plan.hyperparameters))
     log.info("model written to %s", plan.paths.model)
     report = plan.report
     shown, rows = result.report_on
     inputs = ReportInputs(
-        shown, tables.pre, labelled.target, rows, result.summary, report.eval_metric, device,
+        shown, tables.pre, target, rows, result.summary, report.eval_metric, device,
         report.seed,
     )  # fmt: skip
     write_training_report(
@@ -144,7 +145,7 @@ def fine_tune(
     settings = plan.fit
     if settings.folds == 1:
         history, best_epoch = fit(model, data, settings, device, checkpointer)
-        summary = final_scores(model, data, device, history, best_epoch)
+        summary = final_scores(model, data, settings, device, history, best_epoch)
         return FineTuned(model, summary, {"training_history": history}, (model, data.valid))
     seed = plan.tables.seed
 

@@ -22,13 +22,15 @@ NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
 @dataclass(frozen=True)
 class Metric:
     """A validation metric. `compute(y, out)`: y = class indexes or targets, out = the
-    class probabilities (N, C) or the predictions (N,) in the target's own units."""
+    class probabilities (N, C) or the predictions (N,) in the target's own units; for a
+    metric `of_labels`, the decided classes (`decide`) one-hot (N, C)."""
 
     name: str
     tasks: tuple[str, ...]
     higher_is_better: bool
     compute: Callable[[np.ndarray, np.ndarray], float]
     help: str
+    of_labels: bool = False
 
     def epoch_field(self, value: float) -> str:
         return f"validation_{self.name}={value:.6g}"
@@ -75,8 +77,36 @@ def _safe(
     return wrapped
 
 
-def _labels(out: np.ndarray) -> np.ndarray:
-    return out.argmax(axis=1)
+def _labels(decided: np.ndarray) -> np.ndarray:
+    return decided.argmax(axis=1)
+
+
+def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Class indexes (N,) of probabilities (N, C): the second class of two where its
+    probability is at least `threshold`, else (None, or more classes) the most probable."""
+    if threshold is None or probabilities.shape[1] != 2:
+        return probabilities.argmax(axis=1)
+    return (probabilities[:, 1] >= threshold).astype("int64")
+
+
+def f1_best_threshold(y: np.ndarray, positive: np.ndarray) -> float:
+    """The decision threshold on the second class's probability that maximises its F1 on
+    these rows (class indexes `y`): halfway between the lowest probability it calls
+    positive and the next lower one, so that it decides these rows the same and new rows
+    near them evenly; 0.5 where the rows hold one class."""
+    import numpy as np
+    from sklearn.metrics import precision_recall_curve
+
+    if not (y == 1).any() or (y == 1).all():
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(y, positive)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))[:-1]
+    best = int(f1.argmax())
+    lowest = float(thresholds[best])  # the lowest probability called positive
+    below = float(thresholds[best - 1]) if best > 0 else lowest
+    halfway = (below + lowest) / 2
+    return halfway if below < halfway else lowest  # adjacent floats have no halfway
 
 
 CLASSIFICATION = ("binary", "multiclass")
@@ -90,14 +120,16 @@ REGISTRY: tuple[Metric, ...] = (
                 y, _labels(p), average="binary" if p.shape[1] == 2 else "macro", zero_division=0
             )
         ),
-        "F1 of the second class (binary) or macro F1 (multiclass), argmax decision",
+        "F1 of the second class (binary, at the decision threshold) or macro F1 (multiclass)",
+        of_labels=True,
     ),
     Metric(
         "accuracy",
         CLASSIFICATION,
         True,
         _safe(lambda skm, y, p: skm.accuracy_score(y, _labels(p))),
-        "share of correct labels",
+        "share of correct labels (binary: at the decision threshold)",
+        of_labels=True,
     ),
     Metric(
         "auc",
@@ -147,8 +179,14 @@ def for_task(task: str) -> list[Metric]:
     return [first] + [m for m in REGISTRY if task in m.tasks and m is not first]
 
 
-def compute_all(task: str, y: np.ndarray, out: np.ndarray) -> dict[str, float]:
-    return {m.name: m.compute(y, out) for m in for_task(task)}
+def compute_all(
+    task: str, y: np.ndarray, out: np.ndarray, threshold: float | None = None
+) -> dict[str, float]:
+    """Every metric of the task; the label metrics at `threshold` (binary; None: argmax)."""
+    import numpy as np
+
+    decided = np.eye(out.shape[1])[decide(out, threshold)] if task in CLASSIFICATION else out
+    return {m.name: m.compute(y, decided if m.of_labels else out) for m in for_task(task)}
 
 
 def metric_definitions(task: str | None = None) -> list[dict[str, str]]:

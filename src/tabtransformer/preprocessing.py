@@ -33,6 +33,7 @@ import torch
 from rtdl_num_embeddings import compute_bins
 from scipy.special import ndtri
 
+from tabtransformer import metrics
 from tabtransformer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -498,12 +499,15 @@ def too_many_classes(target: pd.Series, n_unique: int, max_classes: int) -> TooM
 
 @dataclass
 class TargetEncoder:
-    """Detects the task and encodes labels: class indexes, or a standardised number."""
+    """Detects the task and encodes labels: class indexes, or a standardised number; and
+    decides labels from probabilities (`threshold`: binary, the second class's probability
+    from which it is the label, chosen after training; None: the most probable class)."""
 
     task: str
     classes: list[Any] | None = None
     mean: float = 0.0
     std: float = 1.0
+    threshold: float | None = None
 
     @classmethod
     def fit(cls, target: pd.Series, task: str, max_classes: int) -> TargetEncoder:
@@ -568,6 +572,10 @@ class TargetEncoder:
                 f"training classes {self.classes[:20]}."
             )
         return codes.to_numpy(dtype=np.int64, copy=True)
+
+    def decide(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class indexes (N,) of class probabilities (N, C), at the decision threshold."""
+        return metrics.decide(probabilities, self.threshold)
 
     def decode_regression(self, standardised: np.ndarray) -> np.ndarray:
         return standardised * self.std + self.mean

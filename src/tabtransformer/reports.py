@@ -213,14 +213,16 @@ def _task_plots(folder: Path, inputs: ReportInputs, deadline: float) -> Section:
     figure, (matrix, roc, calibration) = plt.subplots(1, 3, figsize=(16, 5))
     ConfusionMatrixDisplay.from_predictions(
         y,
-        out.argmax(axis=1),
+        inputs.target.decide(out),
         labels=np.arange(len(classes)),
         display_labels=classes,
         ax=matrix,
         colorbar=False,
         xticks_rotation="vertical",
     )
-    matrix.set_title("confusion matrix (argmax)")
+    threshold = inputs.target.threshold
+    decision = "argmax" if threshold is None else f"threshold {threshold:.3g}"
+    matrix.set_title(f"confusion matrix ({decision})")
     ones = [1] if len(classes) == 2 else range(min(len(classes), 10))
     for k in ones:
         if 0 < (y == k).sum() < len(y):

@@ -39,6 +39,7 @@ from tabtransformer.settings import PhaseSettings
 log = logging.getLogger(__name__)
 MIN_STEPS_PER_EPOCH = 8
 MIN_BATCH_ROWS = 16
+THRESHOLD = "decision_threshold"  # binary: a validation score beside the metrics
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class FitSettings:
     semi_supervised_weight: float = 0.5
     pseudo_label_threshold: float = 0.9
     folds: int = 1  # cross-fitted models (crossfit.py); 1: one model
+    decision_threshold: float = 0.0  # binary; 0: the F1-best on the scored rows
 
     def learning_rate(self, progress: float) -> float:
         """The learning rate after `progress` epochs (fractional) of fine-tuning."""
@@ -90,6 +92,7 @@ class FitSettings:
             hp["semi_supervised"],
             hp["semi_supervised_weight"],
             hp["pseudo_label_threshold"],
+            decision_threshold=hp["decision_threshold"],
         )
 
 
@@ -158,20 +161,33 @@ def unlabeled_batches(
 
 
 def validation_scores(
-    model: Network, data: Encoded, target: TargetEncoder, device: torch.device
+    model: Network,
+    data: Encoded,
+    target: TargetEncoder,
+    device: torch.device,
+    decision: float = 0.0,
 ) -> dict[str, float]:
     """Loss (the mean of the ensemble members' losses) and every registered metric of the
-    task (on the members' averaged prediction) on a labelled table."""
-    return scores_of(predict_raw(model, data, device), data.target, target)
+    task (on the members' averaged prediction) on a labelled table; binary: the label
+    metrics at the decision threshold (`decision`, 0: the F1-best here), itself a score."""
+    return scores_of(predict_raw(model, data, device), data.target, target, decision)
 
 
-def scores_of(raw: torch.Tensor, y: torch.Tensor, target: TargetEncoder) -> dict[str, float]:
+def scores_of(
+    raw: torch.Tensor, y: torch.Tensor, target: TargetEncoder, decision: float = 0.0
+) -> dict[str, float]:
     """`validation_scores` of raw outputs (N, k, n_outputs) against encoded targets (N,)."""
     result = {"loss": float(loss_fn(target.task)(raw, y))}
     labels = y.numpy()
+    prediction = to_prediction(raw, target)
+    threshold = None
     if target.task == "regression":
         labels = target.decode_regression(labels.astype(np.float64))
-    result.update(metrics.compute_all(target.task, labels, to_prediction(raw, target)))
+    elif target.task == "binary":
+        threshold = decision or metrics.f1_best_threshold(labels, prediction[:, 1])
+    result.update(metrics.compute_all(target.task, labels, prediction, threshold))
+    if threshold is not None:
+        result[THRESHOLD] = threshold
     return result
 
 
@@ -296,7 +312,7 @@ def fit(
         start,
         model,
         train_epoch,
-        lambda: validation_scores(model, valid, target, device),
+        lambda: validation_scores(model, valid, target, device, settings.decision_threshold),
     )
     return loop.history, loop.best_epoch
 
@@ -304,17 +320,27 @@ def fit(
 def final_scores(
     model: Network,
     data: FitData,
+    settings: FitSettings,
     device: torch.device,
     history: list[dict[str, float]],
     best_epoch: int,
 ) -> dict[str, Any]:
     """The validation scores of the kept weights (logged for SageMaker) and the run."""
-    scores = validation_scores(model, data.valid, data.target, device)
-    for metric in metrics.for_task(data.target.task):
-        log.info("%s", metric.final_line(scores[metric.name]))
+    scores = validation_scores(model, data.valid, data.target, device, settings.decision_threshold)
     return {
-        "task": data.target.task,
-        "validation": scores,
+        **final_summary(data.target.task, scores),
         "epochs_run": len(history),
         "best_epoch": best_epoch,
     }
+
+
+def final_summary(task: str, scores: dict[str, float]) -> dict[str, Any]:
+    """Log the final metric lines SageMaker reads; metrics.json's task, validation scores
+    and (binary) decision threshold."""
+    scores = dict(scores)
+    threshold = scores.pop(THRESHOLD, None)
+    for metric in metrics.for_task(task):
+        log.info("%s", metric.final_line(scores[metric.name]))
+    if threshold is not None:
+        log.info("decision threshold %.4g (the positive class's probability)", threshold)
+    return {"task": task, "validation": scores, "decision_threshold": threshold}
