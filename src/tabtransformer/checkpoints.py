@@ -25,6 +25,7 @@ import logging
 import os
 import re
 import signal
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -61,14 +62,24 @@ class Stopped(Exception):
 
 
 class StopFlag:
-    """Becomes true on SIGTERM (installed once per training job)."""
+    """Becomes true on SIGTERM while installed (`with StopFlag() as stop:`, around a
+    training job): the process's own SIGTERM handler comes back after it, so a notebook
+    kernel that trained in process still stops on SIGTERM. Off the main thread (where a
+    handler cannot be installed) it only stops when `requested` is set."""
 
     def __init__(self) -> None:
         self.requested = False
+        self._previous: Any = None
 
-    def install(self) -> StopFlag:
-        signal.signal(signal.SIGTERM, self._handle)
+    def __enter__(self) -> StopFlag:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
         return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
 
     def _handle(self, signum: int, frame: Any) -> None:
         log.warning("SIGTERM received: saving a checkpoint after the current batch")

@@ -55,13 +55,20 @@ def run(paths: SageMakerPaths, world: World | None = None, scratch: Path | None 
             n_labelled = len(labelled.train) + held_out
             sharded = labelled.rows_per_rank is not None
         plan = plan.completed(task, base_embedding, n_labelled, sharded)
-        train(plan, tables, base, world, started)
+        with StopFlag() as stop:
+            train(plan, tables, base, world, started, stop)
 
 
 def train(
-    plan: JobPlan, tables: Tables, base: Artifact | None, world: World, started: float
+    plan: JobPlan,
+    tables: Tables,
+    base: Artifact | None,
+    world: World,
+    started: float,
+    stop: StopFlag,
 ) -> None:
-    """Pretrain and/or fine-tune on the loaded tables, then write the artifact and report."""
+    """Pretrain and/or fine-tune on the loaded tables, then write the artifact and report;
+    `stop`: SIGTERM's flag (a checkpoint, then `Stopped`)."""
     labelled = tables.labelled
     n_outputs = labelled.target.n_outputs if labelled else 1
     model = build_model(plan.network, tables.pre, n_outputs, base)
@@ -72,7 +79,7 @@ def train(
     target = labelled.target.to_dict() if labelled else None
     schema = {"features": tables.pre.to_dict(), "target": target}
     job_id = fingerprint(dict(plan.hyperparameters), schema, tables.n_rows_all_hosts)
-    checkpointer = Checkpointer(plan.paths.checkpoints, job_id, StopFlag().install(), world)
+    checkpointer = Checkpointer(plan.paths.checkpoints, job_id, stop, world)
     resumed = checkpointer.resumed_phase(model) or ""  # a fold has the model's shape
     if plan.pretrains and not resumed.startswith("finetune"):
         features = tables.features

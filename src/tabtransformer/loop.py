@@ -57,6 +57,19 @@ class LoopSettings:
     log_prefix: str = ""
 
 
+@dataclass(frozen=True)
+class EpochProgress:
+    """What each epoch's log record carries (`record.progress`) for a progress bar."""
+
+    phase: str  # the loop's log prefix: "" (fine-tuning) or "pretraining "
+    epoch: int
+    n_epochs: int
+    loss: float
+    watch: str  # the score early stopping follows, and its best so far
+    best: float | None
+    stopping: bool  # early stopping ends the phase after this epoch
+
+
 def format_duration(seconds: float) -> str:
     seconds = max(0, round(seconds))
     hours, rest = divmod(seconds, 3600)
@@ -123,6 +136,11 @@ def run_epochs(
             s.watch,
             loop.best,
             loop.best_epoch,
+            extra={
+                "progress": EpochProgress(
+                    s.log_prefix, epoch, s.n_epochs, train_loss, s.watch, loop.best, stop
+                )
+            },
         )
         if not math.isfinite(train_loss):  # before saving: a restart must not resume from it
             raise UserError(

@@ -189,8 +189,9 @@ class NumericColumn:
 
 
 def fit_bin_edges(z: np.ndarray, n_bins: int) -> list[float]:
-    """Quantile bin edges (rtdl_num_embeddings.compute_bins) of the present scores `z`; a
-    column with fewer than 3 distinct values gets FALLBACK_BIN_EDGES."""
+    """Quantile bin edges (rtdl_num_embeddings.compute_bins) of the present scores `z`,
+    distinct in float32; a column with fewer than 3 distinct values (or edges) gets
+    FALLBACK_BIN_EDGES."""
     present = z[~np.isnan(z)]
     if len(present) > MAX_BINNING_ROWS:
         present = present[:: -(-len(present) // MAX_BINNING_ROWS)]
@@ -198,7 +199,10 @@ def fit_bin_edges(z: np.ndarray, n_bins: int) -> list[float]:
     if len(np.unique(present)) < 3 or n_bins < 2:
         return list(FALLBACK_BIN_EDGES)
     edges = compute_bins(torch.from_numpy(present[:, None].astype(np.float64)), n_bins)[0]
-    return [float(v) for v in edges]
+    # The model holds edges in float32: edges a float64 apart merge there (PLE needs them
+    # strictly increasing).
+    edges = np.unique(edges.numpy().astype(np.float32))
+    return [float(v) for v in edges] if len(edges) >= 3 else list(FALLBACK_BIN_EDGES)
 
 
 def bin_codes(z: np.ndarray, n_bins: int) -> np.ndarray:
