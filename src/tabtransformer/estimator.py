@@ -30,6 +30,7 @@ import logging
 import os
 import tarfile
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import numpy as np
 import pandas as pd
 from scipy import sparse
 from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, TransformerMixin
+from sklearn.exceptions import DataConversionWarning
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 
@@ -318,6 +320,12 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
         if np.iscomplexobj(values):
             raise InvalidInput("Complex data not supported: y holds complex numbers.")
         if values.ndim == 2 and values.shape[1] == 1:
+            warnings.warn(
+                "A column-vector y was passed when a 1d array was expected: y.ravel() is "
+                "used (one target per model).",
+                DataConversionWarning,
+                stacklevel=3,
+            )
             values = values[:, 0]
         if values.ndim != 1 or len(values) != n_rows:
             raise InvalidInput(
