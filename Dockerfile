@@ -49,13 +49,15 @@ RUN --mount=type=secret,id=pip_cert \
     && pip install --no-deps /build \
     && site="$(python3 -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
     && find "${site}" -type d -name tests -prune -exec rm -rf {} + \
-    && rm -rf "${site}/torch/include" "${site}/torch/share/cmake" /build
+    && rm -rf "${site}/torch/share/cmake" /build
 
 # ---- runtime stage -----------------------------------------------------------------------
+# compile=true needs a C++ compiler and Python's headers at run time (inductor builds its
+# CPU kernels, Triton its GPU launcher), and torch's own headers (kept above).
 FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 \
+    && apt-get install -y --no-install-recommends python3 python3-dev g++ \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 # The unprivileged user the model server's workers run as (SERVING_USER in
 # src/tabtransformer/serving/server.py): a system user and group, no login shell, no home,

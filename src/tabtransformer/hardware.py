@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -73,6 +74,7 @@ class Compiled:
     def __init__(self, module: nn.Module, what: str):
         self.module, self.what = module, what
         self.compiled: Callable | None = None
+        self.ran = False  # the compiled call has run once (and compiled)
         try:
             self.compiled = torch.compile(module)
         except Exception as error:  # unsupported platform or Python: torch raises many kinds
@@ -90,10 +92,21 @@ class Compiled:
 
     def __call__(self, *args, **kwargs):
         if self.compiled is not None:
+            first = not self.ran
+            started = time.perf_counter()
             try:
-                return self.compiled(*args, **kwargs)
+                out = self.compiled(*args, **kwargs)
             except Exception as error:  # inductor and dynamo raise many kinds
                 self._give_up(error)
+            else:
+                if first:
+                    self.ran = True
+                    log.info(
+                        "compile=true: torch.compile of the %s compiled (first call %.1f s)",
+                        self.what,
+                        time.perf_counter() - started,
+                    )
+                return out
         return self.module(*args, **kwargs)
 
 
