@@ -32,6 +32,7 @@ on the GPU with its share of the cores (fit times then compare only within that 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import threading
@@ -208,10 +209,10 @@ def categorical_columns(x: pd.DataFrame) -> list[str]:
 
 def train_through_entry_point(
     hyperparameters: dict[str, str], train: Split, valid: Split
-) -> tuple[Predictor, float]:
+) -> tuple[Predictor, float, dict[str, float]]:
     """One job of the real `train` entry point over a temporary SAGEMAKER_BASE_DIR tree
     (`training` and `validation` channels with a `__target__` header column); returns the
-    loaded model and the fit time in seconds."""
+    loaded model, the fit time in seconds and the job's stage times (timings.json)."""
     with tempfile.TemporaryDirectory() as tmp:
         job = LocalJob(Path(tmp) / "opt_ml", {"target_column": "__target__", **hyperparameters})
         for channel, (x, y) in {"training": train, "validation": valid}.items():
@@ -221,20 +222,21 @@ def train_through_entry_point(
         seconds = time.perf_counter() - start
         if result.returncode != 0:
             raise RuntimeError(f"train failed ({result.returncode}): {result.stderr[-3000:]}")
-        return load_model(job.model), seconds  # in memory: the folder may go
+        timings = json.loads((job.paths.output_data / "timings.json").read_text())
+        return load_model(job.model), seconds, timings  # in memory: the folder may go
 
 
 def run_tabtransformer(
     settings: dict[str, str], train: Split, valid: Split, test: Split, task: str, seed: int
-) -> tuple[float, float]:
-    """Train through the real `train` entry point; (test score, fit seconds)."""
+) -> tuple[float, float, dict[str, float]]:
+    """Train through the real `train` entry point; (test score, fit seconds, stage times)."""
     hp = {"seed": str(seed), **settings}
     if task != "regression":
         hp.setdefault("task", task)
-    predictor, seconds = train_through_entry_point(hp, train, valid)
+    predictor, seconds, timings = train_through_entry_point(hp, train, valid)
     out = predictor.outputs(test[0])
     classes = [str(c) for c in predictor.classes] if predictor.classes else []
-    return score(task, test[1], out, classes), seconds
+    return score(task, test[1], out, classes), seconds, timings
 
 
 def run_gbdt(
@@ -356,12 +358,53 @@ def run_pytabkit(
 
 def run_model(
     model: str, train: Split, valid: Split, test: Split, task: str, seed: int, device: str
-) -> tuple[float, float]:
+) -> tuple[float, float, dict[str, float] | None]:
+    """(test score, fit seconds, the job's stage times: TabTransformer only)."""
     if model.startswith("tt:"):
         return run_tabtransformer(TT_CONFIGS[model[3:]], train, valid, test, task, seed)
     if model in ("lightgbm", "catboost"):
-        return run_gbdt(model, train, valid, test, task, seed)
-    return run_pytabkit(model, train, valid, test, task, seed, device)
+        return (*run_gbdt(model, train, valid, test, task, seed), None)
+    return (*run_pytabkit(model, train, valid, test, task, seed, device), None)
+
+
+# The job's stages (timings.json) as the breakdown shows them.
+STAGES = {
+    "start_up": "start-up",
+    "tables": "reading, encoding",
+    "model": "model",
+    "pretraining": "pretraining",
+    "fine_tuning_epochs": "epochs",
+    "fine_tuning_train": "epochs' training",
+    "fine_tuning_validation": "per-epoch validation",
+    "report": "report",
+    "artifact": "artifact",
+    "total": "job total",
+}
+TIMING_FIELDS = ["table", "seed", "model", "fit_seconds", *STAGES]
+
+
+def timings_path(results: Path) -> Path:
+    return results.with_name(results.stem + "_timings.csv")
+
+
+def breakdown(timings: dict[str, float]) -> str:
+    """One line: the job's stages, in seconds (epochs: their count)."""
+    return ", ".join(
+        f"{STAGES[k]} {timings.get(k, 0):.0f}" + ("" if k.endswith("_epochs") else " s")
+        for k in STAGES
+    )
+
+
+def breakdown_table(rows: list[dict[str, str]]) -> str:
+    """Mean stage times per table and TabTransformer model (Markdown)."""
+    frame = pd.DataFrame(rows)
+    header = "| table | model | fit (s) | " + " | ".join(STAGES.values()) + " |"
+    lines = [header, "| --- | --- |" + " ---: |" * (len(STAGES) + 1)]
+    for (table, model), group in frame.groupby(["table", "model"], sort=False):
+        means = group[["fit_seconds", *STAGES]].astype(float).mean()
+        cells = " | ".join(f"{means[k]:.1f}" for k in ["fit_seconds", *STAGES])
+        lines.append(f"| {table} | {model} | {cells} |")
+    return "\n".join(lines)
 
 
 read_results = read_rows
@@ -550,7 +593,7 @@ def main() -> None:
         x, y, task = load(table)
         train, valid, test = split(x, y, task, seed)
         try:
-            value, seconds = run_model(model, train, valid, test, task, seed, args.device)
+            value, seconds, timings = run_model(model, train, valid, test, task, seed, args.device)
         except ImportError as e:
             print(f"{table} seed {seed} {model}: skipped ({e})", flush=True)
             return
@@ -569,9 +612,17 @@ def main() -> None:
         }
         with written:
             append_result(args.results, row)
+            if timings is not None:
+                stages = {k: f"{timings.get(k, 0.0):.2f}" for k in STAGES}
+                times = {"table": table, "seed": seed, "model": model, **stages}
+                append_row(
+                    timings_path(args.results), times | {"fit_seconds": seconds}, TIMING_FIELDS
+                )
         print(
             f"{table} seed {seed} {model}: {METRIC[task]}={value:.4f} ({seconds:.0f} s)", flush=True
         )
+        if timings is not None:
+            print(f"  where the time went: {breakdown(timings)}", flush=True)
 
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(run_one, todo))
@@ -580,6 +631,14 @@ def main() -> None:
     if results:
         print()
         print(markdown(results, tables, models, args.time_ratio, args.gap))
+    times = [
+        r
+        for r in read_rows(timings_path(args.results))
+        if int(r["seed"]) in seeds and r["table"] in tables and r["model"] in models
+    ]
+    if times:
+        print("\nWhere the TabTransformer jobs' time went (mean seconds per stage):\n")
+        print(breakdown_table(times))
 
 
 if __name__ == "__main__":

@@ -55,6 +55,13 @@ def test_binary_headerless_with_text_labels(job: Job):
     assert abs(probabilities.sum(axis=1) - 1).max() < 1e-9
     assert (job.base / "output" / "data" / "training_history.csv").is_file()
     assert (job.base / "output" / "data" / "training_history.png").stat().st_size > 10_000
+    # Where the time went, stage by stage (the accuracy benchmark reads it).
+    timings = json.loads((job.base / "output" / "data" / "timings.json").read_text())
+    stages = ["start_up", "tables", "model", "fine_tuning", "artifact", "report"]
+    assert all(timings[k] >= 0 for k in stages) and timings["fine_tuning_epochs"] == 4
+    assert 0 < timings["fine_tuning_validation"] < timings["fine_tuning"]
+    assert sum(timings[k] for k in stages) <= timings["total"] + 1e-6
+    assert "time: start_up " in log and " report " in log
 
 
 @pytest.mark.slow

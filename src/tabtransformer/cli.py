@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from tabtransformer.distributed import Cluster
 
 log = logging.getLogger("tabtransformer")
+PROCESS_STARTED = time.monotonic()  # this module is imported first: the start-up's start
 STOPPED_EXIT_CODE = 143  # 128 + SIGTERM, as a process killed by it would report
 
 
@@ -120,7 +122,7 @@ def train_process(
         if world.distributed:
             cluster.init_process_group(world)
             log.info("process %d of %d (hosts %s)", world.rank, world.size, cluster.hosts)
-        job.run(paths, world, scratch)
+        job.run(paths, world, scratch, PROCESS_STARTED)
     except Stopped as stopped:
         log.warning("%s; a job restarted with the same checkpoints resumes there", stopped)
         return STOPPED_EXIT_CODE

@@ -7,9 +7,10 @@ Settings are resolved in `plan`, reading and checking the channels is in `channe
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,12 +33,20 @@ from tabtransformer.tables import Tables, check_sharding, load_tables
 from tabtransformer.training import FitData, final_scores, fit
 
 log = logging.getLogger(__name__)
+TIMINGS = "timings.json"  # in output/data: StageClock's seconds per stage
 
 
-def run(paths: SageMakerPaths, world: World | None = None, scratch: Path | None = None) -> None:
+def run(
+    paths: SageMakerPaths,
+    world: World | None = None,
+    scratch: Path | None = None,
+    process_started: float | None = None,
+) -> None:
     """Run one training job over the `/opt/ml` tree `paths` (as process `world.rank`);
-    `scratch`: the host's folder for the encoded tables (None: a temporary one)."""
-    started = time.monotonic()
+    `scratch`: the host's folder for the encoded tables (None: a temporary one);
+    `process_started`: when the process started (`time.monotonic()`), for its start-up."""
+    clock = StageClock(process_started or time.monotonic())
+    clock.lap("start_up")
     world = world or World()
     plan = JobPlan.read(paths)
     torch.manual_seed(plan.tables.seed)
@@ -55,8 +64,9 @@ def run(paths: SageMakerPaths, world: World | None = None, scratch: Path | None 
             n_labelled = len(labelled.train) + held_out
             sharded = labelled.rows_per_rank is not None
         plan = plan.completed(task, base_embedding, n_labelled, sharded)
+        clock.lap("tables")
         with StopFlag() as stop:
-            train(plan, tables, base, world, started, stop)
+            train(plan, tables, base, world, clock, stop)
 
 
 def train(
@@ -64,11 +74,11 @@ def train(
     tables: Tables,
     base: Artifact | None,
     world: World,
-    started: float,
+    clock: StageClock,
     stop: StopFlag,
 ) -> None:
     """Pretrain and/or fine-tune on the loaded tables, then write the artifact and report;
-    `stop`: SIGTERM's flag (a checkpoint, then `Stopped`)."""
+    `clock`: the stages' times; `stop`: SIGTERM's flag (a checkpoint, then `Stopped`)."""
     labelled = tables.labelled
     n_outputs = labelled.target.n_outputs if labelled else 1
     model = build_model(plan.network, tables.pre, n_outputs, base)
@@ -76,6 +86,7 @@ def train(
     log.info(
         "model: %s parameters on %s", f"{sum(p.numel() for p in model.parameters()):,}", device
     )
+    clock.lap("model")
     target = labelled.target.to_dict() if labelled else None
     schema = {"features": tables.pre.to_dict(), "target": target}
     job_id = fingerprint(dict(plan.hyperparameters), schema, tables.n_rows_all_hosts)
@@ -88,6 +99,7 @@ def train(
         )
         if world.is_main:
             write_history(plan.paths.output_data, "pretraining_history", history)
+        clock.lap("pretraining", [history])
     pretrained = plan.pretraining.objective if plan.pretrains else None
     if labelled is None:
         if world.is_main:
@@ -95,6 +107,8 @@ def train(
             artifact = Artifact(model.cpu(), tables.pre, None, plan.tables.header, summary)
             save_artifact(plan.paths.model, artifact, dict(plan.hyperparameters))
             log.info("pretrained model written to %s", plan.paths.model)
+            clock.lap("artifact")
+            clock.write(plan.paths.output_data)
         return
     unlabeled = None
     if plan.semi_supervised:
@@ -105,6 +119,7 @@ def train(
     )
     encoder_from = model if (plan.pretrains or base is not None) else None
     result = fine_tune(plan, model, data, encoder_from, device, checkpointer)
+    clock.lap("fine_tuning", list(result.histories.values()))
     if not world.is_main:
         return  # the other processes train; the first one reports and writes
     result.summary["pretrained"] = pretrained or ("from model channel" if base else None)
@@ -115,6 +130,7 @@ def train(
     artifact = Artifact(network, tables.pre, target, plan.tables.header, result.summary)
     save_artifact(plan.paths.model, artifact, dict(plan.hyperparameters))
     log.info("model written to %s", plan.paths.model)
+    clock.lap("artifact")
     report = plan.report
     shown, rows = result.report_on
     inputs = ReportInputs(
@@ -122,8 +138,45 @@ def train(
         report.seed,
     )  # fmt: skip
     write_training_report(
-        plan.paths.output_data, report.enabled, inputs, time.monotonic() - started
+        plan.paths.output_data, report.enabled, inputs, time.monotonic() - clock.started
     )
+    clock.lap("report")
+    clock.write(plan.paths.output_data)
+
+
+@dataclass
+class StageClock:
+    """Where a job's time goes: the seconds of each stage since the previous one (`lap`),
+    with the epochs' training and validation shares of a training phase; logged at the end
+    and written to output/data/timings.json (the accuracy benchmark reads it)."""
+
+    started: float  # time.monotonic() at the process's start
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self._last = self.started
+
+    def lap(self, stage: str, histories: list[list[dict[str, float]]] | None = None) -> None:
+        now = time.monotonic()
+        self.seconds[stage] = now - self._last
+        self._last = now
+        rows = [row for history in histories or [] for row in history]
+        if histories is not None:
+            self.seconds[f"{stage}_epochs"] = len(rows)
+            for part in ("train", "validation"):
+                self.seconds[f"{stage}_{part}"] = sum(r.get(f"{part}_seconds", 0.0) for r in rows)
+
+    def write(self, folder: Path) -> None:
+        self.seconds["total"] = time.monotonic() - self.started
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / TIMINGS).write_text(json.dumps(self.seconds, indent=2))
+        log.info(
+            "time: %s",
+            ", ".join(
+                f"{k} {v:.0f}" if k.endswith("_epochs") else f"{k} {v:.1f} s"
+                for k, v in self.seconds.items()
+            ),
+        )
 
 
 @dataclass

@@ -154,6 +154,8 @@ def run_epochs(
                 "epoch": epoch,
                 s.loss_name: train_loss,
                 **{f"validation_{k}": v for k, v in scores.items()},
+                "train_seconds": train_time,
+                "validation_seconds": elapsed - train_time,
             }
         )
         if stop or epoch == s.n_epochs or checkpoint.due():

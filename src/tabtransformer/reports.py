@@ -59,7 +59,7 @@ def write_history(folder: Path, name: str, history: list[dict[str, float]]) -> N
     frame = pd.DataFrame(history).set_index("epoch")
     frame.to_csv(folder / f"{name}.csv")
     losses = [c for c in frame.columns if "loss" in c]
-    scores = [c for c in frame.columns if c not in losses]
+    scores = [c for c in frame.columns if c not in losses and not c.endswith("_seconds")]
     if "validation_log_loss" in losses and "validation_loss" in losses:
         losses.remove("validation_log_loss")  # the same series for classification
     palette = plt.get_cmap("tab10").colors
