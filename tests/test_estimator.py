@@ -15,7 +15,7 @@ from conftest import Job, Server, make_table
 from sklearn.base import clone
 from sklearn.compose import ColumnTransformer
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import cross_val_score
+from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.utils import estimator_checks
 from sklearn.utils.estimator_checks import parametrize_with_checks
@@ -92,7 +92,7 @@ def test_constructor_arguments_are_the_schema_with_a_readable_repr():
         TabTransformerClassifier(n_epochs=0).fit(X, y)
 
 
-def test_clone_cross_val_score_and_a_pipeline_with_a_column_transformer():
+def test_clone_cross_val_score_grid_search_and_a_pipeline_with_a_column_transformer():
     X, y = features_and_labels()
     scores = cross_val_score(clone(TabTransformerClassifier(**TABLE)), X, y, cv=2)
     assert scores.shape == (2,) and (scores > 0.5).all()
@@ -103,6 +103,9 @@ def test_clone_cross_val_score_and_a_pipeline_with_a_column_transformer():
     pipeline = Pipeline([("columns", keep), ("model", TabTransformerClassifier(**TABLE))])
     pipeline.fit(X, y)
     assert pipeline.predict(X.head(5)).shape == (5,)
+    search = GridSearchCV(TabTransformerClassifier(**TABLE), {"n_epochs": [1, 2]}, cv=2)
+    search.fit(X.head(120), y.head(120))
+    assert search.best_params_["n_epochs"] in (1, 2) and search.best_estimator_.n_epochs in (1, 2)
     # As a transformer: its embeddings feed another model.
     stacked = Pipeline(
         [("embed", TabTransformerClassifier(**TABLE)), ("head", LogisticRegression(max_iter=1000))]
