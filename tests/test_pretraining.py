@@ -439,3 +439,21 @@ def test_an_artifact_written_before_numeric_tokens_is_a_base_to_fine_tune(tmp_pa
     config = json.loads((job.model / "model_config.json").read_text())
     assert config["ensemble_size"] == 2 and config["dim"] == 8  # the old Transformer's shape
     assert load_model(job.model).outputs(table.drop(columns="label").head(5)).shape == (5, 2)
+
+
+@pytest.mark.slow
+def test_a_frozen_encoder_keeps_the_pretrained_weights_while_the_head_learns(tmp_path, pretrained):
+    """freeze_encoder_epochs: for those epochs only the new head trains (LP-FT)."""
+    from safetensors.torch import load_file
+
+    base = load_file(pretrained.model / "model.safetensors")
+    frozen = fine_tune(
+        tmp_path, pretrained, "label", "frozen",
+        extra={"freeze_encoder_epochs": "4", "cv_folds": "1"},
+    )  # fmt: skip
+    moving = fine_tune(tmp_path, pretrained, "label", "moving", extra={"cv_folds": "1"})
+    kept = load_file(frozen.model / "model.safetensors")
+    trained = load_file(moving.model / "model.safetensors")
+    encoder = [k for k in base if not k.startswith("mlp.")]
+    assert encoder and all(torch.equal(kept[k], base[k]) for k in encoder)
+    assert not all(torch.equal(trained[k], base[k]) for k in encoder)

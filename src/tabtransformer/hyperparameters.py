@@ -305,6 +305,17 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         choices=("auto", "auc", "log_loss", "accuracy", "f1", "rmse", "mae", "r2"),
     ),
     Hyperparameter(
+        "freeze_encoder_epochs",
+        int,
+        0,
+        "Fine-tuning from pretrained weights (an 'unlabeled' channel or a 'model' channel): "
+        "the embeddings and Transformer stay as pretrained for the first N epochs while the "
+        "new prediction head learns, then everything trains (linear probing, then "
+        "fine-tuning). 0: everything trains from the first step. A fresh network ignores it.",
+        low=0,
+        high=1000,
+    ),
+    Hyperparameter(
         "decision_threshold",
         float,
         0.0,

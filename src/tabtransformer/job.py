@@ -203,6 +203,8 @@ def fine_tune(
     `encoder_from`: the pretrained or base network every fold starts from (None: each fold
     is a fresh network)."""
     settings = plan.fit
+    if encoder_from is None:  # a fresh network has no pretrained encoder to keep fixed
+        settings = replace(settings, freeze_encoder_epochs=0)
     if settings.folds == 1:
         history, best_epoch = fit(model, data, settings, device, checkpointer)
         summary = final_scores(model, data, settings, device, history, best_epoch)

@@ -200,7 +200,9 @@ def batches(
 
 
 def adamw(
-    params: Iterable[torch.nn.Parameter], phase: PhaseSettings, device: torch.device
+    params: Iterable[torch.nn.Parameter] | Iterable[dict],
+    phase: PhaseSettings,
+    device: torch.device,
 ) -> torch.optim.AdamW:
     """AdamW with the phase's learning rate and weight decay; fused (one kernel for all
     parameters, a quarter of the time of the per-parameter loop) on CPUs and GPUs."""

@@ -57,6 +57,7 @@ class FitSettings:
     pseudo_label_threshold: float = 0.9
     folds: int = 1  # cross-fitted models (crossfit.py); 1: one model
     decision_threshold: float = 0.0  # binary; 0: the F1-best on the scored rows
+    freeze_encoder_epochs: int = 0  # epochs the pretrained encoder stays fixed (fit)
 
     def learning_rate(self, progress: float) -> float:
         """The learning rate after `progress` epochs (fractional) of fine-tuning."""
@@ -93,6 +94,7 @@ class FitSettings:
             hp["semi_supervised_weight"],
             hp["pseudo_label_threshold"],
             decision_threshold=hp["decision_threshold"],
+            freeze_encoder_epochs=hp["freeze_encoder_epochs"],
         )
 
 
@@ -241,7 +243,14 @@ def fit(
     phase = settings.phase
     generator = torch.Generator().manual_seed(phase.seed)
     model.to(device).train()
-    optimizer = adamw(model.parameters(), phase, device)
+    frozen_epochs = settings.freeze_encoder_epochs
+    if frozen_epochs:  # two groups: the encoder's (group 0) learning rate is 0 at first
+        head = [p for name, p in model.named_parameters() if name.startswith("mlp.")]
+        encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
+        optimizer = adamw([{"params": encoder}, {"params": head}], phase, device)
+        log.info("the pretrained encoder stays fixed for %d epoch(s)", frozen_epochs)
+    else:
+        optimizer = adamw(model.parameters(), phase, device)
     saved = saved or Saved("finetune", model)
     checkpoint = checkpointer.phase(saved.phase, saved.module, optimizer, [generator])
     start = checkpoint.restore()  # before DDP shares the first process's weights
@@ -285,6 +294,8 @@ def fit(
         for step, index in enumerate(epoch_batches):
             progress = epoch - 1 + (step + 1) / len(epoch_batches)
             set_learning_rate(optimizer, settings.learning_rate(progress))
+            if epoch <= frozen_epochs:
+                optimizer.param_groups[0]["lr"] = 0.0  # the encoder stays as pretrained
             batch = gather(train_rows, index, device)
             codes, numbers = batch.codes, batch.numbers
             if semi:  # one forward pass over the labelled and the unlabeled rows
