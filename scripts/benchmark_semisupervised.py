@@ -114,6 +114,7 @@ VARIANTS: dict[str, Variant] = {
     "rtd": Variant(RTD),
     "rtd, one model (cv_folds=1)": Variant(RTD, {"cv_folds": "1"}),
     "none, one model (cv_folds=1)": Variant(None, {"cv_folds": "1"}),
+    "rtd, encoder fixed 10 epochs": Variant(RTD, {"freeze_encoder_epochs": "10"}),
     "rtd (categorical only)": Variant({**RTD, "pretrain_columns": "categorical"}),
     "entropy": Variant(None, ENTROPY),
     "pseudo_label": Variant(None, PSEUDO),
