@@ -554,7 +554,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "torch.compile the network for pretraining and fine-tuning (validation and serving "
         "run eagerly). Compiling takes a minute or more at the start. Meant for GPUs: on the "
         "CPUs measured, the eager network (tuned for CPUs) was faster. If compiling fails "
-        "(e.g. no C++ compiler in the image), the job logs a warning and trains eagerly, "
+        "(e.g. no C++ compiler on the machine), the job logs a warning and trains eagerly, "
         "with the same results.",
     ),
 )
