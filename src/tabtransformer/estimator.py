@@ -652,11 +652,12 @@ class _EpochBar(logging.Handler):
             name = progress.phase.strip() or "fine-tune"
             self.bar = tqdm(total=progress.n_epochs, desc=name, unit="epoch", leave=True)
             self.key = key
-        self.bar.update(progress.epoch - self.bar.n)
         best = "" if progress.best is None else f"{progress.best:.4g}"
-        self.bar.set_postfix(loss=f"{progress.loss:.4g}", **{f"best_{progress.watch}": best})
+        postfix = {"loss": f"{progress.loss:.4g}", f"best_{progress.watch}": best}
+        self.bar.set_postfix(postfix, refresh=False)
         if progress.stopping:
-            self.bar.set_description(f"{self.bar.desc} (early stop)")
+            self.bar.set_description(f"{self.bar.desc} (early stop)", refresh=False)
+        self.bar.update(progress.epoch - self.bar.n)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -667,20 +668,25 @@ class _EpochBar(logging.Handler):
 
 @contextmanager
 def _progress_bar(enabled: bool) -> Iterator[None]:
+    """The epoch bar for the duration of a job. The loop's logger passes its INFO records
+    to the bar; where logging is not set to show them (the usual notebook), they go to the
+    bar only, so that turning the bar on prints nothing else."""
     if not enabled:
         yield
         return
     handler = _EpochBar()
-    logger = logging.getLogger("tabtransformer")
-    level = logger.level
-    logger.addHandler(handler)
+    logger = logging.getLogger("tabtransformer.loop")
+    level, propagate = logger.level, logger.propagate
     if logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
+        logger.propagate = False
+    logger.addHandler(handler)
     try:
         yield
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)
+        logger.propagate = propagate
         handler.close()
 
 
