@@ -138,10 +138,11 @@ def test_unlabeled_channel_means_rtd_by_default(job: Job):
 NUMERIC_TOKENS = {"numeric_embedding": "ple", "numeric_bins": "8"}
 
 
-@pytest.fixture
-def pretrained(tmp_path) -> Job:
-    """A pretraining-only job: an `unlabeled` channel with a header, no `training`."""
-    job = Job(tmp_path / "pretrain")
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Job:
+    """A pretraining-only job: an `unlabeled` channel with a header, no `training` (one
+    for the module: the tests only read its artifact)."""
+    job = Job(tmp_path_factory.mktemp("pretrained") / "pretrain")
     table = make_table("binary", n=400)
     job.channel("unlabeled", table.drop(columns="label"), header=True)
     job.hyperparameters({**PRETRAIN_FAST, "target_column": "label", **NUMERIC_TOKENS})
