@@ -52,12 +52,13 @@ RUN --mount=type=secret,id=pip_cert \
     && rm -rf "${site}/torch/share/cmake" /build
 
 # ---- runtime stage -----------------------------------------------------------------------
-# compile=true needs a C++ compiler and Python's headers at run time (inductor builds its
-# CPU kernels, Triton its GPU launcher), and torch's own headers (kept above).
+# compile=true needs at run time a C++ compiler and Python's headers (inductor builds its
+# CPU kernels, Triton its GPU launcher), openssl (inductor hashes its precompiled header
+# with it) and torch's own headers (kept above).
 FROM ${BASE_IMAGE}
 ARG DEBIAN_FRONTEND=noninteractive
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends python3 python3-dev g++ \
+    && apt-get install -y --no-install-recommends python3 python3-dev g++ openssl \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
 # The unprivileged user the model server's workers run as (SERVING_USER in
 # src/tabtransformer/serving/server.py): a system user and group, no login shell, no home,
