@@ -45,6 +45,7 @@ def chosen(tmp_path_factory) -> tuple[Job, dict, str]:
     return job, *trained(job)
 
 
+@pytest.mark.slow
 def test_the_threshold_is_chosen_out_of_fold_and_makes_f1_informative(chosen):
     job, summary, log = chosen
     threshold = summary["decision_threshold"]
@@ -58,6 +59,7 @@ def test_the_threshold_is_chosen_out_of_fold_and_makes_f1_informative(chosen):
     assert stored["threshold"] == threshold
 
 
+@pytest.mark.slow
 def test_predict_and_the_endpoint_label_rows_at_the_stored_threshold(chosen):
     job, summary, _ = chosen
     threshold = summary["decision_threshold"]
@@ -74,6 +76,7 @@ def test_predict_and_the_endpoint_label_rows_at_the_stored_threshold(chosen):
     assert reply.json()["predicted_label"] == list(expected)
 
 
+@pytest.mark.slow
 def test_half_is_the_argmax(tmp_path):
     job = Job(tmp_path / "opt_ml")
     summary, log = trained(job, decision_threshold="0.5", n_epochs="2")

@@ -92,6 +92,7 @@ def test_constructor_arguments_are_the_schema_with_a_readable_repr():
         TabTransformerClassifier(n_epochs=0).fit(X, y)
 
 
+@pytest.mark.slow
 def test_clone_cross_val_score_grid_search_and_a_pipeline_with_a_column_transformer():
     X, y = features_and_labels()
     scores = cross_val_score(clone(TabTransformerClassifier(**TABLE)), X, y, cv=2)
@@ -113,6 +114,7 @@ def test_clone_cross_val_score_grid_search_and_a_pipeline_with_a_column_transfor
     assert stacked.fit(X, y).score(X, y) > 0.6
 
 
+@pytest.mark.slow
 def test_fit_in_process_gives_the_train_entry_points_model(fitted, tmp_path):
     """The same rows, seed and hyperparameters through `train` as a subprocess."""
     X, y = features_and_labels()
@@ -130,6 +132,7 @@ def test_fit_in_process_gives_the_train_entry_points_model(fitted, tmp_path):
     assert (job.model / "model.safetensors").read_bytes() == fitted.artifact_["model.safetensors"]
 
 
+@pytest.mark.slow
 def test_a_saved_estimator_is_served_by_the_real_server(fitted, tmp_path):
     archive = fitted.save(tmp_path / "opt_ml" / "model" / "model.tar.gz")
     with tarfile.open(archive) as tar:
@@ -144,6 +147,7 @@ def test_a_saved_estimator_is_served_by_the_real_server(fitted, tmp_path):
     assert np.array_equal(load(folder).predict_proba(X_new), fitted.predict_proba(X_new))
 
 
+@pytest.mark.slow
 def test_load_reads_a_sagemaker_jobs_model_tar_gz(tmp_path):
     job = Job(tmp_path / "opt_ml")
     job.channel("training", make_table("regression", n=200), header=True)
@@ -162,6 +166,7 @@ def test_load_reads_a_sagemaker_jobs_model_tar_gz(tmp_path):
         TabTransformerClassifier.load(archive)
 
 
+@pytest.mark.slow
 def test_pretrain_once_and_fine_tune_several_targets():
     X, y = features_and_labels(200)
     pool, _ = features_and_labels(600, seed=7)
@@ -178,6 +183,7 @@ def test_pretrain_once_and_fine_tune_several_targets():
     assert fresh.metrics_["pretrained"] is None
 
 
+@pytest.mark.slow
 def test_dtypes_become_the_jobs_column_kinds(tmp_path):
     rng = np.random.default_rng(0)
     n = 120
@@ -206,6 +212,7 @@ def test_dtypes_become_the_jobs_column_kinds(tmp_path):
         model.predict(X.iloc[:, :3].to_numpy())
 
 
+@pytest.mark.slow
 def test_a_progress_bar_follows_the_epochs_unless_verbose_is_off(capsys):
     X, y = features_and_labels(120)
     before = signal.getsignal(signal.SIGTERM)

@@ -23,7 +23,7 @@ NUMBER = r"([-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|nan|inf))"
 class Metric:
     """A validation metric. `compute(y, out)`: y = class indexes or targets, out = the
     class probabilities (N, C) or the predictions (N,) in the target's own units; for a
-    metric `of_labels`, the decided classes (`decide`) one-hot (N, C)."""
+    metric `of_labels`, the decided classes (`preprocessing.decide`) one-hot (N, C)."""
 
     name: str
     tasks: tuple[str, ...]
@@ -79,14 +79,6 @@ def _safe(
 
 def _labels(decided: np.ndarray) -> np.ndarray:
     return decided.argmax(axis=1)
-
-
-def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
-    """Class indexes (N,) of probabilities (N, C): the second class of two where its
-    probability is at least `threshold`, else (None, or more classes) the most probable."""
-    if threshold is None or probabilities.shape[1] != 2:
-        return probabilities.argmax(axis=1)
-    return (probabilities[:, 1] >= threshold).astype("int64")
 
 
 def f1_best_threshold(y: np.ndarray, positive: np.ndarray) -> float:
@@ -184,6 +176,8 @@ def compute_all(
 ) -> dict[str, float]:
     """Every metric of the task; the label metrics at `threshold` (binary; None: argmax)."""
     import numpy as np
+
+    from tabtransformer.preprocessing import decide  # serving's too: metrics is not
 
     decided = np.eye(out.shape[1])[decide(out, threshold)] if task in CLASSIFICATION else out
     return {m.name: m.compute(y, decided if m.of_labels else out) for m in for_task(task)}

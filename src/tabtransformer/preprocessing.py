@@ -33,7 +33,6 @@ import torch
 from rtdl_num_embeddings import compute_bins
 from scipy.special import ndtri
 
-from tabtransformer import metrics
 from tabtransformer.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -501,6 +500,14 @@ def too_many_classes(target: pd.Series, n_unique: int, max_classes: int) -> TooM
     )
 
 
+def decide(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Class indexes (N,) of probabilities (N, C): the second class of two where its
+    probability is at least `threshold`, else (None, or more classes) the most probable."""
+    if threshold is None or probabilities.shape[1] != 2:
+        return probabilities.argmax(axis=1)
+    return (probabilities[:, 1] >= threshold).astype(np.int64)
+
+
 @dataclass
 class TargetEncoder:
     """Detects the task and encodes labels: class indexes, or a standardised number; and
@@ -579,7 +586,7 @@ class TargetEncoder:
 
     def decide(self, probabilities: np.ndarray) -> np.ndarray:
         """Class indexes (N,) of class probabilities (N, C), at the decision threshold."""
-        return metrics.decide(probabilities, self.threshold)
+        return decide(probabilities, self.threshold)
 
     def decode_regression(self, standardised: np.ndarray) -> np.ndarray:
         return standardised * self.std + self.mean
