@@ -115,6 +115,7 @@ VARIANTS: dict[str, Variant] = {
     "rtd, one model (cv_folds=1)": Variant(RTD, {"cv_folds": "1"}),
     "none, one model (cv_folds=1)": Variant(None, {"cv_folds": "1"}),
     "rtd, encoder fixed 10 epochs": Variant(RTD, {"freeze_encoder_epochs": "10"}),
+    "rtd, 1,000 steps": Variant({**RTD, "pretrain_steps": "1000"}),
     "rtd (categorical only)": Variant({**RTD, "pretrain_columns": "categorical"}),
     "entropy": Variant(None, ENTROPY),
     "pseudo_label": Variant(None, PSEUDO),
