@@ -139,7 +139,7 @@ def accuracy(smoke: bool, work: Path) -> list[str]:
     script = [sys.executable, "scripts/benchmark_accuracy.py", "--tables", "mlc_churn"]
     script += ["--seeds", "0", "--models", "tt:auto"]
     if smoke:
-        script += ["--tt-set", "n_epochs=1,n_blocks=1"]
+        script += ["--tt-set", "n_epochs=1,n_blocks=1,ensemble_size=1,report=false"]
     places = {"cpu": {"CUDA_VISIBLE_DEVICES": ""}}
     if not smoke:
         places = {"cuda": {}, **places}
