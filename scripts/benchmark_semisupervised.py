@@ -47,6 +47,7 @@ from catboost import CatBoostClassifier
 from sklearn.metrics import roc_auc_score
 
 from tabtransformer import load_model
+from tabtransformer.checkpoints import Stopped
 from tabtransformer.local import LocalJob, append_row, read_rows
 
 TARGET = "target"  # every table's target, renamed; labels "yes" / "no"
@@ -397,6 +398,8 @@ def evaluate(
             )
             started = time.perf_counter()
             auc = tabtransformer_auc(VARIANTS[variant], split, n, seed, model_from, work, overrides)
+    except Stopped:  # SIGTERM reached the job: the benchmark stops too
+        raise
     except Exception as error:  # one failed job must not end the benchmark
         print(f"{variant}, {n} labels: {type(error).__name__}: {error}", flush=True)
         auc, pretrain_seconds = float("nan"), 0.0
