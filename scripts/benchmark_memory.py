@@ -11,7 +11,7 @@ mapped by both processes) is counted twice in a pair's RSS, while PSS shares it 
 them; the pair is therefore compared by PSS. The encoded size is the `.npy` files the job
 writes to its scratch folder (TABTRANSFORMER_SCRATCH).
 
-Targets (issue 14): one process peaks below 2 x encoded + 1.5 GB; the pair's peak PSS is
+Targets: one process peaks below 2 x encoded + 1.5 GB; the pair's peak PSS is
 below 1.3 x one process's.
 
     python scripts/benchmark_memory.py --rows 5000000

@@ -188,7 +188,8 @@ def test_report_false_writes_no_report(tmp_path):
     job = Job(tmp_path / "opt_ml")
     train_in_process(job, TABLE, report="false")
     folder = job.base / "output" / "data"
-    assert (folder / "training_history.png").is_file()
+    assert (folder / "training_history.csv").is_file()  # the histories, without their plots
+    assert not (folder / "training_history.png").exists()
     assert not (folder / reports.REPORT).exists()
     assert not (folder / "tsne_embeddings.png").exists()
 

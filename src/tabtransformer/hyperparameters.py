@@ -418,7 +418,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         high=1.0,
         low_open=True,
     ),
-    # --- unlabeled rows while fine-tuning (issue 12) ---------------------------------------
+    # --- unlabeled rows while fine-tuning ------------------------------------------------
     Hyperparameter(
         "semi_supervised",
         str,
@@ -536,7 +536,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         low=0.0,
         high=1e6,
     ),
-    # --- what the model learned (issue 13) ---------------------------------------------
+    # --- what the model learned -------------------------------------------------------
     Hyperparameter(
         "report",
         bool,
@@ -544,9 +544,10 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "Write a training report to output/data/ at the end of the job: report.html "
         "(self-contained) and its PNGs (learning curves, t-SNE of the contextual embeddings, "
         "permutation importance, task plots). Sampled so that it takes about a tenth of the "
-        "training time; a report error is a warning, never a failed job.",
+        "training time; a report error is a warning, never a failed job. false: no report "
+        "and no learning-curve PNGs (the per-epoch histories are still written as CSV).",
     ),
-    # --- speed (issue 14) ---------------------------------------------------------------
+    # --- speed --------------------------------------------------------------------------
     Hyperparameter(
         "compile",
         bool,

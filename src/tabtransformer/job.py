@@ -98,7 +98,9 @@ def train(
             model, tables.pre, features, plan.pretraining, device, checkpointer
         )
         if world.is_main:
-            write_history(plan.paths.output_data, "pretraining_history", history)
+            write_history(
+                plan.paths.output_data, "pretraining_history", history, plan.report.enabled
+            )
         clock.lap("pretraining", [history])
     pretrained = plan.pretraining.objective if plan.pretrains else None
     if labelled is None:
@@ -124,7 +126,7 @@ def train(
         return  # the other processes train; the first one reports and writes
     result.summary["pretrained"] = pretrained or ("from model channel" if base else None)
     for name, history in result.histories.items():
-        write_history(plan.paths.output_data, name, history)
+        write_history(plan.paths.output_data, name, history, plan.report.enabled)
     network = result.network.cpu()
     target = replace(labelled.target, threshold=result.summary["decision_threshold"])
     artifact = Artifact(network, tables.pre, target, plan.tables.header, result.summary)

@@ -51,13 +51,18 @@ TSNE_POINTS = 2_000  # categorical cells (row x column) in the t-SNE figure
 HISTORIES = ("training_history", "pretraining_history")
 
 
-def write_history(folder: Path, name: str, history: list[dict[str, float]]) -> None:
-    """`<name>.csv` and `<name>.png`: every per-epoch series, losses on the left axis."""
+def write_history(
+    folder: Path, name: str, history: list[dict[str, float]], plot: bool = True
+) -> None:
+    """`<name>.csv` and (`plot`) `<name>.png`: every per-epoch series, losses on the left
+    axis (a plot costs about a second, as much as a small job's training)."""
     if not history:
         return
     folder.mkdir(parents=True, exist_ok=True)
     frame = pd.DataFrame(history).set_index("epoch")
     frame.to_csv(folder / f"{name}.csv")
+    if not plot:
+        return
     losses = [c for c in frame.columns if "loss" in c]
     scores = [c for c in frame.columns if c not in losses and not c.endswith("_seconds")]
     if "validation_log_loss" in losses and "validation_loss" in losses:
