@@ -60,7 +60,7 @@ def test_several_processes_on_one_host_pretrain_and_fine_tune(tmp_path):
     job = Job(tmp_path / "opt_ml")
     job.channel("training", table.iloc[:200])
     job.channel("unlabeled", table.iloc[200:].drop(columns="label"))
-    job.hyperparameters({**FAST, "pretrain_epochs": "2"})
+    job.hyperparameters({**FAST, "pretrain_objective": "rtd", "pretrain_epochs": "2"})
     process = start(
         job, PROCESSES_PER_HOST="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port())
     )

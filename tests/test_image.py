@@ -442,7 +442,9 @@ def test_a_job_with_an_unlabeled_channel_pretrains_then_fine_tunes(engine: Engin
     table = make_table("binary", n=400)
     job.channel("training", table.iloc[:120])
     job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
-    job.hyperparameters({**FAST, "pretrain_epochs": "2", "pretrain_patience": "2"})
+    job.hyperparameters(
+        {**FAST, "pretrain_objective": "rtd", "pretrain_epochs": "2", "pretrain_patience": "2"}
+    )
     result = engine.run(["train"], opt_ml=job.base)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "pretrain rtd epoch 1/2" in result.stdout + result.stderr

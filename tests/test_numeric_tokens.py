@@ -398,7 +398,13 @@ def test_pretraining_with_numeric_tokens_runs(job: Job):
     job.channel("training", TABLE.iloc[:120])
     job.channel("unlabeled", TABLE.iloc[120:].drop(columns="label"))
     job.hyperparameters(
-        {**FAST, "input_dim": "8", "numeric_embedding": "ple", "pretrain_epochs": "2"}
+        {
+            **FAST,
+            "input_dim": "8",
+            "numeric_embedding": "ple",
+            "pretrain_objective": "rtd",
+            "pretrain_epochs": "2",
+        }
     )
     result = job.train()
     assert result.returncode == 0, result.stderr[-3000:]

@@ -128,10 +128,16 @@ def test_mlm_job_pretrains_then_fine_tunes(job: Job):
 
 
 @pytest.mark.slow
-def test_unlabeled_channel_means_rtd_by_default(job: Job):
-    out = semi_supervised_job(job, None)
+def test_an_unlabeled_channel_is_pretrained_on_when_asked(job: Job):
+    out = semi_supervised_job(job, "rtd")
     assert "pretrain rtd epoch 1/2" in out["log"] and "validation_detection_accuracy" in out["log"]
     assert out["report"]["pretrained"] == "rtd"
+
+
+def test_with_labels_an_unlabeled_channel_is_not_pretrained_on_by_default(job: Job):
+    out = semi_supervised_job(job, None)
+    assert "pretrain_objective=auto: none (the 'unlabeled' channel informs" in out["log"]
+    assert "pretrain rtd epoch" not in out["log"] and out["report"]["pretrained"] is None
 
 
 # numeric columns as PLE tokens, so that pretraining predicts their quantile bins

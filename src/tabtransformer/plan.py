@@ -4,8 +4,7 @@
 read; `plan.completed(task, base)` finishes it once the target's task is known (a base
 artifact's network applies when there is one). Each `auto` is resolved in one of those
 two places and logged once:
-- `pretrain_objective` (before reading: rtd when the job only pretrains, or has unlabeled
-  rows and no base model; else none),
+- `pretrain_objective` (before reading: rtd when the job only pretrains, else none),
 - `task` (by the target encoder, from the labels: `completed` takes its answer),
 - `numeric_embedding` (once the task is known: periodic for binary classification, PLE
   otherwise, as the accuracy benchmark measured — docs/benchmarks.md),
@@ -142,7 +141,15 @@ class JobPlan:
         tables = TableSettings.from_hyperparameters(hp, channels, network.bins_per_numeric_column)
         pretraining = PretrainSettings.from_hyperparameters(hp, set(channels), tables.pretrain_only)
         if hp["pretrain_objective"] == "auto":
-            log.info("pretrain_objective=auto: %s", pretraining.objective)
+            unused = "unlabeled" in channels and not tables.pretrain_only
+            log.info(
+                "pretrain_objective=auto: %s%s",
+                pretraining.objective,
+                " (the 'unlabeled' channel informs the preprocessing; set "
+                "pretrain_objective=rtd or mlm to pretrain on it)"
+                if unused
+                else "",
+            )
         report = ReportSettings(hp["report"], hp["eval_metric"], hp["seed"])
         return cls(paths, hp, channels, tables, pretraining, network, report)
 

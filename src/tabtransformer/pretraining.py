@@ -65,12 +65,12 @@ class PretrainSettings:
     def from_hyperparameters(
         cls, hp: Mapping[str, Any], channels: set[str], pretrain_only: bool
     ) -> PretrainSettings:
-        """Resolve pretrain_objective=auto: rtd when the job only pretrains, or has
-        unlabeled rows and no base model; else none."""
+        """Resolve pretrain_objective=auto: rtd when the job only pretrains, else none (a
+        job with labels pretrains on its 'unlabeled' channel only when asked: see the
+        semi-supervised benchmark in docs/benchmarks.md)."""
         objective = hp["pretrain_objective"]
         if objective == "auto":
-            wants = pretrain_only or ("unlabeled" in channels and "model" not in channels)
-            objective = "rtd" if wants else "none"
+            objective = "rtd" if pretrain_only else "none"
         if pretrain_only and objective == "none":
             raise UserError(
                 "pretrain_only is set (or there is no 'training' channel) but "
