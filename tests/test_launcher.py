@@ -9,7 +9,7 @@ import re
 import boto3
 import pandas as pd
 import pytest
-from conftest import REPO, Job, free_port, make_table
+from conftest import FAST, REPO, Job, free_port, make_table
 from moto.server import ThreadedMotoServer
 
 spec = importlib.util.spec_from_file_location("launch", REPO / "scripts" / "sagemaker_launch.py")
@@ -184,6 +184,7 @@ def test_every_registry_regex_reads_the_value_in_metrics_json(tmp_path):
     for task in ("binary", "multiclass", "regression"):
         job = Job(tmp_path / task)
         job.channel("training", make_table(task, n=300))
+        job.hyperparameters({**FAST, "report": "false"})  # the log and histories suffice
         result = job.train()
         assert result.returncode == 0, result.stderr
         report = json.loads((job.model / "metrics.json").read_text())

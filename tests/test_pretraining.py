@@ -408,7 +408,12 @@ def test_categorical_only_pretraining_is_one_setting_away(job: Job):
     job.channel("training", table.iloc[:120])
     job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
     job.hyperparameters(
-        {**PRETRAIN_FAST, "numeric_embedding": "ple", "pretrain_columns": "categorical"}
+        {
+            **PRETRAIN_FAST,
+            "numeric_embedding": "ple",
+            "pretrain_objective": "rtd",
+            "pretrain_columns": "categorical",
+        }
     )
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr

@@ -136,7 +136,12 @@ def run_job(job: Job, hp: dict, task: str = "binary") -> tuple[int, str]:
         ("pseudo_label", {"pretrain_objective": "none", "pseudo_label_threshold": "0.6"}),
         (
             "pseudo_label",
-            {"pretrain_epochs": "2", "numeric_embedding": "ple", "ensemble_size": "2"},
+            {
+                "pretrain_objective": "rtd",
+                "pretrain_epochs": "2",
+                "numeric_embedding": "ple",
+                "ensemble_size": "2",
+            },
         ),
     ],
     ids=["entropy", "pseudo_label", "pseudo_label_after_rtd_with_ensemble"],
