@@ -48,6 +48,7 @@ def folded(tmp_path_factory) -> tuple[Job, dict]:
     return job, trained(job)
 
 
+@pytest.mark.slow
 def test_k_fold_models_train_and_report_out_of_fold_metrics(folded):
     job, metrics = folded
     log = metrics["log"]
@@ -63,6 +64,7 @@ def test_k_fold_models_train_and_report_out_of_fold_metrics(folded):
         assert (job.base / "output" / "data" / f"{name}.csv").is_file()
 
 
+@pytest.mark.slow
 def test_out_of_fold_metrics_come_from_the_model_that_did_not_train_on_the_row(folded):
     """Recompute metrics.json's scores: each row predicted by the fold model that held it
     out (the seeded stratified assignment) gives exactly the logged out-of-fold scores."""
@@ -83,6 +85,7 @@ def test_out_of_fold_metrics_come_from_the_model_that_did_not_train_on_the_row(f
     assert scores["log_loss"] == pytest.approx(metrics["validation"]["log_loss"], abs=1e-9)
 
 
+@pytest.mark.slow
 def test_one_artifact_predicts_the_mean_of_the_folds_in_one_call_and_serves_it(folded):
     job, _ = folded
     predictor = load_model(job.model)
@@ -104,6 +107,7 @@ def test_one_artifact_predicts_the_mean_of_the_folds_in_one_call_and_serves_it(f
     assert np.allclose(served, mean, atol=1e-9)
 
 
+@pytest.mark.slow
 def test_a_finished_job_restarted_writes_identical_bytes(folded):
     job, _ = folded
     before = (job.model / "model.safetensors").read_bytes()
@@ -187,6 +191,7 @@ def test_a_validation_channel_is_the_final_check_of_the_folds_mean(job: Job):
     )
 
 
+@pytest.mark.slow
 def test_a_cross_fitted_artifact_fine_tunes_from_its_first_fold(folded, tmp_path):
     base_job, _ = folded
     job = Job(tmp_path / "opt_ml")
@@ -220,6 +225,7 @@ def test_folds_are_a_stratified_partition():
     assert (assign_folds(labels, 3, seed=1, classify=True) == folds).all()  # seeded
 
 
+@pytest.mark.slow
 def test_a_default_job_with_few_labels_is_cross_fitted(tmp_path):
     job = Job(tmp_path / "opt_ml")
     job.channel("training", make_table("binary", n=120))
@@ -232,6 +238,7 @@ def test_a_default_job_with_few_labels_is_cross_fitted(tmp_path):
     assert metrics["folds"] == 5 and load_model(job.model).folds == 5
 
 
+@pytest.mark.slow
 def test_embeddings_and_explanations_of_a_cross_fitted_model_are_the_folds_mean(folded):
     job, _ = folded
     predictor = load_model(job.model)

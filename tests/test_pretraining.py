@@ -134,6 +134,7 @@ def test_an_unlabeled_channel_is_pretrained_on_when_asked(job: Job):
     assert out["report"]["pretrained"] == "rtd"
 
 
+@pytest.mark.slow
 def test_with_labels_an_unlabeled_channel_is_not_pretrained_on_by_default(job: Job):
     out = semi_supervised_job(job, None)
     assert "pretrain_objective=auto: none (the 'unlabeled' channel informs" in out["log"]
