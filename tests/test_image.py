@@ -562,3 +562,13 @@ def test_every_installed_requirement_is_satisfied(engine: Engine):
     """torch is installed without its dependencies first; the lock step must add them all."""
     result = engine.run(["python3", "-m", "pip", "check"])
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_process_runs_on_tcmalloc(engine: Engine):
+    """The runtime preloads tcmalloc (glibc's malloc maps and unmaps the large attention
+    temporaries of wide tables at every step), quietly."""
+    maps = "import sys; sys.stdout.write(open('/proc/self/maps').read())"
+    result = engine.run(["python3", "-c", maps])
+    assert result.returncode == 0, result.stderr
+    assert "libtcmalloc_minimal" in result.stdout
+    assert result.stderr == ""

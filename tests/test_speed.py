@@ -22,6 +22,7 @@ from tabtransformer.model import (
     TabTransformer,
     TabTransformerConfig,
     TinyHeadAttention,
+    batched_attention,
     dropout,
 )
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
@@ -32,8 +33,11 @@ CPU = torch.device("cpu")
 # --- the model: the same function, computed faster -----------------------------------
 
 
-# the broadcast path (9 and 30 tokens), SDPA past 32 tokens and for a few rows
-@pytest.mark.parametrize(("m", "b"), [(9, 64), (30, 64), (40, 64), (9, 1), (9, 8)])
+# the broadcast path (9 and 13 tokens), batched matmuls past 13 (14, 30, 80), SDPA for a
+# few rows
+@pytest.mark.parametrize(
+    ("m", "b"), [(9, 64), (13, 64), (14, 64), (30, 64), (80, 64), (9, 1), (30, 8)]
+)
 def test_attention_computes_scaled_dot_product_attention(m, b):
     torch.manual_seed(0)
     attention = SelfAttention(dim=32, n_heads=8, dropout=0.3).eval()
@@ -45,6 +49,31 @@ def test_attention_computes_scaled_dot_product_attention(m, b):
     )
     got = attention(x.transpose(0, 1).contiguous()).transpose(0, 1)  # token-major in and out
     assert torch.allclose(got, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize("m", [9, 30])
+def test_each_attention_path_trains_as_sdpa_does(m):
+    """Training mode without dropout: the CPU paths' outputs and gradients are SDPA's."""
+    torch.manual_seed(0)
+    attention = SelfAttention(dim=32, n_heads=8, dropout=0.0).train()
+    x = torch.randn(m, 64, 32, requires_grad=True)
+    got = attention(x)
+    (d_x,) = torch.autograd.grad(got.square().sum(), x)
+    few = [attention(x[:, i : i + 1]) for i in range(64)]  # a row at a time: SDPA
+    expected = torch.cat(few, dim=1)
+    (d_expected,) = torch.autograd.grad(expected.square().sum(), x)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(d_x, d_expected, atol=1e-4)
+
+
+def test_the_batched_attention_drops_a_share_p_of_the_weights():
+    torch.manual_seed(0)
+    qkv = torch.zeros(3, 8, 4, 30, 64)
+    qkv[2] = 1.0  # every value 1: an output is the sum of its query's kept weights
+    y = batched_attention(qkv, 0.3, training=True)
+    assert abs(y.mean().item() - 1.0) < 0.02  # weights sum to 1, kept ones scaled up
+    assert y.std().item() > 0.05  # and which are kept differs by query
+    assert torch.allclose(batched_attention(qkv, 0.3, training=False), torch.ones_like(y))
 
 
 @pytest.mark.parametrize("with_dropout", [False, True])
@@ -242,3 +271,17 @@ def test_compile_without_a_cpp_compiler_falls_back_in_a_real_job(job: Job, monke
     assert result.returncode == 0, log
     assert "torch.compile of the model failed" in log and "running it eagerly" in log
     assert "epoch 1/1 train_loss=" in log
+
+
+def test_local_entry_points_preload_tcmalloc_as_the_image_does(monkeypatch, tmp_path):
+    from tabtransformer import local
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr(local.ctypes.util, "find_library", lambda name: f"lib{name}.so.4")
+    env = local.environment(tmp_path)
+    assert env["LD_PRELOAD"] == "libtcmalloc_minimal.so.4"
+    assert env["SAGEMAKER_BASE_DIR"] == str(tmp_path)
+    monkeypatch.setattr(local.ctypes.util, "find_library", lambda name: None)
+    assert "LD_PRELOAD" not in local.environment(tmp_path)  # not installed: glibc's malloc
+    monkeypatch.setenv("LD_PRELOAD", "libmine.so")
+    assert local.environment(tmp_path)["LD_PRELOAD"] == "libmine.so"  # the user's wins

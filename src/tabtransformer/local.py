@@ -25,6 +25,7 @@ Imports nothing heavy: this module does not import torch or pandas itself.
 from __future__ import annotations
 
 import csv
+import ctypes.util
 import json
 import os
 import socket
@@ -71,9 +72,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The image runs its entry points with tcmalloc preloaded (Dockerfile): glibc's malloc maps
+# and unmaps the large attention temporaries of a wide table at every step (a training step
+# at 74 tokens takes 1.8x as long, at 29 tokens 1.3x). Local runs do the same when this
+# machine has the library (Debian: libtcmalloc-minimal4) and LD_PRELOAD is not set.
+TCMALLOC = "tcmalloc_minimal"
+TCMALLOC_QUIET = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40)}  # no "large alloc"
+
+
+def allocator() -> dict[str, str]:
+    """The variables that preload tcmalloc as the image does (empty: not found, or
+    LD_PRELOAD already set)."""
+    if "LD_PRELOAD" in os.environ:
+        return {}
+    library = ctypes.util.find_library(TCMALLOC)
+    return {"LD_PRELOAD": library, **TCMALLOC_QUIET} if library else {}
+
+
 def environment(base: Path, **env: str) -> dict[str, str]:
-    """This process's environment with SAGEMAKER_BASE_DIR=`base`, and `env` over it."""
-    return {**os.environ, "SAGEMAKER_BASE_DIR": str(base), **env}
+    """This process's environment with SAGEMAKER_BASE_DIR=`base`, tcmalloc preloaded as in
+    the image (`allocator`), and `env` over it."""
+    return {**os.environ, **allocator(), "SAGEMAKER_BASE_DIR": str(base), **env}
 
 
 class LocalJob:
