@@ -285,3 +285,22 @@ def test_local_entry_points_preload_tcmalloc_as_the_image_does(monkeypatch, tmp_
     assert "LD_PRELOAD" not in local.environment(tmp_path)  # not installed: glibc's malloc
     monkeypatch.setenv("LD_PRELOAD", "libmine.so")
     assert local.environment(tmp_path)["LD_PRELOAD"] == "libmine.so"  # the user's wins
+
+
+def test_gpu_evaluation_batches_shrink_with_the_networks_width():
+    from tabtransformer.inference import (
+        EVAL_ACTIVATION_BYTES_GPU,
+        activation_bytes_per_row,
+        eval_batch_rows,
+    )
+
+    cuda = torch.device("cuda")  # a device name: no GPU is needed to size its batches
+    paper = TabTransformerConfig(cardinalities=[10] * 9, n_continuous=2, n_blocks=6)
+    wide = TabTransformerConfig(n_continuous=150, numeric_embedding="periodic", ensemble_size=8)
+    assert eval_batch_rows(cuda, paper) == 65536  # the paper's size fits whole
+    rows = eval_batch_rows(cuda, wide)
+    assert 1024 <= rows < 65536
+    assert rows * activation_bytes_per_row(wide) <= EVAL_ACTIVATION_BYTES_GPU
+    wider = TabTransformerConfig(n_continuous=500, dim=64, numeric_embedding="periodic")
+    assert eval_batch_rows(cuda, wider) == 1024  # never fewer
+    assert eval_batch_rows(CPU, wide) == eval_batch_rows(CPU, paper) == 1024

@@ -17,20 +17,41 @@ import pandas as pd
 import torch
 
 from tabtransformer.errors import UserError
-from tabtransformer.model import Network
+from tabtransformer.model import Network, TabTransformerConfig
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor, TargetEncoder
 
 # Rows per evaluation forward pass, whatever batch_size is. On a CPU, batches whose
 # activations stay in cache are fastest: at the paper's size 256 to 2048 rows predict
-# about 1.6x faster than 8192. A GPU wants as many rows as it can take at once.
+# about 1.6x faster than 8192. A GPU wants as many rows as it can take at once: up to
+# EVAL_BATCH_ROWS_GPU, as many as keep one pass's activations within
+# EVAL_ACTIVATION_BYTES_GPU (a wide table has fewer rows a pass than the paper's size).
 EVAL_BATCH_ROWS = 1024
 EVAL_BATCH_ROWS_GPU = 65536
+EVAL_ACTIVATION_BYTES_GPU = 4 << 30
 
 
-def eval_batch_rows(device: torch.device) -> int:
+def activation_bytes_per_row(config: TabTransformerConfig) -> int:
+    """A bound on the float32 activations one row holds at once in an evaluation pass: a
+    block's tokens with their feed-forward hidden layer and attention weights, and every
+    fold's and member's head layers."""
+    m, d = config.n_tokens, config.dim
+    block = m * (4 * d + 3 * d + d) + config.n_heads * m * m
+    width = m * d + config.n_continuous
+    hidden = min(4 * width, config.mlp_hidden_cap) if config.mlp_hidden_cap else 4 * width
+    head = config.folds * config.ensemble_size * (width + hidden + hidden // 2)
+    return 4 * (block + head)
+
+
+def eval_batch_rows(device: torch.device, config: TabTransformerConfig | None = None) -> int:
     """Rows per forward pass when evaluating or predicting (no gradients: larger than the
-    training batch; a GPU takes more at once)."""
-    return EVAL_BATCH_ROWS_GPU if device.type == "cuda" else EVAL_BATCH_ROWS
+    training batch). On a GPU: EVAL_BATCH_ROWS_GPU, or fewer for a network as wide as
+    `config`'s (`activation_bytes_per_row`), never fewer than EVAL_BATCH_ROWS."""
+    if device.type != "cuda":
+        return EVAL_BATCH_ROWS
+    if config is None:
+        return EVAL_BATCH_ROWS_GPU
+    fits = EVAL_ACTIVATION_BYTES_GPU // activation_bytes_per_row(config)
+    return max(EVAL_BATCH_ROWS, min(EVAL_BATCH_ROWS_GPU, fits))
 
 
 class DeadlinePassed(Exception):
@@ -104,7 +125,7 @@ def _in_batches(
     was_training = model.training
     model.eval()
     outs = []
-    step = eval_batch_rows(device)
+    step = eval_batch_rows(device, model.config)
     for start in range(0, len(data), step):
         check_deadline(deadline)
         part = data.rows(slice(start, start + step)).to(device, non_blocking=True)
@@ -314,7 +335,7 @@ class Predictor:
         n_columns = len(cells)
         missing_number = np.nan if self.preprocessor.numeric_bins else 0.0
         values = np.empty((len(data), n_columns))
-        rows_per_chunk = max(1, eval_batch_rows(self.device) // n_columns)
+        rows_per_chunk = max(1, eval_batch_rows(self.device, self.model.config) // n_columns)
         for start in range(0, len(data), rows_per_chunk):
             part = data.rows(slice(start, start + rows_per_chunk))
             n, m, c = len(part), part.codes.shape[1], part.numbers.shape[1]

@@ -519,7 +519,7 @@ def held_out_scores(
     task.eval()
     objective = task.head.objective
     loss_sum, hits, counts = 0.0, 0.0, 0.0
-    step = eval_batch_rows(corrupted.codes.device)
+    step = eval_batch_rows(corrupted.codes.device, task.model.config)
     for start in range(0, len(rows), step):
         part = slice(start, start + step)
         numbers = corrupted.numbers[part] if corrupted.numbers is not None else None
