@@ -217,7 +217,7 @@ def fine_tune(
         torch.manual_seed(seed + fold)
         network = TabTransformer(model.config)
         if encoder_from is not None:
-            network.load_state_dict(encoder_state(encoder_from), strict=False)
+            network.load_state_dict(encoder_from.encoder_state(), strict=False)
         return network
 
     run = fit_folds(start, data, settings, device, checkpointer, plan.has_validation)
@@ -231,11 +231,6 @@ def fine_tune(
         report_on = (run.network.folds[0], run.held_out(0))
         summary["report_shows"] = "fold 1 on its held-out fold"
     return FineTuned(run.network, summary, histories, report_on)
-
-
-def encoder_state(network: TabTransformer) -> dict[str, torch.Tensor]:
-    """A network's embeddings and Transformer: every tensor but the prediction head's."""
-    return {k: v for k, v in network.state_dict().items() if not k.startswith("mlp.")}
 
 
 def build_model(
@@ -262,7 +257,7 @@ def build_model(
     config = TabTransformerConfig(**{**base.model.config.to_dict(), **head, "folds": 1})
     model = TabTransformer(config)
     source = base.model.folds[0] if isinstance(base.model, CrossFitted) else base.model
-    reused = encoder_state(source)
+    reused = source.encoder_state()
     model.load_state_dict(reused, strict=False)
     log.info(
         "fine-tuning from the 'model' channel: reused %d tensors (embeddings and "

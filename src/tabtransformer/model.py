@@ -330,6 +330,11 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x))
 
 
+def is_head(name: str) -> bool:
+    """Whether a TabTransformer parameter or state name belongs to the prediction head."""
+    return name.startswith("mlp.")
+
+
 class TabTransformer(nn.Module):
     def __init__(self, config: TabTransformerConfig):
         super().__init__()
@@ -401,6 +406,18 @@ class TabTransformer(nn.Module):
             x = block(x)
         x = self.ln_f(x) if depth == self.config.n_blocks else x
         return x.transpose(0, 1)
+
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """The embeddings' and Transformer's parameters: what pretraining learns."""
+        return [p for name, p in self.named_parameters() if not is_head(name)]
+
+    def head_parameters(self) -> list[nn.Parameter]:
+        """The prediction head's (the MLP's) parameters."""
+        return [p for name, p in self.named_parameters() if is_head(name)]
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """The state_dict without the prediction head: what a pretrained artifact holds."""
+        return {k: v for k, v in self.state_dict().items() if not is_head(k)}
 
     def forward(self, codes: torch.Tensor, numbers: torch.Tensor) -> torch.Tensor:
         """Outputs (B, k, n_outputs) of the k ensemble members (k = 1: the paper's head)."""

@@ -453,7 +453,7 @@ def pretrain(
     objective, phase = settings.objective, settings.phase
     seed = phase.seed
     head = OBJECTIVES[objective].head(columns.class_counts, model.config.dim)
-    encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
+    encoder = model.encoder_parameters()
     model.to(device).train()
     head.to(device).train()
     optimizer = adamw([*encoder, *head.parameters()], phase, device)

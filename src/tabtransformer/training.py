@@ -245,9 +245,8 @@ def fit(
     model.to(device).train()
     frozen_epochs = settings.freeze_encoder_epochs
     if frozen_epochs:  # two groups: the encoder's (group 0) learning rate is 0 at first
-        head = [p for name, p in model.named_parameters() if name.startswith("mlp.")]
-        encoder = [p for name, p in model.named_parameters() if not name.startswith("mlp.")]
-        optimizer = adamw([{"params": encoder}, {"params": head}], phase, device)
+        groups = [{"params": model.encoder_parameters()}, {"params": model.head_parameters()}]
+        optimizer = adamw(groups, phase, device)
         log.info("the pretrained encoder stays fixed for %d epoch(s)", frozen_epochs)
     else:
         optimizer = adamw(model.parameters(), phase, device)
