@@ -64,7 +64,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends python3 python3-dev g++ openssl \
     && (apt-get install -y --no-install-recommends libtcmalloc-minimal4 \
         || apt-get install -y --no-install-recommends libtcmalloc-minimal4t64) \
-    && ln -s "$(find /usr/lib -name libtcmalloc_minimal.so.4 | head -n 1)" \
+    && ln -s "$(find /usr/lib -name libtcmalloc_minimal.so.4 -print -quit)" \
         /usr/local/lib/libtcmalloc_minimal.so.4 \
     && test -e /usr/local/lib/libtcmalloc_minimal.so.4 \
     && rm -rf /var/lib/apt/lists/* /var/cache/apt/archives/*.deb
