@@ -86,6 +86,22 @@ def test_streamed_read_gives_the_codes_of_the_whole_table_reader(
     assert chunks.index.tolist() == whole.features.index.tolist()  # (file, line) kept
 
 
+def test_encoding_reuses_the_row_count_of_an_earlier_pass(tmp_path: Path, monkeypatch):
+    """The statistics pass counts the rows; encoding does not read the files again to
+    count them (one pass fewer over a big CSV)."""
+    table = make_table("binary", n=50)
+    write_channel(tmp_path / "training", table, header=True)
+    channel = labelled_channel(tmp_path / "training", "label")
+    pre = statistics(channel, None, None).preprocessor(0, 0)
+    passes = []
+    real = streaming._csv_chunks
+    monkeypatch.setattr(streaming, "_csv_chunks", lambda *a: passes.append(a[-1]) or real(*a))
+    assert encode_into(HostStore(tmp_path / "store"), "t", pre, [channel]) == 50
+    assert passes == [channel.names] * 2  # the two CSV files, once: the encoding pass
+    fresh = labelled_channel(tmp_path / "training", "label")
+    assert fresh.files.n_rows() == 50  # never read before: counted over one column
+
+
 def test_load_tables_holds_out_the_seeded_stratified_share(tmp_path: Path):
     job = Job(tmp_path / "opt_ml")
     table = make_table("multiclass", n=150)

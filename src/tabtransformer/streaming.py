@@ -14,7 +14,7 @@ and compare.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -50,6 +50,8 @@ class ChannelFiles:
     files: list[Path]
     header: bool
     columns: list[str]
+    # The data rows, once a pass over the files has finished (`n_rows`).
+    counted: list[int] = field(default_factory=list, compare=False, repr=False)
 
     @classmethod
     def open(cls, directory: Path, header: bool) -> ChannelFiles:
@@ -69,11 +71,22 @@ class ChannelFiles:
         """Frames of at most CHUNK_ROWS rows of `columns` (default: all), file by file,
         indexed by (file name, line)."""
         wanted = list(columns if columns is not None else self.columns)
+        rows = 0
         for path in self.files:
-            if is_parquet(path):
-                yield from _parquet_chunks(path, self.header, self.columns, wanted)
-            else:
-                yield from _csv_chunks(path, self.header, self.columns, wanted)
+            read = _parquet_chunks if is_parquet(path) else _csv_chunks
+            for chunk in read(path, self.header, self.columns, wanted):
+                rows += len(chunk)
+                yield chunk
+        if not self.counted:
+            self.counted.append(rows)
+
+    def n_rows(self) -> int:
+        """The data rows of every file: counted by the first pass that read them all, or
+        by a pass over one column now."""
+        if not self.counted:
+            for _ in self.chunks(self.columns[:1]):
+                pass
+        return self.counted[0]
 
 
 def _describe(layout: list[str], header: bool) -> str:

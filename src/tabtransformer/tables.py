@@ -249,7 +249,7 @@ def _kept(chunks: Iterator[pd.DataFrame], keep: np.ndarray | None) -> Iterator[p
 def encode_into(store: HostStore, name: str, pre: TablePreprocessor, sources: list[Channel]) -> int:
     """Encode the rows of `sources`, one after the other, into `<name>_codes` (compact
     integers) and `<name>_numbers` (float32); returns the number of rows."""
-    n_rows = sum(sum(len(t) for t in s.files.chunks([s.feature_columns[0]])) for s in sources)
+    n_rows = sum(s.files.n_rows() for s in sources)  # known from an earlier pass, as a rule
     width = len(pre.cardinalities)
     codes = store.create(f"{name}_codes", (n_rows, width), code_dtype(pre.cardinalities))
     numbers = store.create(f"{name}_numbers", (n_rows, len(pre.numeric)), np.dtype(np.float32))
