@@ -38,9 +38,10 @@ skips it (LayerNorm over one feature would erase it). `mlp_hidden_cap` > 0 caps 
 first hidden width (4l) at that value; the second is always half of the first.
 
 Speed (the paper's size is many tiny matrices: ~10 tokens of d = 32, heads of 4): the
-blocks run token-major (m, B, d), attention is computed with broadcast products over the
-batch (`SelfAttention`), dropout draws 16 random bits per element on the CPU (`dropout`),
-and all categorical tables are one nn.Embedding. None of it changes the function or the
+blocks run token-major (m, B, d); on a CPU attention is computed with broadcast products
+over the batch up to 13 tokens and as batched matmuls past them (`SelfAttention`), and
+dropout draws 16 random bits per element (`dropout`); all categorical tables are one
+nn.Embedding. None of it changes the function or the
 parameter names: artifacts written before load and predict the same.
 """
 
