@@ -15,6 +15,8 @@ import torch
 from conftest import FAST, Job, make_table
 
 from tabtransformer import load_model
+from tabtransformer.checkpoints import Checkpointer
+from tabtransformer.host_store import MappedRows
 from tabtransformer.inference import encode_table
 from tabtransformer.model import TabTransformer, TabTransformerConfig
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
@@ -28,6 +30,7 @@ from tabtransformer.pretraining import (
     inner_edges,
     mlm_corrupt,
     pretrain,
+    pretrain_on_rows,
     rtd_corrupt,
 )
 from tabtransformer.settings import PhaseSettings
@@ -372,6 +375,53 @@ def test_pretraining_learns_numeric_cells_from_their_context(objective, epochs, 
     name = "masked_accuracy" if objective == "mlm" else "detection_accuracy"
     assert f"validation_categorical_{name}" in history[-1]
     assert history[-1][f"validation_numeric_{name}"] > chance + 0.05
+
+
+@pytest.mark.parametrize("objective", ["rtd", "mlm"])
+def test_pretraining_reads_the_hosts_memory_mapped_table_as_in_memory_rows_would(
+    objective, tmp_path, monkeypatch
+):
+    """A job pretrains on a view of the host's memory-mapped table (batches and RTD's
+    replacement values read from the map, never the whole table gathered in memory) and
+    learns exactly what the same rows in memory teach."""
+    pre, rows, model, columns, _ = numeric_setup(objective)
+    np.save(tmp_path / "codes.npy", rows.codes.numpy().astype(np.uint8))
+    np.save(tmp_path / "numbers.npy", rows.numbers.numpy())
+    mapped = MappedRows(
+        np.load(tmp_path / "codes.npy", mmap_mode="r"),
+        np.load(tmp_path / "numbers.npy", mmap_mode="r"),
+    )
+    phase = PhaseSettings(n_epochs=2, patience=2, batch_size=256, learning_rate=1e-3)
+    settings = PretrainSettings(objective, 0.3, phase)
+    in_memory = TabTransformer(model.config)
+    in_memory.load_state_dict(model.state_dict())
+
+    gathered = []  # rows gathered in memory by each call
+    gather = MappedRows.rows
+
+    def counted(self, index):
+        batch = gather(self, index)
+        gathered.append(len(batch))
+        return batch
+
+    with monkeypatch.context() as patch:
+        patch.setattr(MappedRows, "rows", counted)
+        torch.manual_seed(1)  # the pretraining head's initial weights
+        history = pretrain_on_rows(
+            model, pre, mapped, settings, torch.device("cpu"), Checkpointer(None)
+        )
+    n_valid = len(rows) // 10
+    assert max(gathered) == n_valid  # the held-out rows once; then batches of 256
+    assert gathered.count(n_valid) == 1 and sorted(gathered)[-2] <= 256
+    order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(phase.seed))
+    held_out = PretrainRows(rows.rows(order[n_valid:]), rows.rows(order[:n_valid]), columns)
+    torch.manual_seed(1)
+    expected = pretrain(in_memory, held_out, settings, torch.device("cpu"))
+    assert [h["validation_pretrain_loss"] for h in history] == [
+        h["validation_pretrain_loss"] for h in expected
+    ]
+    for name, tensor in in_memory.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], tensor, msg=name)
 
 
 def test_planned_epochs_follow_the_step_budget_within_the_epoch_cap():

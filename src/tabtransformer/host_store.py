@@ -92,6 +92,14 @@ class MappedRows:
             target = torch.from_numpy(np.array(self.target_array[p]))
         return Encoded(codes, numbers, target)
 
+    def cell_pools(self) -> tuple[MappedCells, MappedCells]:
+        """The codes and numbers as pools of cells to draw from (`pool[rows, columns]`),
+        read from the arrays cell by cell, never gathered whole."""
+        return (
+            MappedCells(self.codes_array, self.index, np.int64),
+            MappedCells(self.numbers_array, self.index, np.float32),
+        )
+
     def to(self, device: torch.device) -> MappedRows | Encoded:
         """On the CPU the view itself (batches are gathered from the map); on a GPU the
         whole table, copied in its compact types and widened there."""
@@ -125,6 +133,26 @@ class MappedRows:
         p = self._positions(slice(None))
         target = np.array(self.target_array[p]) if self.target_array is not None else None
         return np.array(self.codes_array[p]), np.array(self.numbers_array[p]), target
+
+
+@dataclass(frozen=True)
+class MappedCells:
+    """One array of a view as a pool of cells: `pool[rows, columns]` (index tensors of one
+    shape) reads those cells, as indexing an in-memory tensor of the view's rows would."""
+
+    array: np.ndarray  # (N, m), often memory-mapped
+    index: np.ndarray | None  # the view's rows of the array (None: all, in order)
+    dtype: type[np.generic]
+    device = torch.device("cpu")
+
+    def __len__(self) -> int:
+        return len(self.index) if self.index is not None else self.array.shape[0]
+
+    def __getitem__(self, key: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        rows, columns = (k.cpu().numpy() for k in key)
+        if self.index is not None:
+            rows = self.index[rows]
+        return torch.from_numpy(np.asarray(self.array[rows, columns], dtype=self.dtype))
 
 
 @contextlib.contextmanager

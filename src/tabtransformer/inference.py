@@ -79,6 +79,10 @@ class Encoded:
         target = self.target[index] if self.target is not None else None
         return Encoded(self.codes[index], self.numbers[index], target)
 
+    def cell_pools(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The codes and numbers as pools of cells to draw from (`pool[rows, columns]`)."""
+        return self.codes, self.numbers
+
     def to(self, device: torch.device, non_blocking: bool = False) -> Encoded:
         """On `device` (`non_blocking`: an asynchronous copy from pinned memory)."""
 

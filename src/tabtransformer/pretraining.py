@@ -36,6 +36,7 @@ from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import wrap
 from tabtransformer.errors import UserError
 from tabtransformer.hardware import compiled
+from tabtransformer.host_store import MappedCells, MappedRows
 from tabtransformer.inference import Encoded, autocast, eval_batch_rows
 from tabtransformer.loop import LoopSettings, adamw, batches, optimizer_step, run_epochs
 from tabtransformer.model import TabTransformer
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 RESAMPLE_ROUNDS = 20
 MAX_HELD_OUT_ROWS = 20000
 WARMUP_SHARE = 0.05  # of the planned pretraining run
+CellPool = torch.Tensor | MappedCells  # rows of one column kind that RTD draws values from
 
 
 @dataclass(frozen=True)
@@ -159,7 +161,7 @@ def mlm_mask_numbers(
 
 
 def rtd_corrupt(
-    values: torch.Tensor, pool: torch.Tensor, rate: float, generator: torch.Generator
+    values: torch.Tensor, pool: CellPool, rate: float, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace a share `rate` of the cells by other values of the same column.
 
@@ -269,13 +271,13 @@ class Objective:
         return self.head_class(self, class_counts, dim)
 
     def corrupt_codes(
-        self, codes: torch.Tensor, pool: torch.Tensor, rate: float, generator: torch.Generator
+        self, codes: torch.Tensor, pool: CellPool, rate: float, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(corrupted codes, corrupted cells)."""
         raise NotImplementedError
 
     def corrupt_numbers(
-        self, numbers: torch.Tensor, pool: torch.Tensor, rate: float, generator: torch.Generator
+        self, numbers: torch.Tensor, pool: CellPool, rate: float, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(numbers the model sees, the numeric mask or None, corrupted cells)."""
         raise NotImplementedError
@@ -338,18 +340,23 @@ OBJECTIVES: dict[str, Objective] = {
 class Corruptor:
     """Corrupts batches of rows (codes and, when they take part, numbers) by one objective."""
 
-    def __init__(self, objective: str, rate: float, columns: TokenColumns, pool: Encoded) -> None:
+    def __init__(
+        self, objective: str, rate: float, columns: TokenColumns, pool: Encoded | MappedRows
+    ) -> None:
         self.objective = OBJECTIVES[objective]
-        self.rate, self.columns, self.pool = rate, columns, pool
-        self.edges = inner_edges(columns.numeric_bin_edges, pool.codes.device)
+        self.rate, self.columns = rate, columns
+        # RTD's replacement values come from the pool's rows: on a CPU read from the host's
+        # memory-mapped table cell by cell, never gathered whole.
+        self.codes_pool, self.numbers_pool = pool.cell_pools()
+        self.edges = inner_edges(columns.numeric_bin_edges, self.codes_pool.device)
 
     def __call__(self, rows: Encoded, generator: torch.Generator) -> Corrupted:
         objective, rate = self.objective, self.rate
-        codes, cells = objective.corrupt_codes(rows.codes, self.pool.codes, rate, generator)
+        codes, cells = objective.corrupt_codes(rows.codes, self.codes_pool, rate, generator)
         if not self.columns.numeric:
             return Corrupted(codes, None, None, rows.codes, cells)
         numbers, mask, numeric_cells = objective.corrupt_numbers(
-            rows.numbers, self.pool.numbers, rate, generator
+            rows.numbers, self.numbers_pool, rate, generator
         )
         numeric_targets = objective.numeric_targets(rows.numbers, numeric_cells, self.edges)
         return Corrupted(
@@ -378,13 +385,14 @@ class PretrainingTask(nn.Module):
 def pretrain_on_rows(
     model: TabTransformer,
     pre: TablePreprocessor,
-    rows: Encoded,
+    rows: MappedRows,
     settings: PretrainSettings,
     device: torch.device,
     checkpointer: Checkpointer,
 ) -> list[dict[str, float]]:
-    """Pretrain on encoded feature rows: a seeded tenth (at most 20,000) is held out for
-    early stopping. Returns the per-epoch history."""
+    """Pretrain on the host's encoded feature rows: a seeded tenth (at most 20,000) is held
+    out for early stopping (gathered in memory); the rest stay a view of the memory-mapped
+    table, as in fine-tuning. Returns the per-epoch history."""
     columns = TokenColumns.of(model, pre, settings.columns)
     if not columns.class_counts:
         raise UserError(
@@ -402,7 +410,8 @@ def pretrain_on_rows(
         n_valid,
         columns.describe(),
     )
-    held_out = PretrainRows(rows.rows(order[n_valid:]), rows.rows(order[:n_valid]), columns)
+    order = order.numpy()
+    held_out = PretrainRows(rows.subset(order[n_valid:]), rows.rows(order[:n_valid]), columns)
     return pretrain(model, held_out, settings, device, checkpointer)
 
 
@@ -427,7 +436,7 @@ class PretrainRows:
     """The rows pretraining learns from, the held-out rows its early stopping watches,
     and the token columns that take part (None: the categorical ones)."""
 
-    train: Encoded
+    train: Encoded | MappedRows
     valid: Encoded
     columns: TokenColumns | None = None
 
