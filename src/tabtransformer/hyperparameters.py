@@ -359,11 +359,12 @@ SCHEMA: tuple[Hyperparameter, ...] = (
     Hyperparameter(
         "pretrain_steps",
         int,
-        10000,
+        3000,
         "Planned pretraining optimizer steps: pretraining lasts min(pretrain_epochs, "
         "ceil(pretrain_steps / steps per epoch)) epochs, so a small unlabeled table gets many "
         "epochs and a large one is not cut short; the learning-rate schedule spans that run. "
-        "0: pretrain_epochs alone.",
+        "0: pretrain_epochs alone. The default fine-tunes as well as 10,000 steps did on the "
+        "semi-supervised benchmark, in under a third of the time.",
         low=0,
         high=100_000_000,
     ),
