@@ -32,7 +32,6 @@ on the GPU with its share of the cores (fit times then compare only within that 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 import threading
@@ -217,12 +216,7 @@ def train_through_entry_point(
         job = LocalJob(Path(tmp) / "opt_ml", {"target_column": "__target__", **hyperparameters})
         for channel, (x, y) in {"training": train, "validation": valid}.items():
             job.channel(channel, pd.concat([y.rename("__target__"), x], axis=1), header=True)
-        start = time.perf_counter()
-        result = job.train()
-        seconds = time.perf_counter() - start
-        if result.returncode != 0:
-            raise RuntimeError(f"train failed ({result.returncode}): {result.stderr[-3000:]}")
-        timings = json.loads((job.paths.output_data / "timings.json").read_text())
+        seconds, timings = job.timed_train()
         return load_model(job.model), seconds, timings  # in memory: the folder may go
 
 

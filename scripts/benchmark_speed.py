@@ -41,7 +41,6 @@ matmuls (`model.batched_attention`), which the counter sees.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import platform
@@ -281,12 +280,7 @@ def benchmark_pretraining(rows: int) -> None:
     with tempfile.TemporaryDirectory() as folder:
         job = LocalJob(Path(folder), {"report": "false"})
         job.channel("unlabeled", features, header=True)
-        started = time.perf_counter()
-        result = job.train()
-        wall = time.perf_counter() - started
-        if result.returncode != 0:
-            raise SystemExit(f"the pretraining job failed:\n{result.stderr[-3000:]}")
-        timings = json.loads((job.paths.output_data / "timings.json").read_text())
+        wall, timings = job.timed_train()
     epochs = int(timings["pretraining_epochs"])
     seconds = timings["pretraining"]
     planned = min(

@@ -150,6 +150,17 @@ class LocalJob:
             text=True,
         )
 
+    def timed_train(self) -> tuple[float, dict[str, float]]:
+        """Run `train` to the end (benchmarks): its wall-clock seconds and the job's stage
+        times (`output/data/timings.json`); a failed job raises RuntimeError with the end
+        of its output."""
+        started = time.perf_counter()
+        result = self.train()
+        seconds = time.perf_counter() - started
+        if result.returncode != 0:
+            raise RuntimeError(f"train failed ({result.returncode}): {result.stderr[-3000:]}")
+        return seconds, json.loads((self.paths.output_data / "timings.json").read_text())
+
     def train_in_process(self) -> None:
         """Run the job in this process (`tabtransformer.job.run`, which imports torch):
         failures are exceptions, and no failure file is needed to read them."""
