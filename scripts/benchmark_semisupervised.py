@@ -120,6 +120,7 @@ VARIANTS: dict[str, Variant] = {
     "rtd, 1,000 steps": Variant({**RTD, "pretrain_steps": "1000"}),
     "rtd, 3,000 steps": Variant({**RTD, "pretrain_steps": "3000"}),
     "rtd (categorical only)": Variant({**RTD, "pretrain_columns": "categorical"}),
+    "rtd (every column)": Variant({**RTD, "pretrain_columns": "all"}),
     "none (ple tokens)": Variant(None, {"numeric_embedding": "ple"}),
     "none (ple tokens), 10 folds": Variant(None, {"numeric_embedding": "ple", "cv_folds": "10"}),
     "rtd (periodic tokens)": Variant({**RTD, "numeric_embedding": "periodic"}),

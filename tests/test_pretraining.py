@@ -341,6 +341,19 @@ def test_a_masked_numeric_cell_reaches_the_transformer_as_the_missing_embedding(
     assert not torch.allclose(seen, unmasked)
 
 
+def test_auto_columns_are_the_categorical_ones_or_else_the_numeric_tokens():
+    pre, _, model, _, _ = numeric_setup("rtd", columns="auto")
+    assert TokenColumns.of(model, pre, "auto") == TokenColumns.of(model, pre, "categorical")
+    numeric_only = numeric_rows().drop(columns=["kind", "group", "tier"])
+    pre = TablePreprocessor.fit(numeric_only, categorical=None, numeric_bins=4)
+    edges = [c.bin_edges for c in pre.numeric]
+    config = TabTransformerConfig(
+        [], 2, 1, dim=8, n_blocks=1, n_heads=2, numeric_embedding="ple", numeric_bin_edges=edges
+    )
+    columns = TokenColumns.of(TabTransformer(config), pre, "auto")
+    assert columns.n_categorical == 0 and len(columns.numeric_bin_edges) == 2
+
+
 def test_categorical_only_pretraining_leaves_numeric_cells_out():
     _, rows, _, columns, corrupt = numeric_setup("rtd", columns="categorical")
     batch = corrupt(rows, torch.Generator().manual_seed(1))
@@ -392,7 +405,7 @@ def test_pretraining_reads_the_hosts_memory_mapped_table_as_in_memory_rows_would
         np.load(tmp_path / "numbers.npy", mmap_mode="r"),
     )
     phase = PhaseSettings(n_epochs=2, patience=2, batch_size=256, learning_rate=1e-3)
-    settings = PretrainSettings(objective, 0.3, phase)
+    settings = PretrainSettings(objective, 0.3, phase, columns="all")  # numbers drawn too
     in_memory = TabTransformer(model.config)
     in_memory.load_state_dict(model.state_dict())
 
@@ -443,7 +456,12 @@ def test_numeric_tokens_take_part_in_a_pretraining_job(job: Job, objective, accu
     job.channel("training", table.iloc[:120])
     job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
     job.hyperparameters(
-        {**PRETRAIN_FAST, "numeric_embedding": "ple", "pretrain_objective": objective}
+        {
+            **PRETRAIN_FAST,
+            "numeric_embedding": "ple",
+            "pretrain_objective": objective,
+            "pretrain_columns": "all",
+        }
     )
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -454,7 +472,10 @@ def test_numeric_tokens_take_part_in_a_pretraining_job(job: Job, objective, accu
 
 
 @pytest.mark.slow
-def test_categorical_only_pretraining_is_one_setting_away(job: Job):
+@pytest.mark.parametrize("columns", ["categorical", "auto"])
+def test_categorical_only_pretraining_is_the_default_on_a_table_with_categories(job: Job, columns):
+    """pretrain_columns=auto (the default) on a table with categorical columns pretrains
+    on them alone, as pretrain_columns=categorical does (the paper's method)."""
     table = make_table("binary", n=400)
     job.channel("training", table.iloc[:120])
     job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
@@ -463,7 +484,7 @@ def test_categorical_only_pretraining_is_one_setting_away(job: Job):
             **PRETRAIN_FAST,
             "numeric_embedding": "ple",
             "pretrain_objective": "rtd",
-            "pretrain_columns": "categorical",
+            **({"pretrain_columns": columns} if columns != "auto" else {}),
         }
     )
     result = job.train()

@@ -11,8 +11,9 @@ was replaced; the loss counts every cell.
 
 Which columns take part (`pretrain_columns`): 'all' — the categorical tokens (and binned
 continuous tokens, with `continuous_bins`) and the numeric tokens; 'categorical' — the
-paper's method: numeric tokens enter as missing and are neither corrupted nor predicted.
-Without numeric tokens both are the same.
+paper's method: numeric tokens enter as missing and are neither corrupted nor predicted;
+'auto' (the default) — categorical when the table has categorical columns, else all.
+Without numeric tokens they are the same.
 
 Corruption works on whole batches of tensors. The run is planned in optimizer steps
 (`pretrain_steps`, at most `pretrain_epochs` epochs); the learning rate warms up over the
@@ -59,7 +60,7 @@ class PretrainSettings:
     objective: str  # never "auto"
     corruption_rate: float
     phase: PhaseSettings
-    columns: str = "all"  # "all" or "categorical"
+    columns: str = "auto"  # "auto", "all" or "categorical" (TokenColumns.of resolves auto)
     steps: int = 0  # planned optimizer steps (0: phase.n_epochs epochs)
     lr_schedule: str = "constant"  # "constant" or "cosine"
 
@@ -105,6 +106,12 @@ class TokenColumns:
 
     @classmethod
     def of(cls, model: TabTransformer, pre: TablePreprocessor, columns: str) -> TokenColumns:
+        """The token columns `pretrain_columns` names; 'auto': the categorical ones when
+        the table has any (the paper's method, and what fine-tuned best on the
+        semi-supervised benchmark), else the numeric tokens."""
+        if columns == "auto":
+            columns = "categorical" if model.config.cardinalities else "all"
+            log.info("pretrain_columns=auto: %s", columns)
         numeric = model.config.numeric_tokens and columns == "all"
         edges = [list(c.bin_edges or []) for c in pre.numeric] if numeric else []
         return cls(list(model.config.cardinalities), edges)
