@@ -181,12 +181,8 @@ class JobPlan:
         network = self.network
         if base_numeric_embedding is not None:
             network = replace(network, numeric_embedding=base_numeric_embedding)
-        elif network.numeric_embedding == "auto":
-            kind = "periodic" if task == "binary" else "ple"
-            log.info(
-                "numeric_embedding=auto: %s numeric tokens for a %s task", kind, task or "unlabeled"
-            )
-            network = replace(network, numeric_embedding=kind)
+        else:
+            network = network.for_task(task)
         if task is None:
             return replace(self, network=network)
         few = labelled_rows <= FEW_LABELS
