@@ -54,6 +54,7 @@ TARGET = "target"  # every table's target, renamed; labels "yes" / "no"
 MIN_UNLABELED = 20000
 PSEUDO_LABEL_THRESHOLD = 0.9
 MIN_PER_CLASS = 4
+PROTOCOL_LABELS = 500  # the largest labelled size: it sets the test rows, whatever a run asks
 
 
 @dataclass(frozen=True)
@@ -360,10 +361,9 @@ def main() -> None:
     for name in args.tables:
         table = load_table(TABLES[name])
         n_labelled = int(table[TARGET].notna().sum())
-        test_rows = args.test_rows or max(
-            1000, min(10000, len(table) - MIN_UNLABELED - max(args.labels))
-        )
-        test_rows = min(test_rows, n_labelled - max(args.labels))
+        largest = max(PROTOCOL_LABELS, *args.labels)
+        test_rows = args.test_rows or max(1000, min(10000, len(table) - MIN_UNLABELED - largest))
+        test_rows = min(test_rows, n_labelled - largest)
         for split_id in range(args.splits):
             split = make_split(table, split_id, max(args.labels), test_rows, args.max_unlabeled)
             print(
