@@ -122,6 +122,10 @@ VARIANTS: dict[str, Variant] = {
     "rtd, 3,000 steps": Variant({**RTD, "pretrain_steps": "3000"}),
     "rtd (categorical only)": Variant({**RTD, "pretrain_columns": "categorical"}),
     "rtd (every column)": Variant({**RTD, "pretrain_columns": "all"}),
+    "rtd (categorical only), weight decay 0.05": Variant(
+        {**RTD, "pretrain_columns": "categorical"}, {"weight_decay": "0.05"}
+    ),
+    "none, weight decay 0.05": Variant(None, {"weight_decay": "0.05"}),
     "none (ple tokens)": Variant(None, {"numeric_embedding": "ple"}),
     "none (ple tokens), 10 folds": Variant(None, {"numeric_embedding": "ple", "cv_folds": "10"}),
     "rtd (periodic tokens)": Variant({**RTD, "numeric_embedding": "periodic"}),
