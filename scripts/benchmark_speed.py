@@ -66,6 +66,7 @@ from tabtransformer.local import LocalJob
 from tabtransformer.model import TabTransformer
 from tabtransformer.plan import NetworkSettings
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
+from tabtransformer.pretraining import PretrainSettings, held_out_rows
 from tabtransformer.training import FitData, FitSettings, fit, loss_fn
 
 TARGET = "personSearch"
@@ -275,17 +276,15 @@ def benchmark_pretraining(rows: int) -> None:
     features, _ = load_table(rows, seed=0)
     features = features.drop(columns=["vehicleSearch"])
     defaults = hyperparameters.defaults()
-    held_out = max(1, min(rows // 10, 20000))
-    steps_per_epoch = math.ceil((rows - held_out) / defaults["pretrain_batch_size"])
+    settings = PretrainSettings.from_hyperparameters(defaults, {"unlabeled"}, True)
+    steps_per_epoch = math.ceil((rows - held_out_rows(rows)) / settings.phase.batch_size)
     with tempfile.TemporaryDirectory() as folder:
         job = LocalJob(Path(folder), {"report": "false"})
         job.channel("unlabeled", features, header=True)
         wall, timings = job.timed_train()
     epochs = int(timings["pretraining_epochs"])
     seconds = timings["pretraining"]
-    planned = min(
-        defaults["pretrain_epochs"], math.ceil(defaults["pretrain_steps"] / steps_per_epoch)
-    )
+    planned = settings.planned_epochs(steps_per_epoch)
     print(
         f"\nPretraining-only job, the defaults (pretrain_steps={defaults['pretrain_steps']:,}, "
         f"batch {defaults['pretrain_batch_size']}), {rows:,} rows of carData/MplsStops "

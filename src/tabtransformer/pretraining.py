@@ -408,7 +408,7 @@ def pretrain_on_rows(
             "bring numeric columns in, or pretrain_objective=none."
         )
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(settings.phase.seed))
-    n_valid = max(1, min(len(rows) // 10, MAX_HELD_OUT_ROWS))
+    n_valid = held_out_rows(len(rows))
     check_pretraining_rows(len(rows), n_valid, checkpointer.world.size)
     log.info(
         "pretraining (%s) on %d unlabeled rows, %d held out for early stopping; %s",
@@ -420,6 +420,12 @@ def pretrain_on_rows(
     order = order.numpy()
     held_out = PretrainRows(rows.subset(order[n_valid:]), rows.rows(order[:n_valid]), columns)
     return pretrain(model, held_out, settings, device, checkpointer)
+
+
+def held_out_rows(n_rows: int) -> int:
+    """How many of `n_rows` pretraining rows early stopping holds out: a tenth, 1 to
+    MAX_HELD_OUT_ROWS."""
+    return max(1, min(n_rows // 10, MAX_HELD_OUT_ROWS))
 
 
 def check_pretraining_rows(n_rows: int, n_valid: int, n_processes: int) -> None:
