@@ -9,11 +9,15 @@
 #   VARIANT=cpu|gpu     cpu (default): CPU torch; gpu: CUDA base and CUDA torch (the
 #                       Dockerfile's defaults). Only build arguments differ.
 #   IMAGE_ENGINE=docker|buildah   force an engine.
-#   BASE_IMAGE=REF      base of both stages. Default: gpu: the Dockerfile's CUDA image;
-#                       cpu with docker: ubuntu:24.04; cpu with buildah:
+#   BASE_IMAGE=REF      base of both stages. Default: with docker: gpu: the Dockerfile's
+#                       CUDA image, cpu: ubuntu:24.04; with buildah (cpu and gpu):
 #                       localhost/tabtransformer-base:bookworm, made by debootstrap from
 #                       DEBIAN_MIRROR (default: the Debian mirror in /etc/apt/sources*).
-#   TORCH_INDEX=URL     where pip finds torch (default: PyTorch's cpu or cu128 index).
+#                       No CUDA base is needed: PyPI's CUDA torch wheel brings its CUDA
+#                       libraries as pip packages (the host's driver comes with the
+#                       NVIDIA container runtime, as on SageMaker).
+#   TORCH_INDEX=URL     where pip finds torch (default: PyTorch's cpu index; gpu: its
+#                       cu128 index with the CUDA base, PyPI's CUDA wheel on bookworm).
 #   TORCH_WHEELS=DIR    a folder holding the torch wheel instead (buildah only: mounted
 #                       read-only for the build). Default for cpu with buildah: the pip
 #                       find-links folder of this machine if it holds the locked torch.
@@ -103,21 +107,27 @@ make_bookworm_base() { # a minimal Debian bookworm image, imported without any r
 
 ENGINE="$(engine)"
 BUILD_ARGS=()
-case "${VARIANT}" in
-cpu) TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cpu}" ;;
-gpu) TORCH_INDEX="${TORCH_INDEX:-https://download.pytorch.org/whl/cu128}" ;;
-*) die "VARIANT must be cpu or gpu, not '${VARIANT}'" ;;
-esac
-BUILD_ARGS+=(--build-arg "TORCH_INDEX=${TORCH_INDEX}")
+case "${VARIANT}" in cpu | gpu) ;; *) die "VARIANT must be cpu or gpu, not '${VARIANT}'" ;; esac
 
-if [ -z "${BASE_IMAGE:-}" ] && [ "${VARIANT}" = cpu ]; then
-    if [ "${ENGINE}" = buildah ]; then
+if [ -z "${BASE_IMAGE:-}" ]; then
+    if [ "${ENGINE}" = buildah ]; then # no registry needed: a debootstrapped base
         make_bookworm_base
         BASE_IMAGE="${BOOKWORM_BASE}"
-    else
+    elif [ "${VARIANT}" = cpu ]; then
         BASE_IMAGE=ubuntu:24.04
+    fi # gpu with docker: the Dockerfile's CUDA base
+fi
+
+if [ -z "${TORCH_INDEX:-}" ]; then
+    if [ "${VARIANT}" = cpu ]; then
+        TORCH_INDEX=https://download.pytorch.org/whl/cpu
+    elif [ -n "${BASE_IMAGE:-}" ]; then # PyPI's torch is the CUDA build, libraries included
+        TORCH_INDEX=https://pypi.org/simple
+    else
+        TORCH_INDEX=https://download.pytorch.org/whl/cu128
     fi
 fi
+BUILD_ARGS+=(--build-arg "TORCH_INDEX=${TORCH_INDEX}")
 [ -n "${BASE_IMAGE:-}" ] && BUILD_ARGS+=(--build-arg "BASE_IMAGE=${BASE_IMAGE}")
 
 MOUNTS=()

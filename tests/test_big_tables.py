@@ -29,6 +29,7 @@ from tabtransformer.distributed import World
 from tabtransformer.errors import UserError
 from tabtransformer.host_store import HostStore, MappedRows, code_dtype
 from tabtransformer.paths import SageMakerPaths
+from tabtransformer.plan import JobPlan
 from tabtransformer.preprocessing import SAMPLE_SIZE, NumberSample, TablePreprocessor
 from tabtransformer.streaming import labelled_channel
 from tabtransformer.tables import (
@@ -272,15 +273,20 @@ def test_mapped_rows_gather_batches_and_subsets():
     assert len(rows) == 3 and rows.target.tolist() == [1, 3, 5]
 
 
-def test_pretraining_on_sharded_rows_is_refused_before_reading(tmp_path: Path):
+def test_pretraining_on_sharded_rows_is_refused_before_reading_and_auto_skips_it(tmp_path: Path):
     job = Job(tmp_path / "opt_ml")
     sharded = {"unlabeled": {"S3DistributionType": "ShardedByS3Key"}, "training": {}}
     (job.config / "inputdataconfig.json").write_text(json.dumps(sharded))
     paths = SageMakerPaths(job.base)
     with pytest.raises(UserError, match=r"\['unlabeled'\] are ShardedByS3Key.*FullyReplicated"):
         check_sharding(paths, {"training", "unlabeled"}, World(0, 2), "rtd")
-    check_sharding(paths, {"training", "unlabeled"}, World(0, 2), "none")
-    check_sharding(paths, {"training", "unlabeled"}, World(), "rtd")  # one host: all rows
+    assert not check_sharding(paths, {"training", "unlabeled"}, World(0, 2), "none")
+    assert not check_sharding(paths, {"training", "unlabeled"}, World(0, 2), "auto")
+    assert check_sharding(paths, {"training", "unlabeled"}, World(), "rtd")  # one host: all rows
+    job.channel("training", make_table("binary", n=50))
+    job.channel("unlabeled", make_table("binary", n=50).drop(columns="label"))
+    plan = JobPlan.read(paths).completed("binary", None, labelled_rows=50, may_pretrain=False)
+    assert plan.pretraining.objective == "none"
 
 
 def test_text_labels_after_many_numeric_ones_are_all_counted(tmp_path: Path, monkeypatch):

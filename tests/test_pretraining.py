@@ -19,6 +19,7 @@ from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.host_store import MappedRows
 from tabtransformer.inference import encode_table
 from tabtransformer.model import TabTransformer, TabTransformerConfig
+from tabtransformer.plan import FEW_LABELS_TO_PRETRAIN
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
 from tabtransformer.pretraining import (
     OBJECTIVES,
@@ -107,10 +108,10 @@ def test_pretraining_loss_falls_on_a_real_table():
 # --- jobs through the real entry point ------------------------------------------------
 
 
-def semi_supervised_job(job: Job, objective: str | None) -> dict:
+def semi_supervised_job(job: Job, objective: str | None, labels: int = 120) -> dict:
     table = make_table("binary", n=400)
-    job.channel("training", table.iloc[:120])
-    job.channel("unlabeled", table.iloc[120:].drop(columns="label"))
+    job.channel("training", table.iloc[:labels])
+    job.channel("unlabeled", table.iloc[labels:].drop(columns="label"))
     hp = dict(PRETRAIN_FAST)
     if objective:
         hp["pretrain_objective"] = objective
@@ -138,10 +139,24 @@ def test_an_unlabeled_channel_is_pretrained_on_when_asked(job: Job):
 
 
 @pytest.mark.slow
-def test_with_labels_an_unlabeled_channel_is_not_pretrained_on_by_default(job: Job):
-    out = semi_supervised_job(job, None)
-    assert "pretrain_objective=auto: none (the 'unlabeled' channel informs" in out["log"]
+def test_with_few_labels_an_unlabeled_channel_is_pretrained_on_by_default(job: Job):
+    out = semi_supervised_job(job, None, labels=FEW_LABELS_TO_PRETRAIN)
+    assert f"pretrain_objective=auto: rtd ({FEW_LABELS_TO_PRETRAIN} labelled rows" in out["log"]
+    assert "pretrain rtd epoch 1/2" in out["log"] and out["report"]["pretrained"] == "rtd"
+
+
+@pytest.mark.slow
+def test_with_more_labels_an_unlabeled_channel_is_not_pretrained_on_by_default(job: Job):
+    out = semi_supervised_job(job, None, labels=FEW_LABELS_TO_PRETRAIN + 1)
+    assert f"pretrain_objective=auto: none ({FEW_LABELS_TO_PRETRAIN + 1} labelled" in out["log"]
     assert "pretrain rtd epoch" not in out["log"] and out["report"]["pretrained"] is None
+
+
+@pytest.mark.slow
+def test_fine_tuning_a_model_channel_does_not_pretrain_again_by_default(tmp_path, pretrained):
+    log = fine_tune(tmp_path, pretrained, "label", "again", unlabeled=True).stdout
+    assert "pretrain_objective=auto: none (fine-tuning the 'model' channel's network)" in log
+    assert "pretrain rtd epoch" not in log
 
 
 # numeric columns as PLE tokens, so that pretraining predicts their quantile bins
@@ -168,13 +183,17 @@ def fine_tune(
     name: str,
     packed: bool = False,
     extra: dict | None = None,
+    unlabeled: bool = False,
 ) -> Job:
+    """Fine-tune `pretrained` on 150 labelled rows (and, with `unlabeled`, an 'unlabeled'
+    channel of the other 250); the job's log is kept as `job.stdout`."""
     table = make_table("binary", n=400)
     table["score"] = table["size"] * 2 + (table["color"] == "red") * 5
     job = Job(tmp_path / name)
-    job.channel(
-        "training", table[[target, "color", "size", "shape", "weight"]].iloc[:150], header=True
-    )
+    columns = [target, "color", "size", "shape", "weight"]
+    job.channel("training", table[columns].iloc[:150], header=True)
+    if unlabeled:
+        job.channel("unlabeled", table[columns[1:]].iloc[150:], header=True)
     model_channel = job.data / "model"
     model_channel.mkdir(parents=True)
     if packed:
@@ -188,6 +207,7 @@ def fine_tune(
     result = job.train()
     assert result.returncode == 0, result.stdout + result.stderr
     assert "reused" in result.stdout
+    job.stdout = result.stdout
     return job
 
 

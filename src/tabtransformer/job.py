@@ -52,7 +52,7 @@ def run(
     torch.manual_seed(plan.tables.seed)
     base_dir = paths.channel("model")
     base = read_base_artifact(base_dir, plan.tables.header) if plan.from_base else None
-    check_sharding(paths, plan.channels, world, plan.pretraining.objective)
+    may_pretrain = check_sharding(paths, plan.channels, world, plan.pretraining.objective)
     with scratch_folder(scratch) as folder:
         tables = load_tables(paths, plan.tables, base.preprocessor if base else None, world, folder)
         labelled = tables.labelled
@@ -63,7 +63,7 @@ def run(
             held_out = 0 if plan.has_validation else len(labelled.valid)
             n_labelled = len(labelled.train) + held_out
             sharded = labelled.rows_per_rank is not None
-        plan = plan.completed(task, base_embedding, n_labelled, sharded)
+        plan = plan.completed(task, base_embedding, n_labelled, sharded, may_pretrain)
         clock.lap("tables")
         with StopFlag() as stop:
             train(plan, tables, base, world, clock, stop)

@@ -57,7 +57,7 @@ class PretrainSettings:
     """What pretraining reads: the objective ('none': skip), corruption share, which
     columns take part, the loop, the planned steps and the learning-rate schedule."""
 
-    objective: str  # never "auto"
+    objective: str  # "auto" only until JobPlan.completed counts the labelled rows
     corruption_rate: float
     phase: PhaseSettings
     columns: str = "auto"  # "auto", "all" or "categorical" (TokenColumns.of resolves auto)
@@ -68,11 +68,11 @@ class PretrainSettings:
     def from_hyperparameters(
         cls, hp: Mapping[str, Any], channels: set[str], pretrain_only: bool
     ) -> PretrainSettings:
-        """Resolve pretrain_objective=auto: rtd when the job only pretrains, else none (a
-        job with labels pretrains on its 'unlabeled' channel only when asked: see the
-        semi-supervised benchmark in docs/benchmarks.md)."""
+        """Resolve pretrain_objective=auto where the channels decide it: rtd when the job
+        only pretrains, none without an 'unlabeled' channel; with labels and unlabeled rows
+        it stays auto until the labelled rows are counted (JobPlan.completed)."""
         objective = hp["pretrain_objective"]
-        if objective == "auto":
+        if objective == "auto" and (pretrain_only or "unlabeled" not in channels):
             objective = "rtd" if pretrain_only else "none"
         if pretrain_only and objective == "none":
             raise UserError(

@@ -337,15 +337,19 @@ def merged(parts: list[Any], sharded: bool) -> Any:
 
 def check_sharding(
     paths: SageMakerPaths, channels: frozenset[str], world: World, objective: str
-) -> None:
-    """Pretraining reads every feature row on every process: refuse sharded rows for it."""
+) -> bool:
+    """Whether pretraining may run: it reads every feature row on every process, so sharded
+    rows refuse an objective asked for (a UserError) and rule out `auto`'s."""
     sharded = sharded_channels(paths) & channels & {"training", "unlabeled"}
-    if sharded and world.distributed and objective != "none":
+    if not (sharded and world.distributed):
+        return True
+    if objective not in ("none", "auto"):
         raise UserError(
             f"The channel(s) {sorted(sharded)} are ShardedByS3Key, and pretraining "
             f"(pretrain_objective={objective}) needs every row on every host: use "
             "FullyReplicated for them, or pretrain_objective=none."
         )
+    return False
 
 
 def check_rows_per_process(counts: list[tuple[int, int]], sharded: bool, world: World) -> None:
