@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format lock image image-test clean
+.PHONY: install demo test test-fast lint format lock image image-test image-gpu-test clean
 
 install: $(STAMP)
 
@@ -48,7 +48,12 @@ image:
 
 # Builds the real Dockerfile once and runs the image as SageMaker does (tests/test_image.py).
 image-test: install
-	$(BIN)/python -m pytest -q -m image tests/test_image.py
+	$(BIN)/python -m pytest -q -m "image and not image_gpu" tests/test_image.py
+
+# The CUDA variant built here (bookworm base, PyPI's CUDA torch): torch.version.cuda and a
+# train job on the CPU. Not in CI: it downloads about 4 GB of CUDA wheels.
+image-gpu-test: install
+	$(BIN)/python -m pytest -q -m image_gpu tests/test_image.py
 
 clean:
 	rm -rf $(VENV) demo build .pytest_cache .ruff_cache

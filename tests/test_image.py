@@ -26,6 +26,7 @@ from conftest import FAST, REPO, Job, make_table
 pytestmark = [pytest.mark.image, pytest.mark.slow]
 
 TAG = "localhost/tabtransformer-sagemaker:image-test"
+GPU_TAG = "localhost/tabtransformer-sagemaker:gpu-image-test"
 BUILD_TIMEOUT_S = 40 * 60
 RUN_TIMEOUT_S = 600
 PORT = 8137  # not the default 8080: the server must take it from SAGEMAKER_BIND_TO_PORT
@@ -363,16 +364,16 @@ def choose_engine() -> str:
     return "buildah"
 
 
-@pytest.fixture(scope="session")
-def engine(tmp_path_factory) -> Iterator[Engine]:
-    """Build the real Dockerfile once (scripts/image.sh, as `make image` does) and run it."""
+def built(tag: str, variant: str, folder: Path) -> Iterator[Engine]:
+    """Build the real Dockerfile (scripts/image.sh, as `make image` does) as `variant`, run
+    it, and remove it afterwards."""
     name = choose_engine()
-    log = tmp_path_factory.mktemp("image") / "build.log"
+    log = folder / "build.log"
     started = time.monotonic()
     with log.open("w") as out:
         build = subprocess.run(
-            [str(REPO / "scripts" / "image.sh"), TAG],
-            env={**os.environ, "IMAGE_ENGINE": name},
+            [str(REPO / "scripts" / "image.sh"), tag],
+            env={**os.environ, "IMAGE_ENGINE": name, "VARIANT": variant},
             stdout=out,
             stderr=subprocess.STDOUT,
             timeout=BUILD_TIMEOUT_S,
@@ -381,12 +382,24 @@ def engine(tmp_path_factory) -> Iterator[Engine]:
         pytest.fail(
             f"IMAGE NOT BUILT ({name}), exit {build.returncode}:\n{log.read_text()[-6000:]}"
         )
-    print(f"\nimage built with {name} in {time.monotonic() - started:.0f} s")
-    running = Buildah(TAG) if name == "buildah" else Docker(TAG)
+    print(f"\n{variant} image built with {name} in {time.monotonic() - started:.0f} s")
+    running = Buildah(tag) if name == "buildah" else Docker(tag)
     yield running
     running.close()
     if name == "buildah":
-        subprocess.run([*Buildah.cli, "rmi", TAG], capture_output=True)
+        subprocess.run([*Buildah.cli, "rmi", tag], capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def engine(tmp_path_factory) -> Iterator[Engine]:
+    """The CPU image, built once for the session."""
+    yield from built(TAG, "cpu", tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="session")
+def gpu_engine(tmp_path_factory) -> Iterator[Engine]:
+    """The CUDA image (make image-gpu-test: it downloads about 4 GB of CUDA wheels)."""
+    yield from built(GPU_TAG, "gpu", tmp_path_factory.mktemp("gpu-image"))
 
 
 def trained_tree(
@@ -572,3 +585,20 @@ def test_every_process_runs_on_tcmalloc(engine: Engine):
     assert result.returncode == 0, result.stderr
     assert "libtcmalloc_minimal" in result.stdout
     assert result.stderr == ""
+
+
+@pytest.mark.image_gpu
+def test_gpu_variant_carries_cuda_torch_and_trains_where_no_gpu_is(gpu_engine: Engine, tmp_path):
+    """The CUDA image, built without a CUDA base (PyPI's CUDA torch brings its libraries):
+    torch is a CUDA build, its requirements are all there, and `train` runs on the CPU of
+    a machine without a GPU (the driver comes with the NVIDIA runtime on a GPU host)."""
+    probe = "import torch; print(torch.version.cuda, torch.cuda.is_available())"
+    result = gpu_engine.run(["python3", "-c", probe])
+    assert result.returncode == 0, result.stderr
+    cuda, available = result.stdout.split()
+    assert cuda != "None" and available == "False", result.stdout
+    assert gpu_engine.run(["python3", "-m", "pip", "check"]).returncode == 0
+    job, trained = trained_tree(gpu_engine, tmp_path, FAST)
+    log = trained.stdout + trained.stderr
+    assert trained.returncode == 0, log[-3000:]
+    assert "parameters on cpu" in log and (job.model / "model.safetensors").is_file()
