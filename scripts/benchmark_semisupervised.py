@@ -121,6 +121,9 @@ VARIANTS: dict[str, Variant] = {
     "rtd, 1,000 steps": Variant({**RTD, "pretrain_steps": "1000"}),
     "rtd, 3,000 steps": Variant({**RTD, "pretrain_steps": "3000"}),
     "rtd (categorical only)": Variant({**RTD, "pretrain_columns": "categorical"}),
+    "rtd (categorical only) + fresh folds": Variant(
+        {**RTD, "pretrain_columns": "categorical"}, {"fold_starts": "auto"}
+    ),
     "rtd (every column)": Variant({**RTD, "pretrain_columns": "all"}),
     "rtd (categorical only), weight decay 0.05": Variant(
         {**RTD, "pretrain_columns": "categorical"}, {"weight_decay": "0.05"}
@@ -449,7 +452,12 @@ def tabtransformer_auc(
     channels = {"training": split.labelled.iloc[:n]}
     if variant.semi_supervised:
         channels["unlabeled"] = split.pool
-    hp = {**tabtransformer_hp(seed, overrides), "pretrain_objective": "none", **variant.finetune}
+    hp = {
+        **tabtransformer_hp(seed, overrides),
+        "pretrain_objective": "none",
+        "fold_starts": "pretrained",  # every fold from the encoder, unless the variant mixes
+        **variant.finetune,
+    }
     model = run_job(work / "finetune", channels, hp, model_from)
     return test_auc(model, split.test)
 

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import FAST, TRAIN_ENTRY, Job, Server, free_port, make_table
+from safetensors.torch import load_file
 
 from tabtransformer import load_model
 from tabtransformer.crossfit import assign_folds
@@ -27,7 +28,13 @@ from tabtransformer.inference import (
 )
 from tabtransformer.metrics import compute_all
 from tabtransformer.model import CrossFitted
-from tabtransformer.plan import FEW_LABEL_FOLDS, FEW_LABELS, resolve_folds
+from tabtransformer.plan import (
+    FEW_LABEL_FOLDS,
+    FEW_LABELS,
+    FEW_LABELS_TO_PRETRAIN,
+    resolve_fold_starts,
+    resolve_folds,
+)
 
 # The report is off where it is not what a test looks at (it costs up to 20 s a job).
 QUIET = {**FAST, "report": "false"}
@@ -250,3 +257,78 @@ def test_embeddings_and_explanations_of_a_cross_fitted_model_are_the_folds_mean(
     attributions = predictor.explain(features)
     assert attributions.values.shape == (20, len(predictor.feature_names))
     assert np.isfinite(attributions.values).all()
+
+
+# --- a pretrained encoder: k folds from it, k fresh ones on the same folds -----------------
+
+PRETRAIN_FAST = {"pretrain_epochs": "2", "pretrain_patience": "2", "report": "false"}
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory) -> tuple[Job, dict, Job]:
+    """A pretraining-only job, then a default few-label job fine-tuning its artifact from
+    the 'model' channel with the encoder fixed (freeze_encoder_epochs), so that the folds
+    which start from it keep it exactly."""
+    root = tmp_path_factory.mktemp("mixed")
+    table = make_table("binary", n=400)
+    base = Job(root / "pretrain")
+    base.channel("unlabeled", table.drop(columns="label"))
+    base.hyperparameters({**QUIET, **PRETRAIN_FAST})
+    assert base.train().returncode == 0
+    job = Job(root / "finetune")
+    job.channel("training", table.iloc[:100])
+    shutil.copytree(base.model, job.paths.channel("model"))
+    job.hyperparameters(
+        {"n_epochs": "2", "report": "false", "freeze_encoder_epochs": "100", "cv_folds": "0"}
+    )
+    return job, trained(job), base
+
+
+@pytest.mark.slow
+def test_folds_from_a_pretrained_encoder_are_joined_by_as_many_fresh_ones(mixed):
+    job, metrics, base = mixed
+    log = metrics["log"]
+    assert "fold_starts=auto: pretrained_and_fresh (5 folds from the pretrained encoder" in log
+    assert "cross-fitting 10 models on 100 labelled rows" in log
+    assert "models 1-5 from the pretrained encoder, 6-10 fresh" in log
+    assert "fold 2/5, fresh (model 7/10): 80 training rows, 20 held out" in log
+    assert metrics["folds"] == 5 and metrics["models"] == 10
+    assert metrics["fold_starts"] == "pretrained_and_fresh"
+    network = load_model(job.model).model
+    assert isinstance(network, CrossFitted) and len(network.folds) == 10
+    pretrained = load_file(base.model / "model.safetensors")
+    for m, fold in enumerate(network.folds):
+        encoder = fold.encoder_state()
+        kept = all(torch.equal(value, pretrained[name]) for name, value in encoder.items())
+        assert kept == (m < 5), f"model {m + 1}: encoder kept {kept}"
+
+
+@pytest.mark.slow
+def test_with_fresh_folds_each_rows_out_of_fold_score_is_the_mean_of_its_two_models(mixed):
+    job, metrics, _ = mixed
+    predictor = load_model(job.model)
+    table = make_table("binary", n=400).iloc[:100]
+    features, y = table.drop(columns="label"), (table["label"] == "yes").to_numpy().astype(int)
+    folds = assign_folds(y, 5, seed=0, classify=True)
+    data = encode_table(predictor.preprocessor, predictor.align(features))
+    models = predictor.model.folds
+    own = []
+    for i in range(5):  # fold i is held out by model i and by fresh model 5 + i
+        raw = torch.cat([predict_raw(models[m], data, predictor.device) for m in (i, 5 + i)], 1)
+        own.append(to_prediction(raw, predictor.target))
+    oof = np.stack(own)[folds, np.arange(len(y))]
+    scores = compute_all("binary", y, oof)
+    assert scores["log_loss"] == pytest.approx(metrics["validation"]["log_loss"], abs=1e-9)
+    assert scores["auc"] == pytest.approx(metrics["validation"]["auc"], abs=1e-9)
+
+
+def test_fold_starts_auto_mixes_only_cross_fitted_models_from_a_pretrained_encoder():
+    assert resolve_fold_starts("auto", 5, pretrained=True)
+    assert not resolve_fold_starts("auto", 1, pretrained=True)
+    assert not resolve_fold_starts("auto", 5, pretrained=False)
+    assert not resolve_fold_starts("pretrained", 5, pretrained=True)
+    with pytest.raises(UserError, match="needs cv_folds >= 2"):
+        resolve_fold_starts("pretrained_and_fresh", 1, pretrained=True)
+    with pytest.raises(UserError, match="and no pretrained encoder"):
+        resolve_fold_starts("pretrained_and_fresh", 5, pretrained=False)
+    assert FEW_LABELS_TO_PRETRAIN < FEW_LABELS  # a job that pretrains by default cross-fits

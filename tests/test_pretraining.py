@@ -109,7 +109,7 @@ def test_pretraining_loss_falls_on_a_real_table():
 
 
 def semi_supervised_job(job: Job, objective: str | None, labels: int = 120) -> dict:
-    table = make_table("binary", n=400)
+    table = make_table("binary", n=labels + 280)
     job.channel("training", table.iloc[:labels])
     job.channel("unlabeled", table.iloc[labels:].drop(columns="label"))
     hp = dict(PRETRAIN_FAST)

@@ -10,6 +10,10 @@ out-of-fold predictions of every row; with a `validation` channel, those of the 
 mean on it. The k models become one `CrossFitted` network: one artifact, whose prediction
 is the mean of the folds'.
 
+With a pretrained encoder and `fold_starts` pretrained_and_fresh, k fresh models train on
+the same folds after the k pretrained ones (model k + i holds out fold i, as model i
+does): 2k models, and each row's out-of-fold prediction is the mean of its two.
+
 Checkpoints: the fold in training is checkpointed every epoch like a single model (phase
 "finetune fold i/k"), and each finished fold's weights and history are written once
 beside it (FOLDS_FILE), so a restart resumes the fold it was in.
@@ -92,6 +96,7 @@ class CrossFit:
     scored_on: str
     pool: MappedRows  # the rows the folds split
     assignment: np.ndarray  # each pool row's fold
+    fresh_folds: bool = False  # the models after the first k started fresh
 
     def held_out(self, fold: int) -> MappedRows:
         """The rows fold `fold` (0-based) held out."""
@@ -99,10 +104,12 @@ class CrossFit:
 
     def summary(self, task: str) -> dict[str, Any]:
         """metrics.json's entries for the run (the validation scores, how they were made)."""
+        k = int(self.assignment.max()) + 1
         return {
             **final_summary(task, self.scores),
             "validation_rows": self.scored_on,
-            "folds": len(self.histories),
+            "folds": k,
+            "models": len(self.histories),
             "epochs_run": [len(h) for h in self.histories],
             "best_epoch": self.best_epochs,
         }
@@ -116,35 +123,48 @@ def fit_folds(
     checkpointer: Checkpointer,
     own_valid: bool,
 ) -> CrossFit:
-    """Train k = settings' folds models (`start(i)`: fold i's network before fine-tuning)
-    on `data.train` split into folds; `own_valid`: `data.valid` is a validation channel
-    (else the job's hold-out, which joins the folds)."""
+    """Train k = settings' folds models (`start(m)`: model m's network before fine-tuning;
+    with `settings.fresh_folds`, 2k models, model m holding out fold m mod k) on
+    `data.train` split into folds; `own_valid`: `data.valid` is a validation channel (else
+    the job's hold-out, which joins the folds)."""
     k, seed = settings.folds, settings.phase.seed
+    n_models = 2 * k if settings.fresh_folds else k
     pool = fold_rows(data.train, data.valid, own_valid)
     labels = pool.target.numpy()
     folds = assign_folds(labels, k, seed, data.target.task != "regression")
-    network = CrossFitted.of([start(i) for i in range(k)])
-    done = finished_folds(checkpointer, network, resumed_fold(checkpointer, k))
+    network = CrossFitted.of([start(m) for m in range(n_models)])
+    done = finished_folds(checkpointer, network, resumed_fold(checkpointer, n_models))
     first = len(done)
     histories, best_epochs = [d["history"] for d in done], [d["best_epoch"] for d in done]
     log.info(
-        "cross-fitting %d models on %d labelled rows (folds of %s rows)%s",
-        k,
+        "cross-fitting %d models on %d labelled rows (folds of %s rows%s)%s",
+        n_models,
         len(pool),
         "/".join(str(int(n)) for n in np.bincount(folds, minlength=k)),
-        f"; resuming at fold {first + 1}" if first else "",
+        f"; models 1-{k} from the pretrained encoder, {k + 1}-{n_models} fresh"
+        if settings.fresh_folds
+        else "",
+        f"; resuming at model {first + 1}" if first else "",
     )
-    for i in range(first, k):
+    for m in range(first, n_models):
+        i = m % k
         fold_data = replace(
             data,
             train=pool.subset(np.flatnonzero(folds != i)),
             valid=pool.subset(np.flatnonzero(folds == i)),
         )
         n_train, n_held = len(fold_data.train), len(fold_data.valid)
-        log.info("fold %d/%d: %d training rows, %d held out", i + 1, k, n_train, n_held)
-        saved = Saved(f"{PHASE_PREFIX}{i + 1}/{k}", network.folds[i])
-        fold_settings = replace(settings, phase=replace(settings.phase, seed=seed + i))
-        history, best = fit(network.folds[i], fold_data, fold_settings, device, checkpointer, saved)
+        which = ""
+        if settings.fresh_folds:
+            which = f"{', fresh' if m >= k else ''} (model {m + 1}/{n_models})"
+        log.info("fold %d/%d%s: %d training rows, %d held out", i + 1, k, which, n_train, n_held)
+        saved = Saved(f"{PHASE_PREFIX}{m + 1}/{n_models}", network.folds[m])
+        phase = replace(settings.phase, seed=seed + m)
+        model_settings = replace(settings, phase=phase)
+        if m >= k:  # a fresh encoder has nothing to keep fixed
+            model_settings = replace(model_settings, freeze_encoder_epochs=0)
+        model = network.folds[m]
+        history, best = fit(model, fold_data, model_settings, device, checkpointer, saved)
         histories.append(history)
         best_epochs.append(best)
         save_finished(checkpointer, network, histories, best_epochs)
@@ -156,22 +176,29 @@ def fit_folds(
         raw = out_of_fold(network, pool, folds, device)
         scores = scores_of(raw, pool.target, data.target, decision)
         scored_on = f"out-of-fold ({len(pool)} rows, {k} folds)"
-    return CrossFit(network, histories, best_epochs, scores, scored_on, pool, folds)
+    fresh = settings.fresh_folds
+    return CrossFit(network, histories, best_epochs, scores, scored_on, pool, folds, fresh)
 
 
 def out_of_fold(
     network: CrossFitted, pool: MappedRows, folds: np.ndarray, device: torch.device
 ) -> torch.Tensor:
-    """Each row's outputs (N, e, n_outputs) from the one fold model that did not train on it."""
-    parts = []
-    for i, fold in enumerate(network.folds):
-        held_out = np.flatnonzero(folds == i)
-        parts.append((held_out, predict_raw(fold, pool.subset(held_out), device)))
-    first = parts[0][1]
-    raw = torch.empty((len(pool), *first.shape[1:]), dtype=first.dtype)
-    for held_out, out in parts:
-        raw[torch.from_numpy(held_out)] = out
-    return raw
+    """Each row's outputs (N, r*e, n_outputs) from the r models that did not train on it
+    (r = 1, or 2 with fresh folds: model m holds out fold m mod k), side by side on the
+    member dimension as the served network puts them."""
+    k = int(folds.max()) + 1
+    rounds = []
+    for first in range(0, len(network.folds), k):
+        parts = []
+        for i, fold in enumerate(network.folds[first : first + k]):
+            held_out = np.flatnonzero(folds == i)
+            parts.append((held_out, predict_raw(fold, pool.subset(held_out), device)))
+        shape = parts[0][1].shape[1:]
+        raw = torch.empty((len(pool), *shape), dtype=parts[0][1].dtype)
+        for held_out, out in parts:
+            raw[torch.from_numpy(held_out)] = out
+        rounds.append(raw)
+    return torch.cat(rounds, dim=1)
 
 
 def resumed_fold(checkpointer: Checkpointer, k: int) -> int:

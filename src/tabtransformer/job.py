@@ -63,7 +63,10 @@ def run(
             held_out = 0 if plan.has_validation else len(labelled.valid)
             n_labelled = len(labelled.train) + held_out
             sharded = labelled.rows_per_rank is not None
-        plan = plan.completed(task, base_embedding, n_labelled, sharded, may_pretrain)
+        base_pretrained = base is not None and base.target is None
+        plan = plan.completed(
+            task, base_embedding, n_labelled, sharded, may_pretrain, base_pretrained
+        )
         clock.lap("tables")
         with StopFlag() as stop:
             train(plan, tables, base, world, clock, stop)
@@ -213,10 +216,11 @@ def fine_tune(
         return FineTuned(model, summary, {"training_history": history}, (model, data.valid))
     seed = plan.tables.seed
 
-    def start(fold: int) -> TabTransformer:
-        torch.manual_seed(seed + fold)
+    def start(index: int) -> TabTransformer:
+        """Cross-fitted model `index`: the first k from the encoder (if any), then fresh."""
+        torch.manual_seed(seed + index)
         network = TabTransformer(model.config)
-        if encoder_from is not None:
+        if encoder_from is not None and index < settings.folds:
             network.load_state_dict(encoder_from.encoder_state(), strict=False)
         return network
 
@@ -225,6 +229,8 @@ def fine_tune(
     for fold, history in enumerate(run.histories[1:], start=2):
         histories[f"training_history_fold{fold}"] = history
     summary = run.summary(data.target.task)
+    starts = "pretrained" if encoder_from is not None else "fresh"
+    summary["fold_starts"] = "pretrained_and_fresh" if settings.fresh_folds else starts
     if plan.has_validation:
         report_on = (run.network, data.valid)
     else:

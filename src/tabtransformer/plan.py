@@ -12,7 +12,9 @@ two places and logged once:
   otherwise, as the accuracy benchmark measured — docs/benchmarks.md),
 - `eval_metric` (the task's default metric; log_loss for a binary task with few labels),
 - `cv_folds` (once the labelled rows are counted: FEW_LABEL_FOLDS cross-fitted models with
-  at most FEW_LABELS labelled training rows, else one).
+  at most FEW_LABELS labelled training rows, else one),
+- `fold_starts` (then: cross-fitted models from a pretrained encoder are joined by as many
+  fresh ones).
 Everything after reads the plan's parts, never the raw hyperparameters (which travel
 only into the artifact's `hyperparameters.json` and the checkpoint's identity).
 """
@@ -44,9 +46,10 @@ log = logging.getLogger(__name__)
 FEW_LABELS = 1000
 FEW_LABEL_FOLDS = 5
 # With at most this many labelled rows and an `unlabeled` channel, pretrain_objective=auto
-# pretrains (RTD on the categorical columns) before fine-tuning: on the semi-supervised
-# benchmark it added 1.3 AUC points at 50 labels, 0.1 at 100 and nothing at 200.
-FEW_LABELS_TO_PRETRAIN = 100
+# pretrains (RTD on the categorical columns) and fold_starts=auto adds as many fresh
+# cross-fitted models: on the semi-supervised benchmark that mix added about 1.2, 0.5 and
+# 0.2 AUC points at 50, 200 and 500 labels (docs/semi-supervised.md).
+FEW_LABELS_TO_PRETRAIN = 500
 
 
 @dataclass(frozen=True)
@@ -172,12 +175,14 @@ class JobPlan:
         labelled_rows: int = 0,
         sharded: bool = False,
         may_pretrain: bool = True,
+        base_pretrained: bool = False,
     ) -> JobPlan:
         """The plan once the target's task is known (None: a pretraining-only job); with a
         base model, its numeric embedding applies (`base_numeric_embedding`).
         `labelled_rows`: the training rows cross-fitting would split (`sharded`: each host
         trains on its own rows, which cross-fitting does not support); `may_pretrain`:
-        whether every process can read every feature row (pretrain_objective=auto)."""
+        whether every process can read every feature row (pretrain_objective=auto);
+        `base_pretrained`: the 'model' channel holds a pretraining-only artifact."""
         pretraining = self.pretraining
         if pretraining.objective == "auto":
             objective = resolve_objective(labelled_rows, self.from_base, may_pretrain)
@@ -201,7 +206,9 @@ class JobPlan:
                 f" with {labelled_rows} labelled rows" if few else "",
             )
         folds = resolve_folds(self.hyperparameters["cv_folds"], labelled_rows, sharded)
-        fit = replace(fit, folds=folds)
+        pretrained = pretraining.objective != "none" or base_pretrained
+        fresh = resolve_fold_starts(self.hyperparameters["fold_starts"], folds, pretrained)
+        fit = replace(fit, folds=folds, fresh_folds=fresh)
         report = replace(self.report, eval_metric=fit.eval_metric)
         return replace(
             self, network=network, fit=fit, task=task, report=report, pretraining=pretraining
@@ -229,6 +236,29 @@ def resolve_objective(labelled_rows: int, from_base: bool, may_pretrain: bool) -
     )
     log.info("pretrain_objective=auto: %s (%s)", objective, why)
     return objective
+
+
+def resolve_fold_starts(fold_starts: str, folds: int, pretrained: bool) -> bool:
+    """Whether k fresh cross-fitted models join the k that start from the pretrained
+    encoder (`fold_starts`; auto: whenever there are both); a UserError where they cannot."""
+    if fold_starts == "pretrained_and_fresh" and (folds < 2 or not pretrained):
+        raise UserError(
+            "fold_starts=pretrained_and_fresh trains cross-fitted models from a pretrained "
+            f"encoder and fresh ones, and this job has {folds} model(s) and "
+            f"{'a' if pretrained else 'no'} pretrained encoder: it needs cv_folds >= 2 (or "
+            "auto with at most 1000 labelled rows) and pretraining (an 'unlabeled' channel "
+            "with pretrain_objective=rtd or mlm, or a pretrained artifact in the 'model' "
+            "channel); or set fold_starts=auto."
+        )
+    fresh = fold_starts != "pretrained" and folds >= 2 and pretrained
+    if fold_starts == "auto" and fresh:
+        log.info(
+            "fold_starts=auto: pretrained_and_fresh (%d folds from the pretrained encoder, "
+            "%d fresh on the same folds)",
+            folds,
+            folds,
+        )
+    return fresh
 
 
 def resolve_folds(cv_folds: int, labelled_rows: int, sharded: bool) -> int:

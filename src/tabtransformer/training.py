@@ -56,6 +56,7 @@ class FitSettings:
     semi_supervised_weight: float = 0.5
     pseudo_label_threshold: float = 0.9
     folds: int = 1  # cross-fitted models (crossfit.py); 1: one model
+    fresh_folds: bool = False  # k more cross-fitted models that start fresh (fold_starts)
     decision_threshold: float = 0.0  # binary; 0: the F1-best on the scored rows
     freeze_encoder_epochs: int = 0  # epochs the pretrained encoder stays fixed (fit)
 
