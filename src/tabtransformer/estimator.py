@@ -9,7 +9,7 @@ entry point). The fitted estimator keeps the artifact's files (`save` writes the
 are, folder or model.tar.gz) and serves from them in process (`predict`, `predict_proba`,
 `embed`, `explain`). `load` reads any artifact, a SageMaker job's model.tar.gz included.
 
-    clf = TabTransformerClassifier(pretrain_objective="rtd").fit(X, y, X_unlabeled=pool)
+    clf = TabTransformerClassifier().fit(X, y, X_unlabeled=pool)  # few labels: pretrains
     clf.predict_proba(X_test)
     clf.save("model.tar.gz")  # what a SageMaker endpoint serves
 
@@ -123,8 +123,8 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
         eval_set: tuple[Any, Any] | None = None,
     ) -> TabTransformerEstimator:
         """Train on (X, y) through the training job: `X_unlabeled` (features only) is its
-        `unlabeled` channel (the preprocessing sees it; pretraining with
-        pretrain_objective=rtd or mlm, semi_supervised), `eval_set` = (X, y) its
+        `unlabeled` channel (the preprocessing sees it; by default the job pretrains on
+        it with at most 500 labelled rows; semi_supervised uses it), `eval_set` = (X, y) its
         `validation` channel (else the job holds rows out or cross-fits, as `cv_folds`
         says)."""
         frame = self._features(X, fitting=True)
