@@ -14,9 +14,9 @@ With a pretrained encoder and `fold_starts` pretrained_and_fresh, k fresh models
 the same folds after the k pretrained ones (model k + i holds out fold i, as model i
 does): 2k models, and each row's out-of-fold prediction is the mean of its two.
 
-Checkpoints: the fold in training is checkpointed every epoch like a single model (phase
-"finetune fold i/k"), and each finished fold's weights and history are written once
-beside it (FOLDS_FILE), so a restart resumes the fold it was in.
+Checkpoints: the model in training is checkpointed every epoch like a single model (phase
+"finetune fold m/n", the m-th of n models), and each finished model's weights and history
+are written once beside it (FOLDS_FILE), so a restart resumes the model it was in.
 """
 
 from __future__ import annotations

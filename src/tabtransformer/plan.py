@@ -224,16 +224,19 @@ def resolve_objective(labelled_rows: int, from_base: bool, may_pretrain: bool) -
     at most FEW_LABELS_TO_PRETRAIN labelled rows (none from a base model, which is
     pretrained already, or where hosts hold different rows)."""
     few = labelled_rows <= FEW_LABELS_TO_PRETRAIN
-    objective = "rtd" if few and not from_base and may_pretrain else "none"
-    why = (
-        "fine-tuning the 'model' channel's network"
-        if from_base
-        else "the rows are sharded across hosts"
-        if not may_pretrain
-        else f"{labelled_rows} labelled rows ({'at most' if few else 'more than'} "
-        f"{FEW_LABELS_TO_PRETRAIN}: {'pretrain on' if few else 'fine-tune without'} the "
-        "'unlabeled' channel)"
-    )
+    if from_base:
+        objective, why = "none", "fine-tuning the 'model' channel's network"
+    elif not may_pretrain:
+        objective, why = "none", "the rows are sharded across hosts"
+    elif few:
+        objective = "rtd"
+        why = f"at most {FEW_LABELS_TO_PRETRAIN}: pretrain on the 'unlabeled' channel"
+    else:
+        objective = "none"
+        why = f"more than {FEW_LABELS_TO_PRETRAIN}: the 'unlabeled' channel informs "
+        why += "the preprocessing"
+    if not from_base and may_pretrain:
+        why = f"{labelled_rows} labelled rows ({why})"
     log.info("pretrain_objective=auto: %s (%s)", objective, why)
     return objective
 
