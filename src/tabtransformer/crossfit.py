@@ -96,7 +96,6 @@ class CrossFit:
     scored_on: str
     pool: MappedRows  # the rows the folds split
     assignment: np.ndarray  # each pool row's fold
-    fresh_folds: bool = False  # the models after the first k started fresh
 
     def held_out(self, fold: int) -> MappedRows:
         """The rows fold `fold` (0-based) held out."""
@@ -176,8 +175,7 @@ def fit_folds(
         raw = out_of_fold(network, pool, folds, device)
         scores = scores_of(raw, pool.target, data.target, decision)
         scored_on = f"out-of-fold ({len(pool)} rows, {k} folds)"
-    fresh = settings.fresh_folds
-    return CrossFit(network, histories, best_epochs, scores, scored_on, pool, folds, fresh)
+    return CrossFit(network, histories, best_epochs, scores, scored_on, pool, folds)
 
 
 def out_of_fold(
