@@ -6,8 +6,9 @@
 #
 # Usage: scripts/image.sh [TAG]                          (default: tabtransformer-sagemaker:cpu)
 # Environment (all optional):
-#   VARIANT=cpu|gpu     cpu (default): CPU torch; gpu: CUDA base and CUDA torch (the
-#                       Dockerfile's defaults). Only build arguments differ.
+#   VARIANT=cpu|gpu     cpu (default): CPU torch; gpu: CUDA torch (with docker on the
+#                       Dockerfile's CUDA base; with buildah on the bookworm base, with
+#                       PyPI's CUDA wheel). Only build arguments differ.
 #   IMAGE_ENGINE=docker|buildah   force an engine.
 #   BASE_IMAGE=REF      base of both stages. Default: with docker: gpu: the Dockerfile's
 #                       CUDA image, cpu: ubuntu:24.04; with buildah (cpu and gpu):

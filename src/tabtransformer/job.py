@@ -25,7 +25,7 @@ from tabtransformer.host_store import MappedRows, scratch_folder
 from tabtransformer.model import CrossFitted, Network, TabTransformer, TabTransformerConfig
 from tabtransformer.options import NUMERIC_EMBEDDINGS
 from tabtransformer.paths import SageMakerPaths
-from tabtransformer.plan import JobPlan, NetworkSettings
+from tabtransformer.plan import JobPlan, NetworkSettings, TableFacts
 from tabtransformer.preprocessing import TablePreprocessor
 from tabtransformer.pretraining import pretrain_on_rows
 from tabtransformer.reports import ReportInputs, write_history, write_training_report
@@ -56,17 +56,21 @@ def run(
     with scratch_folder(scratch) as folder:
         tables = load_tables(paths, plan.tables, base.preprocessor if base else None, world, folder)
         labelled = tables.labelled
-        task = labelled.target.task if labelled else None
-        base_embedding = base.model.config.numeric_embedding if base else None
-        n_labelled, sharded = 0, False
+        facts = TableFacts(
+            task=labelled.target.task if labelled else None,
+            may_pretrain=may_pretrain,
+            code_columns=len(tables.pre.cardinalities),
+            numeric_columns=len(tables.pre.numeric),
+            feature_rows=len(tables.features),
+            processes=world.size,
+            base_numeric_embedding=base.model.config.numeric_embedding if base else None,
+            base_pretrained=base is not None and base.target is None,
+        )
         if labelled is not None:
             held_out = 0 if plan.has_validation else len(labelled.valid)
-            n_labelled = len(labelled.train) + held_out
             sharded = labelled.rows_per_rank is not None
-        base_pretrained = base is not None and base.target is None
-        plan = plan.completed(
-            task, base_embedding, n_labelled, sharded, may_pretrain, base_pretrained
-        )
+            facts = replace(facts, labelled_rows=len(labelled.train) + held_out, sharded=sharded)
+        plan = plan.completed(facts)
         clock.lap("tables")
         with StopFlag() as stop:
             train(plan, tables, base, world, clock, stop)

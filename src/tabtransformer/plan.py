@@ -1,12 +1,13 @@
 """A training job's plan: every setting resolved once, into typed parts.
 
 `JobPlan.read(paths)` reads the hyperparameters and the channels before any table is
-read; `plan.completed(task, base)` finishes it once the target's task is known (a base
-artifact's network applies when there is one). Each `auto` is resolved in one of those
-two places and logged once:
+read; `plan.completed(facts)` finishes it once the tables are read (`TableFacts`: the
+task, the labelled rows, the columns; a base artifact's network applies when there is
+one). Each `auto` is resolved in one of those two places and logged once:
 - `pretrain_objective` (before reading: rtd when the job only pretrains, none without an
   `unlabeled` channel; otherwise once the labelled rows are counted: rtd with at most
-  FEW_LABELS_TO_PRETRAIN of them and no base model, else none),
+  FEW_LABELS_TO_PRETRAIN of them, no base model, a token column to predict and a row for
+  every process, else none),
 - `task` (by the target encoder, from the labels: `completed` takes its answer),
 - `numeric_embedding` (once the task is known: periodic for binary classification, PLE
   otherwise, as the accuracy benchmark measured — docs/benchmarks.md),
@@ -31,7 +32,7 @@ from tabtransformer.channels import read_json_config, validate_channels
 from tabtransformer.errors import UserError
 from tabtransformer.options import NUMERIC_EMBEDDINGS
 from tabtransformer.paths import SageMakerPaths
-from tabtransformer.pretraining import PretrainSettings
+from tabtransformer.pretraining import PretrainSettings, held_out_rows
 from tabtransformer.settings import pick
 from tabtransformer.tables import TableSettings
 from tabtransformer.training import FitSettings
@@ -50,6 +51,22 @@ FEW_LABEL_FOLDS = 5
 # cross-fitted models: on the semi-supervised benchmark that added 1.7 and 0.5 AUC points
 # at 50 and 200 labels, and 0.07 at 500, too little for a pretraining (docs/benchmarks.md).
 FEW_LABELS_TO_PRETRAIN = 200
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    """What the read tables (and a base artifact) tell the plan (`JobPlan.completed`)."""
+
+    task: str | None = None  # None: a pretraining-only job
+    labelled_rows: int = 0  # the training rows cross-fitting would split, with the hold-out
+    sharded: bool = False  # each host trains on its own rows (no cross-fitting)
+    may_pretrain: bool = True  # every process can read every feature row
+    code_columns: int = 0  # categorical (and continuous_bins) token columns
+    numeric_columns: int = 0
+    feature_rows: int = 0  # the rows pretraining would learn from (training and unlabeled)
+    processes: int = 1
+    base_numeric_embedding: str | None = None  # the 'model' channel's network's
+    base_pretrained: bool = False  # the 'model' channel holds a pretraining-only artifact
 
 
 @dataclass(frozen=True)
@@ -155,10 +172,6 @@ class JobPlan:
         return cls(paths, hp, channels, tables, pretraining, network, report)
 
     @property
-    def pretrains(self) -> bool:
-        return self.pretraining.objective != "none"
-
-    @property
     def has_validation(self) -> bool:
         """Whether the job has a `validation` channel (else it holds rows out of training)."""
         return "validation" in self.channels
@@ -168,30 +181,26 @@ class JobPlan:
         """Whether the job fine-tunes (or pretrains further) a model from its `model` channel."""
         return "model" in self.channels
 
-    def completed(
-        self,
-        task: str | None,
-        base_numeric_embedding: str | None,
-        labelled_rows: int = 0,
-        sharded: bool = False,
-        may_pretrain: bool = True,
-        base_pretrained: bool = False,
-    ) -> JobPlan:
-        """The plan once the target's task is known (None: a pretraining-only job); with a
-        base model, its numeric embedding applies (`base_numeric_embedding`).
-        `labelled_rows`: the training rows cross-fitting would split (`sharded`: each host
-        trains on its own rows, which cross-fitting does not support); `may_pretrain`:
-        whether every process can read every feature row (pretrain_objective=auto);
-        `base_pretrained`: the 'model' channel holds a pretraining-only artifact."""
+    @property
+    def pretrains(self) -> bool:
+        """Whether the job pretrains (an error before `completed` resolves "auto")."""
+        if self.pretraining.objective == "auto":
+            raise RuntimeError("pretrain_objective=auto is resolved by JobPlan.completed")
+        return self.pretraining.objective != "none"
+
+    def completed(self, facts: TableFacts) -> JobPlan:
+        """The plan once the tables are read: the target's task, the labelled rows and the
+        token columns resolve what the hyperparameters left to them (`facts`)."""
+        network = self.network
+        if facts.base_numeric_embedding is not None:
+            network = replace(network, numeric_embedding=facts.base_numeric_embedding)
+        else:
+            network = network.for_task(facts.task)
         pretraining = self.pretraining
         if pretraining.objective == "auto":
-            objective = resolve_objective(labelled_rows, self.from_base, may_pretrain)
+            objective = resolve_objective(facts, self.from_base, network, pretraining.columns)
             pretraining = replace(pretraining, objective=objective)
-        network = self.network
-        if base_numeric_embedding is not None:
-            network = replace(network, numeric_embedding=base_numeric_embedding)
-        else:
-            network = network.for_task(task)
+        task, labelled_rows = facts.task, facts.labelled_rows
         if task is None:
             return replace(self, network=network, pretraining=pretraining)
         few = labelled_rows <= FEW_LABELS
@@ -205,8 +214,8 @@ class JobPlan:
                 task,
                 f" with {labelled_rows} labelled rows" if few else "",
             )
-        folds = resolve_folds(self.hyperparameters["cv_folds"], labelled_rows, sharded)
-        pretrained = pretraining.objective != "none" or base_pretrained
+        folds = resolve_folds(self.hyperparameters["cv_folds"], labelled_rows, facts.sharded)
+        pretrained = pretraining.objective != "none" or facts.base_pretrained
         fresh = resolve_fold_starts(self.hyperparameters["fold_starts"], folds, pretrained)
         fit = replace(fit, folds=folds, fresh_folds=fresh)
         report = replace(self.report, eval_metric=fit.eval_metric)
@@ -219,24 +228,37 @@ class JobPlan:
         return self.fit is not None and self.fit.semi_supervised != "none"
 
 
-def resolve_objective(labelled_rows: int, from_base: bool, may_pretrain: bool) -> str:
+def resolve_objective(
+    facts: TableFacts, from_base: bool, network: NetworkSettings, columns: str
+) -> str:
     """pretrain_objective=auto for a job with labels and an 'unlabeled' channel: rtd with
-    at most FEW_LABELS_TO_PRETRAIN labelled rows (none from a base model, which is
-    pretrained already, or where hosts hold different rows)."""
-    few = labelled_rows <= FEW_LABELS_TO_PRETRAIN
+    at most FEW_LABELS_TO_PRETRAIN labelled rows; none from a base model (pretrained
+    already), where hosts hold different rows, where no column makes a token pretraining
+    could predict (`network`, `columns`: pretrain_columns), or with too few feature rows
+    for every process."""
+    tokens = facts.code_columns > 0 or (
+        columns != "categorical" and network.numeric_tokens and facts.numeric_columns > 0
+    )
+    spare = facts.feature_rows - held_out_rows(facts.feature_rows)
     if from_base:
         objective, why = "none", "fine-tuning the 'model' channel's network"
-    elif not may_pretrain:
+    elif not facts.may_pretrain:
         objective, why = "none", "the rows are sharded across hosts"
-    elif few:
-        objective = "rtd"
-        why = f"at most {FEW_LABELS_TO_PRETRAIN}: pretrain on the 'unlabeled' channel"
-    else:
+    elif facts.labelled_rows > FEW_LABELS_TO_PRETRAIN:
         objective = "none"
-        why = f"more than {FEW_LABELS_TO_PRETRAIN}: the 'unlabeled' channel informs "
-        why += "the preprocessing"
-    if not from_base and may_pretrain:
-        why = f"{labelled_rows} labelled rows ({why})"
+        why = f"{facts.labelled_rows} labelled rows, more than {FEW_LABELS_TO_PRETRAIN}: "
+        why += "the 'unlabeled' channel informs the preprocessing"
+    elif not tokens:
+        objective = "none"
+        why = "no token column to pretrain on: no categorical column, and pretrain_columns="
+        why += f"{columns} with numeric_embedding={network.numeric_embedding}"
+    elif spare < facts.processes:
+        objective = "none"
+        why = f"{facts.feature_rows} feature rows, too few for {facts.processes} processes"
+    else:
+        objective = "rtd"
+        why = f"{facts.labelled_rows} labelled rows, at most {FEW_LABELS_TO_PRETRAIN}: "
+        why += "pretrain on the 'unlabeled' channel"
     log.info("pretrain_objective=auto: %s (%s)", objective, why)
     return objective
 
