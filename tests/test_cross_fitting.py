@@ -72,6 +72,15 @@ def test_k_fold_models_train_and_report_out_of_fold_metrics(folded):
 
 
 @pytest.mark.slow
+def test_the_report_says_its_scores_are_out_of_fold_and_which_model_its_plots_show(folded):
+    job, _ = folded
+    page = (job.base / "output" / "data" / "report.html").read_text()
+    assert "Validation scores on the out-of-fold predictions" in page
+    assert "out-of-fold (240 rows, 3 folds)" in page
+    assert "The plots below show fold 1 on its held-out fold (80 rows)" in page
+
+
+@pytest.mark.slow
 def test_out_of_fold_metrics_come_from_the_model_that_did_not_train_on_the_row(folded):
     """Recompute metrics.json's scores: each row predicted by the fold model that held it
     out (the seeded stratified assignment) gives exactly the logged out-of-fold scores."""

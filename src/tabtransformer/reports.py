@@ -163,11 +163,21 @@ def _write_report(folder: Path, inputs: ReportInputs, deadline: float) -> None:
 def _metrics_table(inputs: ReportInputs) -> Section:
     summary = inputs.summary
     rows = [(f"validation {k}", f"{v:.6g}") for k, v in summary.get("validation", {}).items()]
-    for key in ("task", "epochs_run", "best_epoch", "pretrained"):
+    for key in ("task", "folds", "models", "fold_starts", "epochs_run", "best_epoch", "pretrained"):
         if summary.get(key) is not None:
             rows.append((key.replace("_", " "), str(summary[key])))
-    rows.append(("validation rows", f"{len(inputs.valid):,}"))
-    return Section("Metrics", caption="On the validation rows, with the kept weights.", table=rows)
+    caption = "On the validation rows, with the kept weights."
+    if "report_shows" in summary:  # cross-fitted models without a validation channel
+        rows.append(("validation rows", str(summary["validation_rows"])))
+        rows.append(("the plots below show", str(summary["report_shows"])))
+        caption = (
+            "Validation scores on the out-of-fold predictions: each training row predicted "
+            "by the models that did not train on it. The plots below show "
+            f"{summary['report_shows']} ({len(inputs.valid):,} rows), not the models' mean."
+        )
+    else:
+        rows.append(("validation rows", f"{len(inputs.valid):,}"))
+    return Section("Metrics", caption=caption, table=rows)
 
 
 def _learning_curves(folder: Path) -> list[Section]:
