@@ -21,6 +21,8 @@ from sklearn.utils import estimator_checks
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from tabtransformer import TabTransformerClassifier, TabTransformerRegressor, load_model
+from tabtransformer import estimator as estimator_module
+from tabtransformer.artifacts import read_artifact as read
 from tabtransformer.estimator import InvalidInput, load
 
 # Small and quick: scikit-learn's checks fit a few hundred times on tables of 20-300 rows.
@@ -147,6 +149,19 @@ def test_a_saved_estimator_is_served_by_the_real_server(fitted, tmp_path):
     assert np.array_equal(load(folder).predict_proba(X_new), fitted.predict_proba(X_new))
 
 
+def test_load_reads_an_artifact_twice_at_most(fitted, tmp_path, monkeypatch):
+    folder = fitted.save(tmp_path / "folder")
+    loads = []
+    monkeypatch.setattr(estimator_module, "read_artifact", lambda p: loads.append(p) or read(p))
+    monkeypatch.setattr(estimator_module, "load_model", lambda p: loads.append(p) or load_model(p))
+    loaded = load(folder)
+    assert len(loads) == 2  # the check that the folder is a model, then the model itself
+    loads.clear()
+    X_new, _ = features_and_labels(10, seed=2)
+    assert np.array_equal(loaded.predict(X_new), fitted.predict(X_new))
+    assert loads == []  # predicting uses the model loaded once
+
+
 @pytest.mark.slow
 def test_load_reads_a_sagemaker_jobs_model_tar_gz(tmp_path):
     job = Job(tmp_path / "opt_ml")
@@ -222,3 +237,6 @@ def test_a_progress_bar_follows_the_epochs_unless_verbose_is_off(capsys):
     assert signal.getsignal(signal.SIGTERM) is before  # the job's handler is gone again
     TabTransformerClassifier(**TABLE).fit(X, y)
     assert "fine-tune" not in capsys.readouterr().err
+    TabTransformerClassifier(**{**TABLE, "verbose": True, "cv_folds": 2}).fit(X, y)
+    bar = capsys.readouterr().err  # one bar per cross-fitted model, named after it
+    assert "fine-tune model 1/2" in bar and "fine-tune model 2/2" in bar

@@ -138,7 +138,7 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
             )
         if X_unlabeled is not None:
             channels["unlabeled"] = self._features(X_unlabeled)
-        self._set_artifact(self._run_job(channels, self._job_hyperparameters(target)))
+        self._set_artifact(*self._run_job(channels, self._job_hyperparameters(target)))
         return self
 
     def pretrain(self, X_unlabeled: Any) -> TabTransformerEstimator:
@@ -146,7 +146,7 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
         this estimator, or of one given it as `pretrained_model`, fine-tunes from it."""
         frame = self._features(X_unlabeled, fitting=True)
         hp = {**self._job_hyperparameters(None), "pretrain_only": "true"}
-        self.pretrained_ = PretrainedEncoder(self._run_job({"unlabeled": frame}, hp))
+        self.pretrained_ = PretrainedEncoder(self._run_job({"unlabeled": frame}, hp)[0])
         return self
 
     def _job_hyperparameters(self, target: pd.Series | None) -> dict[str, str]:
@@ -165,8 +165,11 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
             return "auto" if target is None else "regression"
         return "binary" if target.nunique() == 2 else "multiclass"
 
-    def _run_job(self, channels: dict[str, pd.DataFrame], hp: dict[str, str]) -> ArtifactFiles:
-        """Write the tree and run the job in this process; the artifact's files."""
+    def _run_job(
+        self, channels: dict[str, pd.DataFrame], hp: dict[str, str]
+    ) -> tuple[ArtifactFiles, Predictor | None]:
+        """Write the tree and run the job in this process: the artifact's files, and the
+        model loaded from them (None for a pretrained encoder, which does not predict)."""
         with tempfile.TemporaryDirectory(prefix="tabtransformer-fit-") as tmp:
             job = LocalJob(Path(tmp) / "opt_ml", hp)
             for name, frame in channels.items():
@@ -183,7 +186,8 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
                     job.train_in_process()
                 except UserError as e:
                     raise InvalidInput(str(e).replace(str(job.base), "<job>")) from None
-            return read_files(job.model)
+            predictor = load_model(job.model) if "training" in channels else None
+            return read_files(job.model), predictor
 
     def _base_files(self) -> ArtifactFiles | None:
         """The encoder to fine-tune from: `pretrained_model` (a PretrainedEncoder, an
@@ -342,11 +346,11 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
         return y
 
     # --- the fitted model ---------------------------------------------------------------
-    def _set_artifact(self, files: ArtifactFiles) -> None:
+    def _set_artifact(self, files: ArtifactFiles, predictor: Predictor | None = None) -> None:
+        """The fitted artifact's files, and the model loaded from them (None: load it)."""
         self.artifact_ = files
-        self._predictor = None
-        predictor = self.predictor_
-        self.metrics_ = predictor.metrics
+        self._predictor = predictor
+        self.metrics_ = self.predictor_.metrics
 
     @property
     def predictor_(self) -> Predictor:
@@ -412,7 +416,11 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
     def load(cls, path: str | os.PathLike) -> TabTransformerEstimator:
         """An estimator fitted from an artifact (folder or model.tar.gz, of a SageMaker job
         or of `save`): its hyperparameters as the arguments, ready to predict."""
-        files = artifact_files(Path(os.fspath(path)))
+        return cls._from_files(artifact_files(Path(os.fspath(path))), path)
+
+    @classmethod
+    def _from_files(cls, files: ArtifactFiles, path: str | os.PathLike) -> TabTransformerEstimator:
+        """`load` of an artifact's files, read once (`path`: where they came from)."""
         artifact = read_artifact_files(files)
         if artifact.target is None:
             raise InvalidInput(
@@ -436,7 +444,11 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
         categorical = {c.name for c in artifact.preprocessor.categorical}
         estimator.categorical_in_ = [n for n in names if n in categorical]
         estimator._set_loaded(artifact.target.classes)
-        estimator._set_artifact(files)
+        predictor = Predictor(
+            artifact.model, artifact.preprocessor, artifact.target, artifact.header,
+            artifact.metrics,
+        )  # fmt: skip
+        estimator._set_artifact(files, predictor)
         return estimator
 
     def _set_loaded(self, classes: list[Any] | None) -> None:
@@ -481,8 +493,8 @@ class TabTransformerClassifier(ClassifierMixin, TabTransformerEstimator):
         self.classes_ = classes
         return y  # the job's classes are these, sorted the same way (checked after fit)
 
-    def _set_artifact(self, files: ArtifactFiles) -> None:
-        super()._set_artifact(files)
+    def _set_artifact(self, files: ArtifactFiles, predictor: Predictor | None = None) -> None:
+        super()._set_artifact(files, predictor)
         trained = self.predictor_.classes or []
         if len(trained) != len(self.classes_):
             raise InvalidInput(
@@ -555,7 +567,9 @@ def load(path: str | os.PathLike) -> TabTransformerEstimator:
     files = artifact_files(Path(os.fspath(path)))
     target = json.loads(files[PREPROCESSING]).get("target") or {}
     regression = target.get("task") == "regression"
-    return (TabTransformerRegressor if regression else TabTransformerClassifier).load(path)
+    return (TabTransformerRegressor if regression else TabTransformerClassifier)._from_files(
+        files, path
+    )
 
 
 def read_artifact_files(files: ArtifactFiles) -> Artifact:
@@ -634,7 +648,8 @@ TabTransformerEstimator.__init__.__signature__ = _signature()  # type: ignore[at
 
 # --- the progress bar -------------------------------------------------------------------
 class _EpochBar(logging.Handler):
-    """A tqdm bar per phase, moved by the epoch records of the job's loop."""
+    """A tqdm bar per phase (pretraining, then each model fine-tuned), moved by the epoch
+    records of the job's loop."""
 
     def __init__(self) -> None:
         super().__init__(logging.INFO)
@@ -650,8 +665,8 @@ class _EpochBar(logging.Handler):
         key = (progress.phase, progress.n_epochs)
         if self.bar is None or key != self.key or progress.epoch <= self.bar.n:
             self.close()
-            name = progress.phase.strip() or "fine-tune"
-            self.bar = tqdm(total=progress.n_epochs, desc=name, unit="epoch", leave=True)
+            desc = progress.phase
+            self.bar = tqdm(total=progress.n_epochs, desc=desc, unit="epoch", leave=True)
             self.key = key
         best = "" if progress.best is None else f"{progress.best:.4g}"
         postfix = {"loss": f"{progress.loss:.4g}", f"best_{progress.watch}": best}

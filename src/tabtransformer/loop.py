@@ -55,13 +55,14 @@ class LoopSettings:
     loss_name: str = "train_loss"
     learning_rate_name: str = "learning_rate"
     log_prefix: str = ""
+    label: str = "fine-tune"  # what a progress bar calls the phase
 
 
 @dataclass(frozen=True)
 class EpochProgress:
     """What each epoch's log record carries (`record.progress`) for a progress bar."""
 
-    phase: str  # the loop's log prefix: "" (fine-tuning) or "pretraining "
+    phase: str  # the loop's label: "fine-tune", "fine-tune model 3/10", "pretrain rtd"
     epoch: int
     n_epochs: int
     loss: float
@@ -138,7 +139,7 @@ def run_epochs(
             loop.best_epoch,
             extra={
                 "progress": EpochProgress(
-                    s.log_prefix, epoch, s.n_epochs, train_loss, s.watch, loop.best, stop
+                    s.label, epoch, s.n_epochs, train_loss, s.watch, loop.best, stop
                 )
             },
         )

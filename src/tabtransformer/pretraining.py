@@ -527,6 +527,7 @@ def pretrain(
         loss_name="pretrain_loss",
         learning_rate_name="pretrain_learning_rate",
         log_prefix=f"pretrain {objective} ",
+        label=f"pretrain {objective}",
     )
     return run_epochs(loop_settings, checkpoint, start, model, train_epoch, validate).history
 

@@ -316,6 +316,7 @@ def fit(
         patience=phase.patience,
         watch=settings.eval_metric,
         higher_is_better=metrics.BY_NAME[settings.eval_metric].higher_is_better,
+        label=saved.phase.replace("finetune", "fine-tune").replace(" fold ", " model "),
     )
     loop = run_epochs(
         loop_settings,
