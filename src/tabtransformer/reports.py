@@ -48,6 +48,7 @@ BUDGET_SHARE = 0.1  # of the training time
 PREDICTION_ROWS = 20_000  # validation rows for the task plots
 IMPORTANCE_ROWS = 2_000  # validation rows shuffled for permutation importance
 TSNE_POINTS = 2_000  # categorical cells (row x column) in the t-SNE figure
+TSNE_ITERATIONS = 500
 HISTORIES = ("training_history", "pretraining_history")
 
 
@@ -292,11 +293,21 @@ def _permutation_importance(folder: Path, inputs: ReportInputs, deadline: float)
     return Section("Permutation feature importance", "permutation_importance.png", caption)
 
 
+def _tsne_map(points: np.ndarray, seed: int) -> np.ndarray:
+    """2-d t-SNE coordinates of `points` (TSNE_ITERATIONS: the figure's shape is settled
+    well before scikit-learn's default 1,000, which took most of a small job's report)."""
+    from sklearn.manifold import TSNE
+
+    if len(points) < 2:
+        return np.zeros((len(points), 2))
+    perplexity = float(min(30.0, (len(points) - 1) / 3))
+    tsne = TSNE(2, perplexity=perplexity, init="pca", max_iter=TSNE_ITERATIONS, random_state=seed)
+    return tsne.fit_transform(points)
+
+
 def _tsne(folder: Path, inputs: ReportInputs, deadline: float) -> Section:
     """The paper's figure: each categorical value's embedding before the Transformer and
     its contextual embedding after the last block, coloured by column."""
-    from sklearn.manifold import TSNE
-
     columns = [c.name for c in inputs.preprocessor.categorical]
     if not columns:
         return Section("Contextual embeddings (t-SNE)", caption="No categorical column.")
@@ -313,11 +324,11 @@ def _tsne(folder: Path, inputs: ReportInputs, deadline: float) -> Section:
         (axes[1], -1, f"after the last block ({n_blocks}): contextual embeddings"),
     ):
         values = contextual_embeddings(inputs.model, data, inputs.device, layer)
-        points = values[:, : len(columns)].numpy()[present]
-        perplexity = float(min(30.0, (len(points) - 1) / 3))
-        xy = TSNE(2, perplexity=perplexity, init="pca", random_state=inputs.seed).fit_transform(
-            points
+        # Before the Transformer a value's cells share one point: map each distinct one.
+        points, cell_point = np.unique(
+            values[:, : len(columns)].numpy()[present], axis=0, return_inverse=True
         )
+        xy = _tsne_map(points, inputs.seed)[cell_point.reshape(-1)]
         colors = plt.get_cmap("tab10" if len(columns) <= 10 else "tab20")
         for j, name in enumerate(columns):
             chosen = which == j
