@@ -232,6 +232,11 @@ def load_model(path: str | os.PathLike) -> Predictor:
             f"{path} holds a pretrained model without a prediction head: fine-tune it first "
             "(a training job with this artifact in its 'model' channel)."
         )
+    return predictor_of(artifact)
+
+
+def predictor_of(artifact: Artifact) -> Predictor:
+    """The Predictor of an artifact with a prediction head."""
     return Predictor(
         artifact.model, artifact.preprocessor, artifact.target, artifact.header, artifact.metrics
     )

@@ -157,7 +157,8 @@ def fit_folds(
         if settings.fresh_folds:
             which = f"{', fresh' if m >= k else ''} (model {m + 1}/{n_models})"
         log.info("fold %d/%d%s: %d training rows, %d held out", i + 1, k, which, n_train, n_held)
-        saved = Saved(f"{PHASE_PREFIX}{m + 1}/{n_models}", network.folds[m])
+        label = f"fine-tune model {m + 1}/{n_models}"
+        saved = Saved(f"{PHASE_PREFIX}{m + 1}/{n_models}", network.folds[m], label)
         phase = replace(settings.phase, seed=seed + m)
         model_settings = replace(settings, phase=phase)
         if m >= k:  # a fresh encoder has nothing to keep fixed

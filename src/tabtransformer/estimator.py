@@ -52,6 +52,7 @@ from tabtransformer.artifacts import (
     WEIGHTS,
     Artifact,
     load_model,
+    predictor_of,
     read_artifact,
     unpacked_model_archive,
 )
@@ -444,11 +445,7 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
         categorical = {c.name for c in artifact.preprocessor.categorical}
         estimator.categorical_in_ = [n for n in names if n in categorical]
         estimator._set_loaded(artifact.target.classes)
-        predictor = Predictor(
-            artifact.model, artifact.preprocessor, artifact.target, artifact.header,
-            artifact.metrics,
-        )  # fmt: skip
-        estimator._set_artifact(files, predictor)
+        estimator._set_artifact(files, predictor_of(artifact))
         return estimator
 
     def _set_loaded(self, classes: list[Any] | None) -> None:

@@ -217,10 +217,12 @@ class FitData:
 @dataclass(frozen=True)
 class Saved:
     """What a fine-tuning checkpoint holds: its phase name and the module whose weights it
-    saves (the network trained, or the cross-fitted whole it is one fold of)."""
+    saves (the network trained, or the cross-fitted whole it is one fold of); `label`:
+    what a progress bar calls the phase."""
 
     phase: str
     module: nn.Module
+    label: str = "fine-tune"
 
 
 def fit(
@@ -316,7 +318,7 @@ def fit(
         patience=phase.patience,
         watch=settings.eval_metric,
         higher_is_better=metrics.BY_NAME[settings.eval_metric].higher_is_better,
-        label=saved.phase.replace("finetune", "fine-tune").replace(" fold ", " model "),
+        label=saved.label,
     )
     loop = run_epochs(
         loop_settings,
