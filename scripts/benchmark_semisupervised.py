@@ -15,7 +15,9 @@ pool join the labels, then a refit).
 Every TabTransformer job runs with the defaults unless `--set` or the variant says
 otherwise. Results go to a CSV (one row per table, split, labels and variant) that a rerun
 resumes from; a Markdown table of mean ± std test AUC and mean run time (fine-tuning, and
-the shared pretraining apart) closes the run.
+the shared pretraining apart) closes the run. With `--predictions DIR` each TabTransformer
+job's test probabilities are kept, and `--combine` scores weighted means of them (an
+ensemble of variants, without training again).
 
     .venv/bin/python scripts/benchmark_semisupervised.py --tables MplsStops nassCDS \\
         gss_abortion Fertility --labels 50 200 500 --splits 5
@@ -125,6 +127,10 @@ VARIANTS: dict[str, Variant] = {
         {**RTD, "pretrain_columns": "categorical"}, {"fold_starts": "auto"}
     ),
     "rtd (every column)": Variant({**RTD, "pretrain_columns": "all"}),
+    "mlm (categorical only)": Variant({**MLM, "pretrain_columns": "categorical"}),
+    "rtd (categorical only), pretraining seed 1": Variant(
+        {**RTD, "pretrain_columns": "categorical", "seed": "1"}
+    ),
     "rtd (categorical only), weight decay 0.05": Variant(
         {**RTD, "pretrain_columns": "categorical"}, {"weight_decay": "0.05"}
     ),
@@ -211,11 +217,11 @@ def run_job(
     return job.model
 
 
-def test_auc(model_dir: Path, test: pd.DataFrame) -> float:
+def test_probabilities(model_dir: Path, test: pd.DataFrame) -> np.ndarray:
+    """The fine-tuned model's probability of "yes" for every test row."""
     predictor = load_model(model_dir)
     probabilities = predictor.predict_proba(test.drop(columns=[TARGET]))
-    positive = predictor.classes.index("yes")
-    return roc_auc_score(test[TARGET] == "yes", probabilities[:, positive])
+    return probabilities[:, predictor.classes.index("yes")]
 
 
 def pretrained_model(work: Path, key: str, split: Split, hp: dict[str, str]) -> tuple[Path, float]:
@@ -351,6 +357,16 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--max-unlabeled", type=int, default=0, help="0: every other row")
     parser.add_argument(
+        "--predictions", type=Path, help="save each TabTransformer job's test probabilities here"
+    )
+    parser.add_argument(
+        "--combine",
+        nargs="+",
+        default=[],
+        metavar="VARIANT:WEIGHT",
+        help="run nothing: score the weighted mean of the variants' saved --predictions",
+    )
+    parser.add_argument(
         "--set",
         action="append",
         default=[],
@@ -360,17 +376,56 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
+def combined(args: argparse.Namespace) -> str:
+    """`--combine`: the test AUC of a weighted mean of saved predictions (each variant's
+    weight its number of models), per table and labelled size, mean ± std over the splits,
+    and its paired difference (AUC points) from the first variant alone."""
+    weighted = [item.rsplit(":", 1) for item in args.combine]
+    lines = ["| table | labels | splits | first alone | combined | combined − first |"]
+    lines.append("| --- | ---: | ---: | --- | --- | --- |")
+    for name in args.tables:
+        table = load_table(TABLES[name])
+        test = make_split(table, 0, max(args.labels), test_rows_of(table, args), 0).test
+        truth = test[TARGET] == "yes"
+        for n in args.labels:
+            first, mixed = [], []
+            for split_id in range(args.splits):
+                saved = [
+                    (np.load(args.predictions / f"{name}-{split_id}-{n}-{variant}.npy"), float(w))
+                    for variant, w in weighted
+                ]
+                mean = sum(p * w for p, w in saved) / sum(w for _, w in saved)
+                first.append(100 * roc_auc_score(truth, saved[0][0]))
+                mixed.append(100 * roc_auc_score(truth, mean))
+            gain = np.subtract(mixed, first)
+            lines.append(
+                f"| {name} | {n} | {len(first)} | {np.mean(first):.2f} ± {np.std(first):.2f} | "
+                f"{np.mean(mixed):.2f} ± {np.std(mixed):.2f} | "
+                f"{gain.mean():+.2f} ± {gain.std():.2f} |"
+            )
+    return "\n".join(lines)
+
+
+def test_rows_of(table: pd.DataFrame, args: argparse.Namespace) -> int:
+    """The fixed test set's size: --test-rows, or min(10,000, what leaves 20,000 rows
+    unlabeled); never more than the labelled rows the protocol's largest size leaves."""
+    largest = max(PROTOCOL_LABELS, *args.labels)
+    n_labelled = int(table[TARGET].notna().sum())
+    test_rows = args.test_rows or max(1000, min(10000, len(table) - MIN_UNLABELED - largest))
+    return min(test_rows, n_labelled - largest)
+
+
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.combine:
+        print(combined(args))
+        return
     overrides = dict(item.split("=", 1) for item in args.set)
     done = {(r["table"], r["split"], r["labels"], r["variant"]) for r in read_rows(args.results)}
     for name in args.tables:
         table = load_table(TABLES[name])
-        n_labelled = int(table[TARGET].notna().sum())
-        largest = max(PROTOCOL_LABELS, *args.labels)
-        test_rows = args.test_rows or max(1000, min(10000, len(table) - MIN_UNLABELED - largest))
-        test_rows = min(test_rows, n_labelled - largest)
+        test_rows = test_rows_of(table, args)
         for split_id in range(args.splits):
             split = make_split(table, split_id, max(args.labels), test_rows, args.max_unlabeled)
             print(
@@ -385,7 +440,9 @@ def main() -> None:
                     if key in done:
                         continue
                     row = dict(zip(FIELDS[:4], key, strict=True))
-                    scores = evaluate(variant, split, n, split_id, table, work, overrides)
+                    scores = evaluate(
+                        variant, split, n, split_id, table, work, overrides, args.predictions
+                    )
                     row.update(zip(FIELDS[4:], scores, strict=True))
                     append_result(args.results, row)
     print(markdown(read_rows(args.results), args.labels))
@@ -399,9 +456,12 @@ def evaluate(
     table: pd.DataFrame,
     work: Path,
     overrides: dict[str, str],
+    predictions: Path | None = None,
 ) -> tuple[float, float, float]:
     """Test AUC of one variant or peer (NaN, with the error printed, if its job failed), its
-    fitting time, and the time of the pretraining it used (run once per split)."""
+    fitting time, and the time of the pretraining it used (run once per split). With
+    `predictions`, a TabTransformer variant's test probabilities are saved there as
+    `<table>-<split>-<labels>-<variant>.npy` (to study ensembles of variants afterwards)."""
     started = time.perf_counter()
     try:
         if variant in PEERS:
@@ -411,7 +471,13 @@ def evaluate(
                 VARIANTS[variant], seed, work, split, overrides
             )
             started = time.perf_counter()
-            auc = tabtransformer_auc(VARIANTS[variant], split, n, seed, model_from, work, overrides)
+            p = tabtransformer_probabilities(
+                VARIANTS[variant], split, n, seed, model_from, work, overrides
+            )
+            auc = roc_auc_score(split.test[TARGET] == "yes", p)
+            if predictions is not None:
+                predictions.mkdir(parents=True, exist_ok=True)
+                np.save(predictions / f"{work.name}-{seed}-{n}-{variant}.npy", p)
     except Stopped:  # SIGTERM reached the job: the benchmark stops too
         raise
     except Exception as error:  # one failed job must not end the benchmark
@@ -438,7 +504,7 @@ def pretrain_once(
     return pretrained_model(work, f"pretrain-{digest}", split, hp)
 
 
-def tabtransformer_auc(
+def tabtransformer_probabilities(
     variant: Variant,
     split: Split,
     n: int,
@@ -446,9 +512,9 @@ def tabtransformer_auc(
     model_from: Path | None,
     work: Path,
     overrides: dict[str, str],
-) -> float:
+) -> np.ndarray:
     """Fine-tune on the first `n` labelled rows (from `model_from`, a pretrained artifact,
-    if any); the test AUC."""
+    if any); the test probabilities."""
     channels = {"training": split.labelled.iloc[:n]}
     if variant.semi_supervised:
         channels["unlabeled"] = split.pool
@@ -459,7 +525,7 @@ def tabtransformer_auc(
         **variant.finetune,
     }
     model = run_job(work / "finetune", channels, hp, model_from)
-    return test_auc(model, split.test)
+    return test_probabilities(model, split.test)
 
 
 if __name__ == "__main__":
