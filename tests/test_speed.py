@@ -8,12 +8,15 @@ import math
 import shutil
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 from conftest import FAST, Job, make_table
+from sklearn.metrics import roc_auc_score
 
-from tabtransformer import hardware, hyperparameters, training
+from tabtransformer import hardware, hyperparameters, load_model, training
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.inference import encode_table, predict_raw
 from tabtransformer.loop import LoopSettings, run_epochs
@@ -304,3 +307,48 @@ def test_gpu_evaluation_batches_shrink_with_the_networks_width():
     wider = TabTransformerConfig(n_continuous=500, dim=64, numeric_embedding="periodic")
     assert eval_batch_rows(cuda, wider) == 1024  # never fewer
     assert eval_batch_rows(CPU, wide) == eval_batch_rows(CPU, paper) == 1024
+
+
+# --- precision -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("tokens", "native", "bf16"), [(40, True, True), (39, True, False), (85, False, False)]
+)
+def test_a_cpu_trains_wide_networks_in_bf16_only_with_native_bf16(
+    monkeypatch, tokens, native, bf16
+):
+    monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: native)
+    with hardware.training_autocast(CPU, tokens):
+        assert torch.is_autocast_enabled("cpu") is bf16
+        if bf16:
+            assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+    with hardware.autocast(CPU):  # predictions stay float32 on a CPU
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def wide_table(n: int, columns: int, seed: int = 0) -> pd.DataFrame:
+    """`columns` numeric columns; the target depends on the first three."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, columns)).round(3)
+    signal = x[:, 0] + x[:, 1] - x[:, 2] + rng.normal(0, 0.5, n)
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(columns)])
+    frame.insert(0, "label", np.where(signal > 0, "yes", "no"))
+    return frame
+
+
+@pytest.mark.slow
+def test_a_wide_table_trains_in_bf16_where_the_cpu_has_it(job: Job):
+    """A 40-token network through the real entry point: it trains (under bf16 autocast
+    where this CPU computes bf16 natively, as its log says) and learns."""
+    job.channel("training", wide_table(400, 40))
+    job.hyperparameters({**FAST, "n_epochs": "3", "numeric_embedding": "ple", "report": "false"})
+    result = job.train()
+    log = result.stdout + result.stderr
+    assert result.returncode == 0, log
+    assert ("training under bf16 autocast: 40 tokens" in log) is hardware.native_cpu_bf16()
+    test = wide_table(400, 40, seed=1)
+    predictor = load_model(job.model)
+    probabilities = predictor.predict_proba(test.drop(columns="label"))
+    positive = predictor.classes.index("yes")
+    assert roc_auc_score(test["label"] == "yes", probabilities[:, positive]) > 0.7

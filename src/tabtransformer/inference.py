@@ -6,7 +6,6 @@ checkpoints or processes.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import pandas as pd
 import torch
 
 from tabtransformer.errors import UserError
+from tabtransformer.hardware import autocast
 from tabtransformer.model import Network, TabTransformerConfig
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor, TargetEncoder
 
@@ -105,13 +105,6 @@ def encode_table(
     codes, numbers = pre.transform(features)
     labels = torch.from_numpy(target) if target is not None else None
     return Encoded(torch.from_numpy(codes), torch.from_numpy(numbers), labels)
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on GPUs that support it, nothing elsewhere."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @torch.inference_mode()

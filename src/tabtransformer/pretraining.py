@@ -36,9 +36,9 @@ from torch import nn
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import wrap
 from tabtransformer.errors import UserError
-from tabtransformer.hardware import compiled
+from tabtransformer.hardware import compiled, training_autocast
 from tabtransformer.host_store import MappedCells, MappedRows
-from tabtransformer.inference import Encoded, autocast, eval_batch_rows
+from tabtransformer.inference import Encoded, eval_batch_rows
 from tabtransformer.loop import LoopSettings, adamw, batches, optimizer_step, run_epochs
 from tabtransformer.model import TabTransformer
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor
@@ -383,7 +383,7 @@ class PretrainingTask(nn.Module):
         self.model, self.head = model, head
 
     def forward(self, batch: Corrupted) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        with autocast(batch.codes.device):
+        with training_autocast(batch.codes.device, self.model.config.n_tokens):
             # Without `numbers`, numeric tokens enter as missing and are not predicted.
             contextual = self.model.contextual(batch.codes, batch.numbers, batch.numeric_mask)
         return self.head(contextual[:, : batch.cells.shape[1]], batch.targets, batch.cells)

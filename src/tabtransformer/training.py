@@ -1,10 +1,11 @@
 """Supervised fine-tuning: AdamW on the task's loss, early stopping on a validation metric.
 
 The whole table is encoded once into tensors; batches are index slices of those tensors,
-so the loop has no per-row Python. Uses CUDA with bf16 autocast when available. The epoch
-loop itself (resume, best weights, log line, patience) is `loop.run_epochs`. The learning
-rate follows `schedule.learning_rate_factor` batch by batch; gradients may be clipped.
-With an ensemble head the loss is the mean of the members' losses.
+so the loop has no per-row Python. bf16 autocast where it pays
+(`hardware.training_autocast`). The epoch loop itself (resume, best weights, log line,
+patience) is `loop.run_epochs`. The learning rate follows `schedule.learning_rate_factor`
+batch by batch; gradients may be clipped. With an ensemble head the loss is the mean of
+the members' losses.
 
 Semi-supervised fine-tuning (`semi_supervised`, classifiers): each labelled batch is joined
 by a batch of unlabeled rows in the same forward pass, and `unlabeled_loss` on their
@@ -28,8 +29,15 @@ from tabtransformer import metrics
 from tabtransformer.checkpoints import Checkpointer
 from tabtransformer.distributed import World, wrap
 from tabtransformer.errors import UserError
-from tabtransformer.hardware import compiled, gather, place
-from tabtransformer.inference import Encoded, autocast, predict_raw, to_prediction
+from tabtransformer.hardware import (
+    CPU_BF16_MIN_TOKENS,
+    compiled,
+    cpu_trains_in_bf16,
+    gather,
+    place,
+    training_autocast,
+)
+from tabtransformer.inference import Encoded, predict_raw, to_prediction
 from tabtransformer.loop import LoopSettings, adamw, batches, optimizer_step, run_epochs
 from tabtransformer.model import Network, TabTransformer
 from tabtransformer.preprocessing import TargetEncoder
@@ -258,6 +266,12 @@ def fit(
     start = checkpoint.restore()  # before DDP shares the first process's weights
     # DistributedDataParallel when there are several processes; compiled on request.
     forward = compiled(wrap(model, world), phase.compile)
+    if cpu_trains_in_bf16(device, model.config.n_tokens):
+        log.info(
+            "training under bf16 autocast: %d tokens (at least %d) on a CPU with native bf16",
+            model.config.n_tokens,
+            CPU_BF16_MIN_TOKENS,
+        )
     criterion = loss_fn(target.task)
     train_rows, train_at = place(train, device)  # on a GPU when it fits there
     semi = settings.semi_supervised != "none" and unlabeled is not None and len(unlabeled) > 0
@@ -303,7 +317,7 @@ def fit(
             if semi:  # one forward pass over the labelled and the unlabeled rows
                 rows = gather(unlabeled_rows, extra[step], device)
                 codes, numbers = torch.cat([codes, rows.codes]), torch.cat([numbers, rows.numbers])
-            with autocast(device):
+            with training_autocast(device, model.config.n_tokens):
                 out = forward(codes, numbers)
             loss = criterion(out[: len(index)], batch.target)
             if semi:
