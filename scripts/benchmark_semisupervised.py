@@ -128,6 +128,14 @@ VARIANTS: dict[str, Variant] = {
     ),
     "rtd (every column)": Variant({**RTD, "pretrain_columns": "all"}),
     "mlm (categorical only)": Variant({**MLM, "pretrain_columns": "categorical"}),
+    "rtd (categorical only) + fresh folds, one head": Variant(
+        {**RTD, "pretrain_columns": "categorical"}, {"fold_starts": "auto", "ensemble_size": "1"}
+    ),
+    "none, one head": Variant(None, {"ensemble_size": "1"}),
+    "rtd (categorical only, corruption 0.15) + fresh folds": Variant(
+        {**RTD, "pretrain_columns": "categorical", "corruption_rate": "0.15"},
+        {"fold_starts": "auto"},
+    ),
     "rtd (categorical only), pretraining seed 1": Variant(
         {**RTD, "pretrain_columns": "categorical", "seed": "1"}
     ),
@@ -357,7 +365,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--max-unlabeled", type=int, default=0, help="0: every other row")
     parser.add_argument(
-        "--predictions", type=Path, help="save each TabTransformer job's test probabilities here"
+        "--predictions",
+        type=Path,
+        help="save each TabTransformer job's test probabilities here (named by table, split, "
+        "labels and variant: give each --set its own folder, and use a fresh --results: a "
+        "job whose row is there does not run again)",
     )
     parser.add_argument(
         "--combine",
@@ -391,9 +403,11 @@ def combined(args: argparse.Namespace) -> str:
             first, mixed = [], []
             for split_id in range(args.splits):
                 saved = [
-                    (np.load(args.predictions / f"{name}-{split_id}-{n}-{variant}.npy"), float(w))
-                    for variant, w in weighted
+                    (np.load(predictions_file(args.predictions, name, split_id, n, v)), float(w))
+                    for v, w in weighted
                 ]
+                if any(len(p) != len(truth) for p, _ in saved):
+                    raise SystemExit(f"{name}: saved predictions of another test set")
                 mean = sum(p * w for p, w in saved) / sum(w for _, w in saved)
                 first.append(100 * roc_auc_score(truth, saved[0][0]))
                 mixed.append(100 * roc_auc_score(truth, mean))
@@ -404,6 +418,10 @@ def combined(args: argparse.Namespace) -> str:
                 f"{gain.mean():+.2f} ± {gain.std():.2f} |"
             )
     return "\n".join(lines)
+
+
+def predictions_file(folder: Path, table: str, split: object, n: object, variant: str) -> Path:
+    return folder / f"{table}-{split}-{n}-{variant}.npy"
 
 
 def test_rows_of(table: pd.DataFrame, args: argparse.Namespace) -> int:
@@ -419,6 +437,8 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.combine:
+        if args.predictions is None or any(":" not in item for item in args.combine):
+            raise SystemExit("--combine needs --predictions DIR and items VARIANT:WEIGHT")
         print(combined(args))
         return
     overrides = dict(item.split("=", 1) for item in args.set)
@@ -477,7 +497,7 @@ def evaluate(
             auc = roc_auc_score(split.test[TARGET] == "yes", p)
             if predictions is not None:
                 predictions.mkdir(parents=True, exist_ok=True)
-                np.save(predictions / f"{work.name}-{seed}-{n}-{variant}.npy", p)
+                np.save(predictions_file(predictions, work.name, seed, n, variant), p)
     except Stopped:  # SIGTERM reached the job: the benchmark stops too
         raise
     except Exception as error:  # one failed job must not end the benchmark
@@ -495,7 +515,7 @@ def pretrain_once(
 ) -> tuple[Path | None, float]:
     """The variant's pretrained artifact for this table (None: no pretraining) and the time
     its pretraining-only job took; one job per objective and settings (seed 0, shared by
-    every split), kept in `work`."""
+    every split, unless the variant sets another), kept in `work`."""
     if variant.pretrain is None:
         return None, 0.0
     hp = {**tabtransformer_hp(0, overrides), **variant.pretrain}

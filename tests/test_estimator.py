@@ -5,6 +5,7 @@ pretrain once / fine-tune many, dtypes, progress bar and errors."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import tarfile
 
@@ -149,17 +150,33 @@ def test_a_saved_estimator_is_served_by_the_real_server(fitted, tmp_path):
     assert np.array_equal(load(folder).predict_proba(X_new), fitted.predict_proba(X_new))
 
 
-def test_load_reads_an_artifact_twice_at_most(fitted, tmp_path, monkeypatch):
+def test_load_builds_the_model_once(fitted, tmp_path, monkeypatch):
     folder = fitted.save(tmp_path / "folder")
     loads = []
     monkeypatch.setattr(estimator_module, "read_artifact", lambda p: loads.append(p) or read(p))
     monkeypatch.setattr(estimator_module, "load_model", lambda p: loads.append(p) or load_model(p))
     loaded = load(folder)
-    assert len(loads) == 2  # the check that the folder is a model, then the model itself
+    assert len(loads) == 1  # checking that the folder is a model does not build it
     loads.clear()
     X_new, _ = features_and_labels(10, seed=2)
     assert np.array_equal(loaded.predict(X_new), fitted.predict(X_new))
     assert loads == []  # predicting uses the model loaded once
+
+
+def test_load_names_the_folder_that_is_not_a_model_or_is_damaged(fitted, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InvalidInput, match=re.escape(f"{empty} is not a TabTransformer model")):
+        load(empty)
+    folder = fitted.save(tmp_path / "folder")
+    (folder / "model_config.json").write_text('{"dim": 32, "surprise": 1}')
+    with pytest.raises(InvalidInput, match=re.escape(f"{folder} holds a damaged or incompat")):
+        load(folder)
+    with pytest.raises(InvalidInput, match=re.escape(f"{folder} holds a damaged or incompat")):
+        TabTransformerClassifier(pretrained_model=str(folder)).fit(*features_and_labels(20))
+    (folder / "preprocessing.json").write_text("[1, 2")
+    with pytest.raises(InvalidInput, match=re.escape(f"{folder} holds a damaged TabTransformer")):
+        load(folder)
 
 
 @pytest.mark.slow

@@ -1,5 +1,6 @@
-"""Faster steps without other results: attention and dropout, the loop's one read of the
-loss per epoch, CPU threads, and torch.compile with its eager fallback."""
+"""Faster steps: attention and dropout (without other results), the loop's one read of the
+loss per epoch, CPU threads, torch.compile with its eager fallback, and bf16 on a CPU
+where it pays."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from tabtransformer import hardware, hyperparameters, load_model, training
 from tabtransformer.checkpoints import Checkpointer
-from tabtransformer.inference import encode_table, predict_raw
+from tabtransformer.inference import encode_table, predict_raw, prediction_autocast
 from tabtransformer.loop import LoopSettings, run_epochs
 from tabtransformer.model import (
     SelfAttention,
@@ -323,8 +324,30 @@ def test_a_cpu_trains_wide_networks_in_bf16_only_with_native_bf16(
         assert torch.is_autocast_enabled("cpu") is bf16
         if bf16:
             assert torch.get_autocast_dtype("cpu") == torch.bfloat16
-    with hardware.autocast(CPU):  # predictions stay float32 on a CPU
+    with prediction_autocast(CPU):  # predictions stay float32 on a CPU
         assert not torch.is_autocast_enabled("cpu")
+
+
+def test_a_forty_token_network_trains_under_bf16_where_the_cpu_has_it(monkeypatch, caplog):
+    """One real fine-tuning step of a 40-token network under CPU bf16 autocast (emulated
+    where the CPU lacks the instructions): finite losses, float32 weights and predictions."""
+    monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: True)
+    table = wide_table(96, 40)
+    pre = TablePreprocessor.fit(table.drop(columns="label"), None, numeric_bins=8)
+    target = TargetEncoder.fit(table["label"], "binary", 20)
+    data = encode_table(pre, table.drop(columns="label"), target.encode(table["label"]))
+    values = hyperparameters.parse({**FAST, "n_epochs": "1", "batch_size": "32"})
+    config = TabTransformerConfig([], len(pre.numeric), 2, dim=8, n_blocks=1,
+                                  numeric_embedding="periodic")  # fmt: skip
+    model = TabTransformer(config)
+    assert model.config.n_tokens == 40
+    settings = training.FitSettings.from_hyperparameters(values, "binary")
+    with caplog.at_level(logging.INFO, logger="tabtransformer.training"):
+        history, _ = training.fit(model, training.FitData(data, data, target), settings, CPU)
+    assert "training under bf16 autocast: 40 tokens" in caplog.text
+    assert math.isfinite(history[0]["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert predict_raw(model, data, CPU).dtype == torch.float32
 
 
 def wide_table(n: int, columns: int, seed: int = 0) -> pd.DataFrame:

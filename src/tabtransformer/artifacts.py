@@ -242,14 +242,15 @@ def predictor_of(artifact: Artifact) -> Predictor:
     )
 
 
-def _check_files(folder: Path) -> None:
+def check_model_files(folder: Path) -> None:
+    """A UserError unless `folder` holds the files every model folder has."""
     missing = [n for n in REQUIRED_FILES if not (folder / n).is_file()]
     if missing:
         raise UserError(f"{folder} is not a TabTransformer model: it lacks {missing}.")
 
 
 def _read_folder(folder: Path) -> Artifact:
-    _check_files(folder)
+    check_model_files(folder)
     try:
         config = TabTransformerConfig(**json.loads((folder / CONFIG).read_text()))
         model = build_network(config)
@@ -375,7 +376,7 @@ def validate_artifact(path: Path) -> None:
 
 
 def _validate_folder(folder: Path, shown_as: Path) -> None:
-    _check_files(folder)
+    check_model_files(folder)
     config = _json_object(folder / CONFIG, shown_as)
     prep = _json_object(folder / PREPROCESSING, shown_as)
     if (folder / METRICS).is_file():

@@ -51,6 +51,7 @@ from tabtransformer.artifacts import (
     PREPROCESSING,
     WEIGHTS,
     Artifact,
+    check_model_files,
     load_model,
     predictor_of,
     read_artifact,
@@ -210,7 +211,9 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
                     "returns) or call its pretrain(X_unlabeled) first."
                 )
             return files
-        return artifact_files(Path(os.fspath(given)))
+        files = artifact_files(Path(os.fspath(given)))
+        read_artifact_files(files, given)  # damaged: an error naming the user's path
+        return files
 
     # --- the tables ---------------------------------------------------------------------
     def _features(self, X: Any, fitting: bool = False) -> pd.DataFrame:
@@ -422,7 +425,7 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
     @classmethod
     def _from_files(cls, files: ArtifactFiles, path: str | os.PathLike) -> TabTransformerEstimator:
         """`load` of an artifact's files, read once (`path`: where they came from)."""
-        artifact = read_artifact_files(files)
+        artifact = read_artifact_files(files, path)
         if artifact.target is None:
             raise InvalidInput(
                 f"{path} holds a pretrained encoder without a prediction head: use it as "
@@ -552,7 +555,7 @@ def artifact_files(path: Path) -> ArtifactFiles:
         if path.is_file():
             with unpacked_model_archive(path) as folder:
                 return read_files(folder)
-        read_artifact(path)  # a clear error for a folder that is not a model
+        check_model_files(path)  # a clear error for a folder that is not a model
         return read_files(path)
     except UserError as e:
         raise InvalidInput(str(e)) from None
@@ -562,17 +565,28 @@ def load(path: str | os.PathLike) -> TabTransformerEstimator:
     """A fitted TabTransformerClassifier or TabTransformerRegressor, whichever the artifact
     (folder or model.tar.gz) holds."""
     files = artifact_files(Path(os.fspath(path)))
-    target = json.loads(files[PREPROCESSING]).get("target") or {}
-    regression = target.get("task") == "regression"
+    try:
+        target = json.loads(files[PREPROCESSING]).get("target") or {}
+        regression = target.get("task") == "regression"
+    except (ValueError, AttributeError) as e:
+        raise InvalidInput(
+            f"{path} holds a damaged TabTransformer model ({PREPROCESSING}: {e!r:.200}); "
+            "use the model.tar.gz a training job of this image wrote."
+        ) from None
     return (TabTransformerRegressor if regression else TabTransformerClassifier)._from_files(
         files, path
     )
 
 
-def read_artifact_files(files: ArtifactFiles) -> Artifact:
+def read_artifact_files(files: ArtifactFiles, shown_as: str | os.PathLike) -> Artifact:
+    """The model the files hold; a damaged one is an InvalidInput naming `shown_as`, where
+    the files came from."""
     with tempfile.TemporaryDirectory() as tmp:
         write_files(files, Path(tmp))
-        return read_artifact(tmp)
+        try:
+            return read_artifact(tmp)
+        except UserError as e:
+            raise InvalidInput(str(e).replace(tmp, str(shown_as))) from None
 
 
 # --- columns ----------------------------------------------------------------------------

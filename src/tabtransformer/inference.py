@@ -6,6 +6,7 @@ checkpoints or processes.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,6 @@ import pandas as pd
 import torch
 
 from tabtransformer.errors import UserError
-from tabtransformer.hardware import autocast
 from tabtransformer.model import Network, TabTransformerConfig
 from tabtransformer.preprocessing import MISSING_CODE, TablePreprocessor, TargetEncoder
 
@@ -107,6 +107,14 @@ def encode_table(
     return Encoded(torch.from_numpy(codes), torch.from_numpy(numbers), labels)
 
 
+def prediction_autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """What a prediction runs under: bf16 autocast on GPUs that support it, float32
+    elsewhere (training: `hardware.training_autocast`)."""
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 @torch.inference_mode()
 def _in_batches(
     model: Network,
@@ -126,7 +134,7 @@ def _in_batches(
     for start in range(0, len(data), step):
         check_deadline(deadline)
         part = data.rows(slice(start, start + step)).to(device, non_blocking=True)
-        with autocast(device):
+        with prediction_autocast(device):
             outs.append(forward(part).float().to("cpu", non_blocking=True))
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # the non-blocking copies to the host have landed
