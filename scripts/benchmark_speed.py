@@ -64,7 +64,7 @@ from tabtransformer.inference import Encoded, encode_table, eval_batch_rows, pre
 from tabtransformer.job import build_model
 from tabtransformer.local import LocalJob
 from tabtransformer.model import TabTransformer
-from tabtransformer.plan import NetworkSettings
+from tabtransformer.plan import NetworkSettings, TableFacts
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.pretraining import PretrainSettings, held_out_rows
 from tabtransformer.training import FitData, FitSettings, fit, loss_fn
@@ -176,7 +176,9 @@ def benchmark_project(
     """This project's model, fitted by `training.fit`, predicting with `predict_raw`."""
     hp = job_hyperparameters(args)
     torch.manual_seed(0)
+    facts = TableFacts(task=target.task, code_columns=len(pre.cardinalities))
     network = NetworkSettings.from_hyperparameters(hp).for_task(target.task)
+    network = network.for_table(facts, pretrains=False)
     model = build_model(network, pre, target.n_outputs, None)
     rows_per_s = RowsPerSecond()
     logging.getLogger("tabtransformer.loop").setLevel(logging.INFO)  # its epoch lines

@@ -22,7 +22,7 @@ from tabtransformer.errors import UserError
 from tabtransformer.inference import Encoded, to_prediction
 from tabtransformer.job import build_model
 from tabtransformer.model import TabTransformer, TabTransformerConfig
-from tabtransformer.plan import NetworkSettings
+from tabtransformer.plan import NetworkSettings, TableFacts
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.schedule import learning_rate_factor
 from tabtransformer.settings import PhaseSettings
@@ -48,7 +48,9 @@ def test_paper_settings_build_the_paper_network_parameter_for_parameter():
     hp = hyperparameters.parse({**hyperparameters.PAPER_RECIPE, **artifact_hp})
     assert (hp["numeric_embedding"], hp["ensemble_size"], hp["mlp_hidden_cap"]) == ("none", 1, 0)
     pre = read_artifact(OLD_ARTIFACT).preprocessor
-    model = build_model(NetworkSettings.from_hyperparameters(hp), pre, n_outputs=2, base=None)
+    network = NetworkSettings.from_hyperparameters(hp).for_task("binary")
+    network = network.for_table(TableFacts("binary"), pretrains=False)
+    model = build_model(network, pre, n_outputs=2, base=None)
     old = load_file(OLD_ARTIFACT / "model.safetensors")
     assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {
         k: tuple(v.shape) for k, v in old.items()
@@ -103,6 +105,26 @@ def test_numeric_tokens_enter_the_transformer_beside_the_categorical_ones(kind: 
     # attention mixes them: a categorical token's context depends on the number
     assert not torch.allclose(contextual[0, 0], contextual[1, 0])
     assert model.mlp[0].in_features == 4 * 8  # flatten of all tokens, no scalar bypass
+
+
+@pytest.mark.parametrize("kind", ["ple", "periodic"])
+def test_without_numeric_attention_the_embedded_numbers_skip_the_transformer(kind: str):
+    torch.manual_seed(0)
+    config = tiny_config(numeric_embedding=kind, numeric_bin_edges=EDGES, numeric_attention=False)
+    model = TabTransformer(config).eval()
+    codes = torch.tensor([[2, 3], [2, 3]])
+    numbers = torch.tensor([[0.3, -1.0], [1.5, -1.0]])
+    contextual = model.contextual(codes, numbers)
+    assert config.n_tokens == 2 and contextual.shape == (2, 2, 8)  # categorical tokens only
+    assert torch.equal(contextual[0], contextual[1])  # the numbers do not reach attention
+    assert model.mlp[0].in_features == config.mlp_width == 2 * 8 + 2 * 8  # ... but the MLP
+    out = model(codes, numbers)
+    assert not torch.allclose(out[0], out[1])
+    missing = model(codes, torch.tensor([[float("nan"), -1.0]] * 2))
+    assert torch.isfinite(missing).all()  # a missing number takes the learned missing vector
+    # the same parameter names as with tokens: an encoder moves between the two layouts
+    tokens = TabTransformer(replace(config, numeric_attention=True))
+    assert model.state_dict().keys() == tokens.state_dict().keys()
 
 
 def test_missing_number_takes_the_columns_learned_missing_embedding_not_the_median():
@@ -302,6 +324,30 @@ def test_numeric_embedding_auto_is_periodic_for_binary_tasks_and_ple_otherwise(t
     assert chosen.for_task("binary") == chosen  # a choice is kept
 
 
+@pytest.mark.parametrize(
+    ("task", "categorical", "pretrains", "attention"),
+    [
+        ("binary", 2, False, "true"),
+        ("multiclass", 2, False, "true"),
+        ("regression", 2, False, "false"),
+        ("regression", 0, False, "true"),  # numeric columns only: the Transformer stays
+        ("regression", 2, True, "true"),  # pretraining may predict numeric tokens
+        (None, 0, True, "true"),
+    ],
+)
+def test_numeric_attention_auto_skips_the_transformer_for_regression_tables_with_categories(
+    task, categorical, pretrains, attention
+):
+    shape = NetworkSettings.from_hyperparameters(hyperparameters.defaults()).for_task(task)
+    assert shape.numeric_attention == "auto" and shape.numeric_tokens
+    facts = TableFacts(task=task, code_columns=categorical, numeric_columns=3)
+    resolved = shape.for_table(facts, pretrains)
+    assert resolved.numeric_attention == attention
+    assert resolved.config().numeric_attention is (attention == "true")
+    chosen = replace(shape, numeric_attention="true")
+    assert chosen.for_table(facts, pretrains) == chosen  # a choice is kept
+
+
 def test_continuous_bins_is_retired_for_numeric_embedding():
     """One way of making numeric tokens: continuous_bins=0 (its old default) is ignored,
     any other value is a UserError pointing to numeric_embedding."""
@@ -361,6 +407,10 @@ def test_a_bin_token_artifact_serves_and_fine_tunes_through_the_real_entry_point
             "regression",
             {"numeric_embedding": "periodic", "ensemble_size": "2", "lr_schedule": "cosine"},
         ),
+        (
+            "binary",
+            {"numeric_embedding": "periodic", "ensemble_size": "2", "numeric_attention": "false"},
+        ),
     ],
 )
 def test_numeric_tokens_and_ensembles_round_trip_through_train_and_serve(
@@ -377,6 +427,9 @@ def test_numeric_tokens_and_ensembles_round_trip_through_train_and_serve(
     assert config["numeric_embedding"] == settings["numeric_embedding"]
     assert config["ensemble_size"] == int(settings["ensemble_size"])
     assert config["ensemble_head"] == settings.get("ensemble_head", "plain")
+    auto = task != "regression"  # numeric_attention=auto: false for regression
+    expected = {"true": True, "false": False}.get(settings.get("numeric_attention", ""), auto)
+    assert config["numeric_attention"] == expected
     features = json.loads((job.model / "preprocessing.json").read_text())["features"]
     assert features["numeric_bins"] == 32 and all(c["bin_edges"] for c in features["numeric"])
     rows = table.drop(columns="label").head(20)

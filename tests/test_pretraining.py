@@ -178,9 +178,10 @@ def test_few_labels_without_a_token_column_fine_tune_without_pretraining(job: Jo
 
 def auto_objective(**facts) -> str:
     columns = facts.pop("columns", "auto")
-    network = NetworkSettings.from_hyperparameters(
-        {**hyperparameters.parse({}), "numeric_embedding": facts.pop("embedding", "ple")}
-    )
+    hp = hyperparameters.parse({})
+    hp["numeric_embedding"] = facts.pop("embedding", "ple")
+    hp["numeric_attention"] = facts.pop("attention", "auto")
+    network = NetworkSettings.from_hyperparameters(hp)
     table = TableFacts("binary", labelled_rows=100, **facts)
     return resolve_objective(table, False, network, columns)
 
@@ -190,6 +191,7 @@ def test_auto_objective_pretrains_only_what_the_table_can_give():
     assert auto_objective(code_columns=3, **rows) == "rtd"
     assert auto_objective(numeric_columns=4, **rows) == "rtd"  # numeric tokens
     assert auto_objective(numeric_columns=4, embedding="none", **rows) == "none"
+    assert auto_objective(numeric_columns=4, attention="false", **rows) == "none"
     assert auto_objective(numeric_columns=4, columns="categorical", **rows) == "none"
     assert auto_objective(code_columns=3, feature_rows=2, processes=2) == "none"
     assert auto_objective(code_columns=3, feature_rows=12, processes=2) == "rtd"

@@ -334,6 +334,7 @@ CONFIG_RULES = {
     "ensemble_head": Rule(lambda v: v in ENSEMBLE_HEADS, f"one of {ENSEMBLE_HEADS}"),
     "mlp_hidden_cap": _integer(0, 10**6),
     "folds": _integer(1, 64),
+    "numeric_attention": Rule(lambda v: isinstance(v, bool), "true or false"),
 }
 FEATURES_RULES = {
     "feature_names": _list_of(TEXT, MAX_COLUMNS, min_length=1),
@@ -342,8 +343,9 @@ FEATURES_RULES = {
     "continuous_bins": _integer(0, 10**6),
     "numeric_bins": _integer(0, 10**4),
 }
-# Keys that artifacts written before numeric tokens lack.
-OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges", "threshold"})
+# Keys that older artifacts lack (before numeric tokens, the decision threshold, or
+# numeric embeddings that skip the Transformer).
+OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges", "threshold", "numeric_attention"})
 CATEGORICAL_RULES = {"name": TEXT, "categories": _list_of(TEXT, 10**8)}
 NUMERIC_RULES = {
     "name": TEXT,

@@ -36,7 +36,7 @@ def activation_bytes_per_row(config: TabTransformerConfig) -> int:
     fold's and member's head layers."""
     m, d = config.n_tokens, config.dim
     block = m * (4 * d + 3 * d + d) + config.n_heads * m * m
-    width = m * d + config.n_continuous
+    width = config.mlp_width
     hidden = min(4 * width, config.mlp_hidden_cap) if config.mlp_hidden_cap else 4 * width
     head = config.folds * config.ensemble_size * (width + hidden + hidden // 2)
     return 4 * (block + head)
@@ -313,7 +313,8 @@ class Predictor:
         if not config.n_tokens:
             raise UserError(
                 "This model has no token columns (no categorical column, and numeric columns "
-                "are not tokens: numeric_embedding=none), so it has no contextual embeddings."
+                "are not tokens: numeric_embedding=none or numeric_attention=false), so it has "
+                "no contextual embeddings."
             )
         n_layers = config.n_blocks + 1
         if not -n_layers <= layer < n_layers:

@@ -63,7 +63,7 @@ def run(
             numeric_columns=len(tables.pre.numeric),
             feature_rows=len(tables.features),
             processes=world.size,
-            base_numeric_embedding=base.model.config.numeric_embedding if base else None,
+            base_network=base.model.config if base else None,
             base_pretrained=base is not None and base.target is None,
         )
         if labelled is not None:

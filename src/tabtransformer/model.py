@@ -15,6 +15,13 @@ too, so attention mixes numeric and categorical columns, and no scalar bypasses 
     numbers (B, c) --NumericEmbedding---/
     flatten(contextual) (B, l = (m+c)*d) --MLP {4l, 2l}--> logits
 
+With numeric_attention=False the numeric embeddings skip the Transformer, as the paper's
+scalars do (fewer tokens: the cost of attention and the feed-forward layers falls with them):
+
+    codes (B, m) --ColumnEmbedding--> (B, m, d) --N x Block--> contextual (B, m, d)
+    numbers (B, c) --NumericEmbedding--> (B, c, d)
+    [flatten(contextual), flatten(numeric)] (B, l = (m+c)*d) --MLP {4l, 2l}--> logits
+
 With ensemble_size k > 1 the MLP is k independent MLPs (one batched weight per layer, each
 member initialised on its own) over the same features: logits (B, k, n_outputs); with
 ensemble_head="batchensemble" its hidden layers are TabM's BatchEnsemble instead (one shared
@@ -83,19 +90,33 @@ class TabTransformerConfig:
     ensemble_head: str = "plain"  # k > 1: "plain" (k independent MLPs) or "batchensemble"
     mlp_hidden_cap: int = 0  # > 0: the MLP's first hidden width is at most this
     folds: int = 1  # > 1: that many cross-fitted networks of this shape (CrossFitted)
+    numeric_attention: bool = True  # False: numeric embeddings skip the Transformer (MLP)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
     @property
-    def numeric_tokens(self) -> bool:
+    def numeric_embedded(self) -> bool:
+        """Whether each numeric column is embedded in d dimensions (PLE or PLR)."""
         option = NUMERIC_EMBEDDINGS.get(self.numeric_embedding)
         return option is not None and option.tokens and self.n_continuous > 0
+
+    @property
+    def numeric_tokens(self) -> bool:
+        """Whether the numeric embeddings are tokens through the Transformer."""
+        return self.numeric_embedded and self.numeric_attention
 
     @property
     def n_tokens(self) -> int:
         """Token columns: the categorical ones, then (with numeric tokens) the numeric ones."""
         return len(self.cardinalities) + (self.n_continuous if self.numeric_tokens else 0)
+
+    @property
+    def mlp_width(self) -> int:
+        """The MLP's input width: the flattened contextual tokens, then the numeric columns
+        that skip the Transformer (embedded in d dimensions, or scalars)."""
+        bypass = 0 if self.numeric_tokens else self.n_continuous
+        return self.n_tokens * self.dim + bypass * (self.dim if self.numeric_embedded else 1)
 
 
 class ColumnEmbedding(nn.Module):
@@ -345,7 +366,7 @@ class TabTransformer(nn.Module):
         n_cat = len(c.cardinalities)
         if n_cat:
             self.embed = ColumnEmbedding(c.cardinalities, c.dim, c.frac_shared_embed)
-        if c.numeric_tokens:
+        if c.numeric_embedded:
             self.embed_numbers = NumericEmbedding(
                 c.numeric_embedding,
                 c.n_continuous,
@@ -359,10 +380,10 @@ class TabTransformer(nn.Module):
             )
             # n_blocks = 0 (the paper's MLP baseline): the plain embeddings reach the MLP.
             self.ln_f = nn.LayerNorm(c.dim) if c.n_blocks else nn.Identity()
-        scalars = 0 if c.numeric_tokens else c.n_continuous  # numbers that bypass attention
+        scalars = 0 if c.numeric_embedded else c.n_continuous  # numbers that bypass attention
         layer_norm = c.continuous_norm == "layer" and scalars > 1
         self.continuous_norm = nn.LayerNorm(scalars) if layer_norm else None
-        width = c.n_tokens * c.dim + scalars
+        width = c.mlp_width
         hidden = min(4 * width, c.mlp_hidden_cap) if c.mlp_hidden_cap else 4 * width
         self.mlp = mlp_head(
             [width, hidden, hidden // 2, c.n_outputs],
@@ -425,7 +446,9 @@ class TabTransformer(nn.Module):
         parts = []
         if self.config.n_tokens:
             parts.append(self.contextual(codes, numbers).flatten(1))
-        if self.config.n_continuous and not self.config.numeric_tokens:
+        if self.config.numeric_embedded and not self.config.numeric_tokens:
+            parts.append(self.embed_numbers(numbers).flatten(1))  # (B, c * d)
+        elif self.config.n_continuous and not self.config.numeric_tokens:
             norm = self.continuous_norm
             parts.append(norm(numbers) if norm is not None else numbers)
         features = torch.cat(parts, dim=1)

@@ -10,7 +10,9 @@ one). Each `auto` is resolved in one of those two places and logged once:
   every process, else none),
 - `task` (by the target encoder, from the labels: `completed` takes its answer),
 - `numeric_embedding` (once the task is known: periodic for binary classification, PLE
-  otherwise, as the accuracy benchmark measured — docs/benchmarks.md),
+  otherwise, as the accuracy benchmark measured — docs/benchmarks.md) and
+  `numeric_attention` (once the objective is known too: false for a regression table with
+  categorical columns and no pretraining, true otherwise),
 - `eval_metric` (the task's default metric; log_loss for a binary task with few labels),
 - `cv_folds` (once the labelled rows are counted: FEW_LABEL_FOLDS cross-fitted models with
   at most FEW_LABELS labelled training rows, else one),
@@ -65,7 +67,7 @@ class TableFacts:
     numeric_columns: int = 0
     feature_rows: int = 0  # the rows pretraining would learn from (training and unlabeled)
     processes: int = 1
-    base_numeric_embedding: str | None = None  # the 'model' channel's network's
+    base_network: TabTransformerConfig | None = None  # the 'model' channel's network's
     base_pretrained: bool = False  # the 'model' channel holds a pretraining-only artifact
 
 
@@ -83,6 +85,7 @@ class NetworkSettings:
     continuous_norm: str
     numeric_embedding: str
     numeric_bins: int
+    numeric_attention: str  # "auto", "true" or "false"
     ensemble_size: int
     ensemble_head: str
     mlp_hidden_cap: int
@@ -92,15 +95,21 @@ class NetworkSettings:
         return pick(cls, hp)
 
     @property
-    def numeric_tokens(self) -> bool:
-        """Whether numeric columns become tokens ("auto" always makes tokens)."""
+    def numeric_embedded(self) -> bool:
+        """Whether numeric columns are embedded ("auto" always embeds them)."""
         kind = self.numeric_embedding
         return kind == "auto" or NUMERIC_EMBEDDINGS[kind].tokens
 
     @property
+    def numeric_tokens(self) -> bool:
+        """Whether numeric columns become tokens through the Transformer ("auto" counts as
+        tokens until it is resolved)."""
+        return self.numeric_embedded and self.numeric_attention != "false"
+
+    @property
     def bins_per_numeric_column(self) -> int:
         """The most quantile bins a numeric column's edges hold (0: none are made)."""
-        return self.numeric_bins if self.numeric_tokens else 0
+        return self.numeric_bins if self.numeric_embedded else 0
 
     def for_task(self, task: str | None) -> NetworkSettings:
         """numeric_embedding=auto made concrete: 'periodic' for binary classification,
@@ -114,12 +123,37 @@ class NetworkSettings:
         )
         return replace(self, numeric_embedding=kind)
 
+    def for_table(self, facts: TableFacts, pretrains: bool) -> NetworkSettings:
+        """numeric_attention=auto made concrete: false (the numeric embeddings skip the
+        Transformer) for a regression table with a categorical column when the job does not
+        pretrain, as the accuracy benchmark measured (docs/benchmarks.md); true otherwise
+        (a table of numeric columns only keeps a Transformer, and pretraining may predict
+        numeric tokens). A chosen value is kept."""
+        if self.numeric_attention != "auto":
+            return self
+        skip = facts.task == "regression" and facts.code_columns > 0 and not pretrains
+        if skip:
+            why = "a regression table with categorical columns"
+        elif facts.task != "regression":
+            why = f"a {facts.task or 'pretraining'} task"
+        elif pretrains:
+            why = "a job that pretrains"
+        else:
+            why = "a table without categorical columns"
+        log.info(
+            "numeric_attention=auto: %s (numeric embeddings %s) for %s",
+            str(not skip).lower(),
+            "skip the Transformer" if skip else "are tokens through the Transformer",
+            why,
+        )
+        return replace(self, numeric_attention=str(not skip).lower())
+
     def config(self) -> TabTransformerConfig:
         """The network config of this shape (no columns yet)."""
         from tabtransformer.model import TabTransformerConfig  # torch: only when building
 
-        if self.numeric_embedding == "auto":
-            raise ValueError("numeric_embedding=auto is resolved by JobPlan.completed")
+        if "auto" in (self.numeric_embedding, self.numeric_attention):
+            raise ValueError("numeric_embedding and numeric_attention are resolved by completed")
         return TabTransformerConfig(
             dim=self.input_dim,
             n_blocks=self.n_blocks,
@@ -129,6 +163,7 @@ class NetworkSettings:
             mlp_dropout=self.mlp_dropout,
             continuous_norm=self.continuous_norm,
             numeric_embedding=self.numeric_embedding,
+            numeric_attention=self.numeric_attention == "true",
             ensemble_size=self.ensemble_size,
             ensemble_head=self.ensemble_head,
             mlp_hidden_cap=self.mlp_hidden_cap,
@@ -191,15 +226,17 @@ class JobPlan:
     def completed(self, facts: TableFacts) -> JobPlan:
         """The plan once the tables are read: the target's task, the labelled rows and the
         token columns resolve what the hyperparameters left to them (`facts`)."""
-        network = self.network
-        if facts.base_numeric_embedding is not None:
-            network = replace(network, numeric_embedding=facts.base_numeric_embedding)
-        else:
-            network = network.for_task(facts.task)
+        network, base = self.network, facts.base_network
+        if base is not None:  # its embeddings and Transformer are reused: so is their layout
+            attention = str(base.numeric_attention).lower()
+            network = replace(
+                network, numeric_embedding=base.numeric_embedding, numeric_attention=attention
+            )
         pretraining = self.pretraining
         if pretraining.objective == "auto":
             objective = resolve_objective(facts, self.from_base, network, pretraining.columns)
             pretraining = replace(pretraining, objective=objective)
+        network = network.for_task(facts.task).for_table(facts, pretraining.objective != "none")
         task, labelled_rows = facts.task, facts.labelled_rows
         if task is None:
             return replace(self, network=network, pretraining=pretraining)
@@ -251,7 +288,8 @@ def resolve_objective(
     elif not tokens:
         objective = "none"
         why = "no token column to pretrain on: no categorical column, and pretrain_columns="
-        why += f"{columns} with numeric_embedding={network.numeric_embedding}"
+        why += f"{columns} with numeric_embedding={network.numeric_embedding} and "
+        why += f"numeric_attention={str(network.numeric_attention).lower()}"
     elif spare < facts.processes:
         objective = "none"
         why = f"{facts.feature_rows} feature rows, too few for {facts.processes} processes"

@@ -404,7 +404,7 @@ def pretrain_on_rows(
     if not columns.class_counts:
         raise UserError(
             "Pretraining needs token columns, and this table has no categorical column. "
-            "Set numeric_embedding=auto, ple or periodic (or continuous_bins, e.g. 16) to "
+            "Set numeric_embedding=auto, ple or periodic with numeric_attention=true to "
             "bring numeric columns in, or pretrain_objective=none."
         )
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(settings.phase.seed))
