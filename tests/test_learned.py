@@ -44,11 +44,11 @@ def train_in_process(job: Job, frame: pd.DataFrame, **hyperparameters: str) -> P
 
 @pytest.fixture(scope="module")
 def token_model(tmp_path_factory) -> Path:
-    """A binary model whose numeric columns are tokens too (PLE), 2 blocks, one head."""
+    """A binary model whose numeric columns are tokens through every block (PLE), 2 blocks,
+    one head."""
     job = Job(tmp_path_factory.mktemp("tokens") / "opt_ml")
-    return train_in_process(
-        job, TABLE, numeric_embedding="ple", ensemble_size="1", n_blocks="2", report="false"
-    )
+    settings = {"numeric_embedding": "ple", "numeric_attention": "all", "n_blocks": "2"}
+    return train_in_process(job, TABLE, ensemble_size="1", report="false", **settings)
 
 
 # --- embeddings -------------------------------------------------------------------------

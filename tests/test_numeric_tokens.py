@@ -22,6 +22,7 @@ from tabtransformer.errors import UserError
 from tabtransformer.inference import Encoded, to_prediction
 from tabtransformer.job import build_model
 from tabtransformer.model import TabTransformer, TabTransformerConfig
+from tabtransformer.options import NUMERIC_ATTENTION
 from tabtransformer.plan import NetworkSettings, TableFacts
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 from tabtransformer.schedule import learning_rate_factor
@@ -108,9 +109,9 @@ def test_numeric_tokens_enter_the_transformer_beside_the_categorical_ones(kind: 
 
 
 @pytest.mark.parametrize("kind", ["ple", "periodic"])
-def test_without_numeric_attention_the_embedded_numbers_skip_the_transformer(kind: str):
+def test_numeric_attention_none_the_embedded_numbers_skip_the_transformer(kind: str):
     torch.manual_seed(0)
-    config = tiny_config(numeric_embedding=kind, numeric_bin_edges=EDGES, numeric_attention=False)
+    config = tiny_config(numeric_embedding=kind, numeric_bin_edges=EDGES, numeric_blocks=0)
     model = TabTransformer(config).eval()
     codes = torch.tensor([[2, 3], [2, 3]])
     numbers = torch.tensor([[0.3, -1.0], [1.5, -1.0]])
@@ -122,9 +123,34 @@ def test_without_numeric_attention_the_embedded_numbers_skip_the_transformer(kin
     assert not torch.allclose(out[0], out[1])
     missing = model(codes, torch.tensor([[float("nan"), -1.0]] * 2))
     assert torch.isfinite(missing).all()  # a missing number takes the learned missing vector
-    # the same parameter names as with tokens: an encoder moves between the two layouts
-    tokens = TabTransformer(replace(config, numeric_attention=True))
+    # the same parameter names as with tokens: an encoder moves between the layouts
+    tokens = TabTransformer(replace(config, numeric_blocks=-1))
     assert model.state_dict().keys() == tokens.state_dict().keys()
+
+
+def test_numeric_attention_first_the_numeric_tokens_leave_after_the_first_block():
+    torch.manual_seed(0)
+    config = tiny_config(
+        numeric_embedding="periodic", n_blocks=3, numeric_blocks=1, numeric_bin_edges=EDGES
+    )
+    model = TabTransformer(config).eval()
+    codes = torch.tensor([[2, 3], [2, 3]])
+    numbers = torch.tensor([[0.3, -1.0], [1.5, -1.0]])
+    x = torch.cat([model.embed(codes), model.embed_numbers(numbers)], dim=1).transpose(0, 1)
+    x = model.blocks[0](x)  # every token through the first block
+    categorical, numeric = x[:2], x[2:]
+    for block in model.blocks[1:]:  # then the categorical tokens alone
+        categorical = block(categorical)
+    expected = model.ln_f(torch.cat([categorical, numeric])).transpose(0, 1)
+    contextual = model.contextual(codes, numbers)
+    assert torch.allclose(contextual, expected, atol=1e-6)
+    assert not torch.allclose(contextual[0, 0], contextual[1, 0])  # attention mixed them once
+    assert model.mlp[0].in_features == 4 * 8
+    assert torch.allclose(model.contextual(codes, numbers, layer=1)[:, 2:], numeric.transpose(0, 1))
+    alone = tiny_config(
+        cardinalities=[], numeric_embedding="periodic", n_blocks=3, numeric_blocks=1
+    )  # numeric columns only: one block, then the MLP
+    assert torch.isfinite(TabTransformer(alone)(codes[:, :0], numbers)).all()
 
 
 def test_missing_number_takes_the_columns_learned_missing_embedding_not_the_median():
@@ -325,26 +351,26 @@ def test_numeric_embedding_auto_is_periodic_for_binary_tasks_and_ple_otherwise(t
 
 
 @pytest.mark.parametrize(
-    ("task", "categorical", "pretrains", "attention"),
+    ("task", "categorical", "pretrains", "attention", "blocks"),
     [
-        ("binary", 2, False, "true"),
-        ("multiclass", 2, False, "true"),
-        ("regression", 2, False, "false"),
-        ("regression", 0, False, "true"),  # numeric columns only: the Transformer stays
-        ("regression", 2, True, "true"),  # pretraining may predict numeric tokens
-        (None, 0, True, "true"),
+        ("binary", 2, False, "first", 1),
+        ("multiclass", 2, False, "first", 1),
+        ("regression", 2, False, "none", 0),
+        ("regression", 0, False, "first", 1),  # numeric columns only: the Transformer stays
+        ("binary", 2, True, "all", -1),  # the few-label evidence was measured with all
+        (None, 0, True, "all", -1),
     ],
 )
-def test_numeric_attention_auto_skips_the_transformer_for_regression_tables_with_categories(
-    task, categorical, pretrains, attention
+def test_numeric_attention_auto_follows_the_task_and_the_table(
+    task, categorical, pretrains, attention, blocks
 ):
     shape = NetworkSettings.from_hyperparameters(hyperparameters.defaults()).for_task(task)
     assert shape.numeric_attention == "auto" and shape.numeric_tokens
     facts = TableFacts(task=task, code_columns=categorical, numeric_columns=3)
     resolved = shape.for_table(facts, pretrains)
     assert resolved.numeric_attention == attention
-    assert resolved.config().numeric_attention is (attention == "true")
-    chosen = replace(shape, numeric_attention="true")
+    assert resolved.config().numeric_blocks == blocks
+    chosen = replace(shape, numeric_attention="all")
     assert chosen.for_table(facts, pretrains) == chosen  # a choice is kept
 
 
@@ -409,7 +435,7 @@ def test_a_bin_token_artifact_serves_and_fine_tunes_through_the_real_entry_point
         ),
         (
             "binary",
-            {"numeric_embedding": "periodic", "ensemble_size": "2", "numeric_attention": "false"},
+            {"numeric_embedding": "periodic", "ensemble_size": "2", "numeric_attention": "none"},
         ),
     ],
 )
@@ -427,9 +453,9 @@ def test_numeric_tokens_and_ensembles_round_trip_through_train_and_serve(
     assert config["numeric_embedding"] == settings["numeric_embedding"]
     assert config["ensemble_size"] == int(settings["ensemble_size"])
     assert config["ensemble_head"] == settings.get("ensemble_head", "plain")
-    auto = task != "regression"  # numeric_attention=auto: false for regression
-    expected = {"true": True, "false": False}.get(settings.get("numeric_attention", ""), auto)
-    assert config["numeric_attention"] == expected
+    auto = "none" if task == "regression" else "first"  # the table has categorical columns
+    attention = settings.get("numeric_attention", auto)
+    assert config["numeric_blocks"] == NUMERIC_ATTENTION[attention]
     features = json.loads((job.model / "preprocessing.json").read_text())["features"]
     assert features["numeric_bins"] == 32 and all(c["bin_edges"] for c in features["numeric"])
     rows = table.drop(columns="label").head(20)

@@ -191,7 +191,7 @@ def test_auto_objective_pretrains_only_what_the_table_can_give():
     assert auto_objective(code_columns=3, **rows) == "rtd"
     assert auto_objective(numeric_columns=4, **rows) == "rtd"  # numeric tokens
     assert auto_objective(numeric_columns=4, embedding="none", **rows) == "none"
-    assert auto_objective(numeric_columns=4, attention="false", **rows) == "none"
+    assert auto_objective(numeric_columns=4, attention="none", **rows) == "none"
     assert auto_objective(numeric_columns=4, columns="categorical", **rows) == "none"
     assert auto_objective(code_columns=3, feature_rows=2, processes=2) == "none"
     assert auto_objective(code_columns=3, feature_rows=12, processes=2) == "rtd"

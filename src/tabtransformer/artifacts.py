@@ -334,7 +334,7 @@ CONFIG_RULES = {
     "ensemble_head": Rule(lambda v: v in ENSEMBLE_HEADS, f"one of {ENSEMBLE_HEADS}"),
     "mlp_hidden_cap": _integer(0, 10**6),
     "folds": _integer(1, 64),
-    "numeric_attention": Rule(lambda v: isinstance(v, bool), "true or false"),
+    "numeric_blocks": _integer(-1, 64),
 }
 FEATURES_RULES = {
     "feature_names": _list_of(TEXT, MAX_COLUMNS, min_length=1),
@@ -345,7 +345,7 @@ FEATURES_RULES = {
 }
 # Keys that older artifacts lack (before numeric tokens, the decision threshold, or
 # numeric embeddings that skip the Transformer).
-OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges", "threshold", "numeric_attention"})
+OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges", "threshold", "numeric_blocks"})
 CATEGORICAL_RULES = {"name": TEXT, "categories": _list_of(TEXT, 10**8)}
 NUMERIC_RULES = {
     "name": TEXT,

@@ -313,7 +313,7 @@ class Predictor:
         if not config.n_tokens:
             raise UserError(
                 "This model has no token columns (no categorical column, and numeric columns "
-                "are not tokens: numeric_embedding=none or numeric_attention=false), so it has "
+                "are not tokens: numeric_embedding=none or numeric_attention=none), so it has "
                 "no contextual embeddings."
             )
         n_layers = config.n_blocks + 1

@@ -15,8 +15,15 @@ too, so attention mixes numeric and categorical columns, and no scalar bypasses 
     numbers (B, c) --NumericEmbedding---/
     flatten(contextual) (B, l = (m+c)*d) --MLP {4l, 2l}--> logits
 
-With numeric_attention=False the numeric embeddings skip the Transformer, as the paper's
-scalars do (fewer tokens: the cost of attention and the feed-forward layers falls with them):
+`numeric_blocks` = j >= 1 takes the numeric tokens through the first j blocks only (a
+token costs the same in every block): after block j they wait while the categorical tokens
+go on, and rejoin them before the final LayerNorm:
+
+    cat (B, m+c, d) --j x Block--> [categorical (B, m, d) --(N-j) x Block--> (B, m, d),
+                                    numeric (B, c, d) as it left block j]
+                    --concat--> contextual (B, m+c, d)
+
+`numeric_blocks` = 0: the numeric embeddings skip the Transformer, as the paper's scalars do:
 
     codes (B, m) --ColumnEmbedding--> (B, m, d) --N x Block--> contextual (B, m, d)
     numbers (B, c) --NumericEmbedding--> (B, c, d)
@@ -90,7 +97,7 @@ class TabTransformerConfig:
     ensemble_head: str = "plain"  # k > 1: "plain" (k independent MLPs) or "batchensemble"
     mlp_hidden_cap: int = 0  # > 0: the MLP's first hidden width is at most this
     folds: int = 1  # > 1: that many cross-fitted networks of this shape (CrossFitted)
-    numeric_attention: bool = True  # False: numeric embeddings skip the Transformer (MLP)
+    numeric_blocks: int = -1  # blocks numeric tokens go through: -1 all, 0 none, k the first k
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,7 +111,7 @@ class TabTransformerConfig:
     @property
     def numeric_tokens(self) -> bool:
         """Whether the numeric embeddings are tokens through the Transformer."""
-        return self.numeric_embedded and self.numeric_attention
+        return self.numeric_embedded and self.numeric_blocks != 0
 
     @property
     def n_tokens(self) -> int:
@@ -407,7 +414,8 @@ class TabTransformer(nn.Module):
         the final LayerNorm (what the MLP reads). With n_blocks = 0, layer 0 is also the last.
         `numeric_mask` (B, c, bool) gives chosen numeric cells the column's missing vector
         (an MLM mask); replacing a row's numbers by another row's is an RTD corruption.
-        Without `numbers`, every numeric cell counts as missing.
+        Without `numbers`, every numeric cell counts as missing. With `numeric_blocks` = j,
+        a numeric token's embedding at a layer past j is the one it left block j with.
         """
         n_layers = self.config.n_blocks + 1
         if not -n_layers <= layer < n_layers:
@@ -424,8 +432,15 @@ class TabTransformer(nn.Module):
             parts.append(self.embed_numbers(numbers, numeric_mask))
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         x = x.transpose(0, 1).contiguous()  # token-major (n_tokens, B, d) for the blocks
-        for block in self.blocks[:depth]:
+        m, held = len(self.config.cardinalities), None
+        for i, block in enumerate(self.blocks[:depth]):
+            if i == self.config.numeric_blocks and self.config.numeric_tokens:
+                x, held = x[:m], x[m:]  # the numeric tokens wait; the categorical go on
+                if not m:
+                    break
             x = block(x)
+        if held is not None:
+            x = torch.cat([x, held])
         x = self.ln_f(x) if depth == self.config.n_blocks else x
         return x.transpose(0, 1)
 

@@ -28,5 +28,9 @@ NUMERIC_EMBEDDINGS: dict[str, NumericEmbeddingOption] = {
     "ple": NumericEmbeddingOption(tokens=True, needs_bin_edges=True),
     "periodic": NumericEmbeddingOption(tokens=True, needs_bin_edges=False),
 }
+# How far numeric tokens go through the Transformer (numeric_attention): the blocks they
+# pass, as model.TabTransformerConfig.numeric_blocks (-1: every block; 0: none, the
+# embeddings reach the MLP directly).
+NUMERIC_ATTENTION: dict[str, int] = {"all": -1, "first": 1, "none": 0}
 PRETRAINING_OBJECTIVES = ("mlm", "rtd")  # masked language modelling, replaced token detection
 ENSEMBLE_HEADS = ("plain", "batchensemble")

@@ -11,8 +11,8 @@ one). Each `auto` is resolved in one of those two places and logged once:
 - `task` (by the target encoder, from the labels: `completed` takes its answer),
 - `numeric_embedding` (once the task is known: periodic for binary classification, PLE
   otherwise, as the accuracy benchmark measured — docs/benchmarks.md) and
-  `numeric_attention` (once the objective is known too: false for a regression table with
-  categorical columns and no pretraining, true otherwise),
+  `numeric_attention` (once the objective is known too: all blocks when the job
+  pretrains, none for a regression table with categorical columns, the first otherwise),
 - `eval_metric` (the task's default metric; log_loss for a binary task with few labels),
 - `cv_folds` (once the labelled rows are counted: FEW_LABEL_FOLDS cross-fitted models with
   at most FEW_LABELS labelled training rows, else one),
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from tabtransformer import hyperparameters
 from tabtransformer.channels import read_json_config, validate_channels
 from tabtransformer.errors import UserError
-from tabtransformer.options import NUMERIC_EMBEDDINGS
+from tabtransformer.options import NUMERIC_ATTENTION, NUMERIC_EMBEDDINGS
 from tabtransformer.paths import SageMakerPaths
 from tabtransformer.pretraining import PretrainSettings, held_out_rows
 from tabtransformer.settings import pick
@@ -85,7 +85,7 @@ class NetworkSettings:
     continuous_norm: str
     numeric_embedding: str
     numeric_bins: int
-    numeric_attention: str  # "auto", "true" or "false"
+    numeric_attention: str  # "auto" or one of options.NUMERIC_ATTENTION
     ensemble_size: int
     ensemble_head: str
     mlp_hidden_cap: int
@@ -104,7 +104,7 @@ class NetworkSettings:
     def numeric_tokens(self) -> bool:
         """Whether numeric columns become tokens through the Transformer ("auto" counts as
         tokens until it is resolved)."""
-        return self.numeric_embedded and self.numeric_attention != "false"
+        return self.numeric_embedded and self.numeric_attention != "none"
 
     @property
     def bins_per_numeric_column(self) -> int:
@@ -124,29 +124,23 @@ class NetworkSettings:
         return replace(self, numeric_embedding=kind)
 
     def for_table(self, facts: TableFacts, pretrains: bool) -> NetworkSettings:
-        """numeric_attention=auto made concrete: false (the numeric embeddings skip the
-        Transformer) for a regression table with a categorical column when the job does not
-        pretrain, as the accuracy benchmark measured (docs/benchmarks.md); true otherwise
-        (a table of numeric columns only keeps a Transformer, and pretraining may predict
-        numeric tokens). A chosen value is kept."""
+        """numeric_attention=auto made concrete, as the accuracy benchmark measured
+        (docs/benchmarks.md): 'all' blocks in a job that pretrains (as the few-label
+        evidence was measured), 'none' for a regression table with categorical columns
+        (a table of numeric columns only keeps a Transformer), 'first' otherwise. A chosen
+        value is kept."""
         if self.numeric_attention != "auto":
             return self
-        skip = facts.task == "regression" and facts.code_columns > 0 and not pretrains
-        if skip:
-            why = "a regression table with categorical columns"
-        elif facts.task != "regression":
-            why = f"a {facts.task or 'pretraining'} task"
-        elif pretrains:
-            why = "a job that pretrains"
+        if pretrains:
+            attention, why = "all", "a job that pretrains"
+        elif facts.task == "regression" and facts.code_columns:
+            attention, why = "none", "a regression table with categorical columns"
         else:
-            why = "a table without categorical columns"
-        log.info(
-            "numeric_attention=auto: %s (numeric embeddings %s) for %s",
-            str(not skip).lower(),
-            "skip the Transformer" if skip else "are tokens through the Transformer",
-            why,
-        )
-        return replace(self, numeric_attention=str(not skip).lower())
+            attention, why = "first", f"a {facts.task} table"
+            if facts.task == "regression":
+                why += " without categorical columns"
+        log.info("numeric_attention=auto: %s (numeric tokens) for %s", attention, why)
+        return replace(self, numeric_attention=attention)
 
     def config(self) -> TabTransformerConfig:
         """The network config of this shape (no columns yet)."""
@@ -163,7 +157,7 @@ class NetworkSettings:
             mlp_dropout=self.mlp_dropout,
             continuous_norm=self.continuous_norm,
             numeric_embedding=self.numeric_embedding,
-            numeric_attention=self.numeric_attention == "true",
+            numeric_blocks=NUMERIC_ATTENTION[self.numeric_attention],
             ensemble_size=self.ensemble_size,
             ensemble_head=self.ensemble_head,
             mlp_hidden_cap=self.mlp_hidden_cap,
@@ -228,9 +222,9 @@ class JobPlan:
         token columns resolve what the hyperparameters left to them (`facts`)."""
         network, base = self.network, facts.base_network
         if base is not None:  # its embeddings and Transformer are reused: so is their layout
-            attention = str(base.numeric_attention).lower()
+            blocks = {v: k for k, v in NUMERIC_ATTENTION.items()}.get(base.numeric_blocks, "all")
             network = replace(
-                network, numeric_embedding=base.numeric_embedding, numeric_attention=attention
+                network, numeric_embedding=base.numeric_embedding, numeric_attention=blocks
             )
         pretraining = self.pretraining
         if pretraining.objective == "auto":
@@ -289,7 +283,7 @@ def resolve_objective(
         objective = "none"
         why = "no token column to pretrain on: no categorical column, and pretrain_columns="
         why += f"{columns} with numeric_embedding={network.numeric_embedding} and "
-        why += f"numeric_attention={str(network.numeric_attention).lower()}"
+        why += f"numeric_attention={network.numeric_attention}"
     elif spare < facts.processes:
         objective = "none"
         why = f"{facts.feature_rows} feature rows, too few for {facts.processes} processes"

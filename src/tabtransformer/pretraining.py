@@ -404,7 +404,7 @@ def pretrain_on_rows(
     if not columns.class_counts:
         raise UserError(
             "Pretraining needs token columns, and this table has no categorical column. "
-            "Set numeric_embedding=auto, ple or periodic with numeric_attention=true to "
+            "Set numeric_embedding=auto, ple or periodic (numeric_attention other than none) to "
             "bring numeric columns in, or pretrain_objective=none."
         )
     order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(settings.phase.seed))
