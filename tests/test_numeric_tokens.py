@@ -147,10 +147,11 @@ def test_numeric_attention_first_the_numeric_tokens_leave_after_the_first_block(
     assert not torch.allclose(contextual[0, 0], contextual[1, 0])  # attention mixed them once
     assert model.mlp[0].in_features == 4 * 8
     assert torch.allclose(model.contextual(codes, numbers, layer=1)[:, 2:], numeric.transpose(0, 1))
-    alone = tiny_config(
-        cardinalities=[], numeric_embedding="periodic", n_blocks=3, numeric_blocks=1
-    )  # numeric columns only: one block, then the MLP
-    assert torch.isfinite(TabTransformer(alone)(codes[:, :0], numbers)).all()
+    alone = TabTransformer(
+        tiny_config(cardinalities=[], numeric_embedding="periodic", n_blocks=3, numeric_blocks=1)
+    )  # numeric columns only: nothing to wait for, so every block runs and every weight trains
+    alone(codes[:, :0], numbers).sum().backward()
+    assert all(p.grad is not None for p in alone.blocks.parameters())
 
 
 def test_missing_number_takes_the_columns_learned_missing_embedding_not_the_median():
@@ -356,7 +357,8 @@ def test_numeric_embedding_auto_is_periodic_for_binary_tasks_and_ple_otherwise(t
         ("binary", 2, False, "first", 1),
         ("multiclass", 2, False, "first", 1),
         ("regression", 2, False, "none", 0),
-        ("regression", 0, False, "first", 1),  # numeric columns only: the Transformer stays
+        ("regression", 0, False, "all", -1),  # numeric columns only: nothing to wait for
+        ("binary", 0, False, "all", -1),
         ("binary", 2, True, "all", -1),  # the few-label evidence was measured with all
         (None, 0, True, "all", -1),
     ],

@@ -514,8 +514,9 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "embeddings skip the Transformer and reach the MLP directly, the paper's layout with "
         "embedded numbers). Each block a numeric token skips saves what a categorical token "
         "costs there. 'auto': 'none' for a regression table with categorical columns, "
-        "'first' otherwise, and 'all' in a job that pretrains, as measured in the accuracy "
-        "benchmark (the same accuracy in 0.3-0.6x the fit time).",
+        "'first' otherwise, and 'all' in a job that pretrains or a table without "
+        "categorical columns, as measured in the accuracy benchmark (the same accuracy in "
+        "0.3-0.6x the fit time).",
         choices=("auto", *NUMERIC_ATTENTION),
     ),
     Hyperparameter(

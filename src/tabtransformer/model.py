@@ -17,7 +17,8 @@ too, so attention mixes numeric and categorical columns, and no scalar bypasses 
 
 `numeric_blocks` = j >= 1 takes the numeric tokens through the first j blocks only (a
 token costs the same in every block): after block j they wait while the categorical tokens
-go on, and rejoin them before the final LayerNorm:
+go on, and rejoin them before the final LayerNorm (with no categorical column there is
+nothing to go on: the numeric tokens take every block, so every parameter trains):
 
     cat (B, m+c, d) --j x Block--> [categorical (B, m, d) --(N-j) x Block--> (B, m, d),
                                     numeric (B, c, d) as it left block j]
@@ -434,10 +435,8 @@ class TabTransformer(nn.Module):
         x = x.transpose(0, 1).contiguous()  # token-major (n_tokens, B, d) for the blocks
         m, held = len(self.config.cardinalities), None
         for i, block in enumerate(self.blocks[:depth]):
-            if i == self.config.numeric_blocks and self.config.numeric_tokens:
+            if i == self.config.numeric_blocks and self.config.numeric_tokens and m:
                 x, held = x[:m], x[m:]  # the numeric tokens wait; the categorical go on
-                if not m:
-                    break
             x = block(x)
         if held is not None:
             x = torch.cat([x, held])
@@ -463,7 +462,7 @@ class TabTransformer(nn.Module):
             parts.append(self.contextual(codes, numbers).flatten(1))
         if self.config.numeric_embedded and not self.config.numeric_tokens:
             parts.append(self.embed_numbers(numbers).flatten(1))  # (B, c * d)
-        elif self.config.n_continuous and not self.config.numeric_tokens:
+        elif self.config.n_continuous and not self.config.numeric_embedded:
             norm = self.continuous_norm
             parts.append(norm(numbers) if norm is not None else numbers)
         features = torch.cat(parts, dim=1)

@@ -12,7 +12,8 @@ one). Each `auto` is resolved in one of those two places and logged once:
 - `numeric_embedding` (once the task is known: periodic for binary classification, PLE
   otherwise, as the accuracy benchmark measured — docs/benchmarks.md) and
   `numeric_attention` (once the objective is known too: all blocks when the job
-  pretrains, none for a regression table with categorical columns, the first otherwise),
+  pretrains or the table has no categorical column, none for a regression table, the
+  first otherwise),
 - `eval_metric` (the task's default metric; log_loss for a binary task with few labels),
 - `cv_folds` (once the labelled rows are counted: FEW_LABEL_FOLDS cross-fitted models with
   at most FEW_LABELS labelled training rows, else one),
@@ -126,19 +127,19 @@ class NetworkSettings:
     def for_table(self, facts: TableFacts, pretrains: bool) -> NetworkSettings:
         """numeric_attention=auto made concrete, as the accuracy benchmark measured
         (docs/benchmarks.md): 'all' blocks in a job that pretrains (as the few-label
-        evidence was measured), 'none' for a regression table with categorical columns
-        (a table of numeric columns only keeps a Transformer), 'first' otherwise. A chosen
-        value is kept."""
+        evidence was measured) and in a table without categorical columns (its numeric
+        tokens have nothing to wait for), 'none' for a regression table with categorical
+        columns, 'first' otherwise. A chosen value is kept."""
         if self.numeric_attention != "auto":
             return self
         if pretrains:
             attention, why = "all", "a job that pretrains"
-        elif facts.task == "regression" and facts.code_columns:
+        elif not facts.code_columns:
+            attention, why = "all", "a table without categorical columns"
+        elif facts.task == "regression":
             attention, why = "none", "a regression table with categorical columns"
         else:
             attention, why = "first", f"a {facts.task} table"
-            if facts.task == "regression":
-                why += " without categorical columns"
         log.info("numeric_attention=auto: %s (numeric tokens) for %s", attention, why)
         return replace(self, numeric_attention=attention)
 
