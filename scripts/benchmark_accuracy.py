@@ -374,7 +374,10 @@ STAGES = {
     "artifact": "artifact",
     "total": "job total",
 }
-TIMING_FIELDS = ["table", "seed", "model", "fit_seconds", *STAGES]
+# The timings CSV names a stage's column "stage_<key>": the stage "model" (building the
+# network) would otherwise overwrite the column that names the benchmark model.
+STAGE_COLUMNS = {k: f"stage_{k}" for k in STAGES}
+TIMING_FIELDS = ["table", "seed", "model", "fit_seconds", *STAGE_COLUMNS.values()]
 
 
 def timings_path(results: Path) -> Path:
@@ -395,8 +398,9 @@ def breakdown_table(rows: list[dict[str, str]]) -> str:
     header = "| table | model | fit (s) | " + " | ".join(STAGES.values()) + " |"
     lines = [header, "| --- | --- |" + " ---: |" * (len(STAGES) + 1)]
     for (table, model), group in frame.groupby(["table", "model"], sort=False):
-        means = group[["fit_seconds", *STAGES]].astype(float).mean()
-        cells = " | ".join(f"{means[k]:.1f}" for k in ["fit_seconds", *STAGES])
+        columns = ["fit_seconds", *STAGE_COLUMNS.values()]
+        means = group[columns].astype(float).mean()
+        cells = " | ".join(f"{means[k]:.1f}" for k in columns)
         lines.append(f"| {table} | {model} | {cells} |")
     return "\n".join(lines)
 
@@ -607,7 +611,7 @@ def main() -> None:
         with written:
             append_result(args.results, row)
             if timings is not None:
-                stages = {k: f"{timings.get(k, 0.0):.2f}" for k in STAGES}
+                stages = {c: f"{timings.get(k, 0.0):.2f}" for k, c in STAGE_COLUMNS.items()}
                 times = {"table": table, "seed": seed, "model": model, **stages}
                 append_row(
                     timings_path(args.results), times | {"fit_seconds": seconds}, TIMING_FIELDS
