@@ -366,6 +366,10 @@ def is_head(name: str) -> bool:
 
 
 class TabTransformer(nn.Module):
+    # Set at run time, not part of the config: the dtype the prediction head computes in
+    # while training (hardware.training_head_dtype; None: the caller's).
+    head_dtype: torch.dtype | None = None
+
     def __init__(self, config: TabTransformerConfig):
         super().__init__()
         if config.folds != 1:
@@ -465,10 +469,20 @@ class TabTransformer(nn.Module):
         elif self.config.n_continuous and not self.config.numeric_embedded:
             norm = self.continuous_norm
             parts.append(norm(numbers) if norm is not None else numbers)
-        features = torch.cat(parts, dim=1)
-        if self.config.ensemble_size == 1:
-            return self.mlp(features).unsqueeze(1)
-        return self.mlp(features.unsqueeze(1).expand(-1, self.config.ensemble_size, -1))
+        return self.head(torch.cat(parts, dim=1))
+
+    def head(self, features: torch.Tensor) -> torch.Tensor:
+        """The k members' outputs (B, k, n_outputs) from the flat features (B, width); in
+        training under autocast to `head_dtype` when that is set (float32 outputs)."""
+        k = self.config.ensemble_size
+        if k > 1:
+            features = features.unsqueeze(1).expand(-1, k, -1)  # (B, k, width)
+        if self.training and self.head_dtype is not None:
+            with torch.autocast(features.device.type, dtype=self.head_dtype):
+                out = self.mlp(features).float()
+        else:
+            out = self.mlp(features)
+        return out if k > 1 else out.unsqueeze(1)
 
 
 class CrossFitted(nn.Module):

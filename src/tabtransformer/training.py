@@ -36,6 +36,7 @@ from tabtransformer.hardware import (
     gather,
     place,
     training_autocast,
+    training_head_dtype,
 )
 from tabtransformer.inference import Encoded, predict_raw, to_prediction
 from tabtransformer.loop import LoopSettings, adamw, batches, optimizer_step, run_epochs
@@ -272,6 +273,9 @@ def fit(
             model.config.n_tokens,
             CPU_BF16_MIN_TOKENS,
         )
+    model.head_dtype = training_head_dtype(device, model.config.n_tokens)
+    if model.head_dtype is not None:
+        log.info("the prediction head trains in bf16 (a CPU with native bf16)")
     criterion = loss_fn(target.task)
     train_rows, train_at = place(train, device)  # on a GPU when it fits there
     semi = settings.semi_supervised != "none" and unlabeled is not None and len(unlabeled) > 0
