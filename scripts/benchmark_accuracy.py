@@ -545,6 +545,11 @@ def main() -> None:
         "then compare only within the run)",
     )
     parser.add_argument(
+        "--interleave",
+        action="store_true",
+        help="run every model of a table and seed back to back (fit-time ratios side by side)",
+    )
+    parser.add_argument(
         "--device",
         default="cpu",
         help="where pytabkit's models train (cpu, cuda); `train` picks a GPU when it sees one",
@@ -571,11 +576,17 @@ def main() -> None:
         raise SystemExit(f"unknown table(s)/model(s) {unknown}; tables: {list(TABLES)}")
     pytabkit_seeds = {int(s) for s in args.pytabkit_seeds.split(",")}
     done = {(r["table"], r["seed"], r["model"]) for r in read_results(args.results)}
-    todo = [  # model by model, so that a run cut short has whole configurations
+    # Model by model, so that a run cut short has whole configurations; or (--interleave)
+    # every model of a table and seed back to back, so that fit-time ratios between models
+    # see the same machine speed on a machine whose speed drifts.
+    order = (
+        [(t, s, m) for s in seeds for t in tables for m in models]
+        if args.interleave
+        else [(t, s, m) for m in models for s in seeds for t in tables]
+    )
+    todo = [
         (table, seed, model)
-        for model in models
-        for seed in seeds
-        for table in tables
+        for table, seed, model in order
         if (table, str(seed), model) not in done
         and not (model in PYTABKIT and seed not in pytabkit_seeds)
         and not args.summary

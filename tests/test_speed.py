@@ -350,6 +350,47 @@ def test_a_forty_token_network_trains_under_bf16_where_the_cpu_has_it(monkeypatc
     assert predict_raw(model, data, CPU).dtype == torch.float32
 
 
+@pytest.mark.parametrize(
+    ("tokens", "native", "bf16"), [(39, True, True), (40, True, False), (10, False, False)]
+)
+def test_below_forty_tokens_only_the_head_trains_in_bf16(monkeypatch, tokens, native, bf16):
+    monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: native)
+    dtype = hardware.training_head_dtype(CPU, tokens)
+    assert dtype == (torch.bfloat16 if bf16 else None)
+    assert hardware.training_head_dtype(torch.device("cuda"), tokens) is None
+
+
+def test_the_head_trains_in_bf16_and_predicts_in_float32(monkeypatch, caplog):
+    """One real fine-tuning epoch of a 12-token network on a CPU with native bf16 (emulated
+    where it lacks the instructions): the head's first layer computes in bf16 while
+    training, the Transformer in float32; validation and predictions are float32."""
+    monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: True)
+    table = wide_table(96, 12)
+    pre = TablePreprocessor.fit(table.drop(columns="label"), None, numeric_bins=8)
+    target = TargetEncoder.fit(table["label"], "binary", 20)
+    data = encode_table(pre, table.drop(columns="label"), target.encode(table["label"]))
+    values = hyperparameters.parse({**FAST, "n_epochs": "1", "batch_size": "32"})
+    config = TabTransformerConfig([], len(pre.numeric), 2, dim=8, n_blocks=1, ensemble_size=4,
+                                  numeric_embedding="periodic")  # fmt: skip
+    model = TabTransformer(config)
+    seen: dict[bool, set[torch.dtype]] = {True: set(), False: set()}
+
+    def record(module, inputs, output):
+        seen[module.training].add(output.dtype)
+
+    model.mlp[0].register_forward_hook(record)
+    model.blocks[0].register_forward_hook(record)
+    settings = training.FitSettings.from_hyperparameters(values, "binary")
+    with caplog.at_level(logging.INFO, logger="tabtransformer.training"):
+        history, _ = training.fit(model, training.FitData(data, data, target), settings, CPU)
+    assert "the prediction head trains in bf16" in caplog.text
+    assert seen[True] == {torch.bfloat16, torch.float32}  # the head, the block
+    assert seen[False] == {torch.float32}  # the per-epoch validation
+    assert math.isfinite(history[0]["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert predict_raw(model, data, CPU).dtype == torch.float32
+
+
 def wide_table(n: int, columns: int, seed: int = 0) -> pd.DataFrame:
     """`columns` numeric columns; the target depends on the first three."""
     rng = np.random.default_rng(seed)
