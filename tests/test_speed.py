@@ -332,18 +332,13 @@ def test_a_forty_token_network_trains_under_bf16_where_the_cpu_has_it(monkeypatc
     """One real fine-tuning step of a 40-token network under CPU bf16 autocast (emulated
     where the CPU lacks the instructions): finite losses, float32 weights and predictions."""
     monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: True)
-    table = wide_table(96, 40)
-    pre = TablePreprocessor.fit(table.drop(columns="label"), None, numeric_bins=8)
-    target = TargetEncoder.fit(table["label"], "binary", 20)
-    data = encode_table(pre, table.drop(columns="label"), target.encode(table["label"]))
-    values = hyperparameters.parse({**FAST, "n_epochs": "1", "batch_size": "32"})
-    config = TabTransformerConfig([], len(pre.numeric), 2, dim=8, n_blocks=1,
-                                  numeric_embedding="periodic")  # fmt: skip
+    fit_data, settings = numeric_fit_inputs(40)
+    config = TabTransformerConfig([], 40, 2, dim=8, n_blocks=1, numeric_embedding="periodic")
     model = TabTransformer(config)
     assert model.config.n_tokens == 40
-    settings = training.FitSettings.from_hyperparameters(values, "binary")
+    data = fit_data.train
     with caplog.at_level(logging.INFO, logger="tabtransformer.training"):
-        history, _ = training.fit(model, training.FitData(data, data, target), settings, CPU)
+        history, _ = training.fit(model, fit_data, settings, CPU)
     assert "training under bf16 autocast: 40 tokens" in caplog.text
     assert math.isfinite(history[0]["train_loss"])
     assert all(p.dtype == torch.float32 for p in model.parameters())
@@ -362,33 +357,50 @@ def test_below_forty_tokens_only_the_head_trains_in_bf16(monkeypatch, tokens, na
 
 def test_the_head_trains_in_bf16_and_predicts_in_float32(monkeypatch, caplog):
     """One real fine-tuning epoch of a 12-token network on a CPU with native bf16 (emulated
-    where it lacks the instructions): the head's first layer computes in bf16 while
-    training, the Transformer in float32; validation and predictions are float32."""
+    where it lacks the instructions): while training, the head computes in bf16 (its
+    outputs differ from float32's by bf16's rounding) and the Transformer in float32;
+    validation and predictions are float32 and ignore the head's training dtype."""
     monkeypatch.setattr(hardware, "native_cpu_bf16", lambda: True)
-    table = wide_table(96, 12)
+    fit_data, settings = numeric_fit_inputs(12)
+    config = TabTransformerConfig([], 12, 2, dim=8, n_blocks=1, ensemble_size=4,
+                                  attn_dropout=0.0, mlp_dropout=0.0,
+                                  numeric_embedding="periodic")  # fmt: skip
+    model = TabTransformer(config)
+    blocks: set[torch.dtype] = set()
+    model.blocks[0].register_forward_hook(lambda module, inputs, out: blocks.add(out.dtype))
+    with caplog.at_level(logging.INFO, logger="tabtransformer.training"):
+        history, _ = training.fit(model, fit_data, settings, CPU)
+    assert "the prediction head trains in bf16" in caplog.text
+    assert model.head_dtype == torch.bfloat16 and blocks == {torch.float32}
+    assert math.isfinite(history[0]["train_loss"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+
+    features = torch.randn(64, model.config.mlp_width)
+    model.train()  # no dropout in this config: the head is deterministic
+    in_bf16 = model.head(features)
+    model.head_dtype = None
+    in_float32 = model.head(features)
+    assert in_bf16.dtype == in_float32.dtype == torch.float32
+    assert not torch.equal(in_bf16, in_float32)
+    torch.testing.assert_close(in_bf16, in_float32, rtol=0.05, atol=0.05)
+    model.eval()
+    model.head_dtype = torch.bfloat16
+    in_eval = model.head(features)
+    model.head_dtype = None
+    assert torch.equal(in_eval, model.head(features))
+    assert predict_raw(model, fit_data.train, CPU).dtype == torch.float32
+
+
+def numeric_fit_inputs(columns: int) -> tuple[training.FitData, training.FitSettings]:
+    """96 rows of `columns` numeric columns (the training rows validate too) and the
+    settings of one fine-tuning epoch in batches of 32, for a binary task."""
+    table = wide_table(96, columns)
     pre = TablePreprocessor.fit(table.drop(columns="label"), None, numeric_bins=8)
     target = TargetEncoder.fit(table["label"], "binary", 20)
     data = encode_table(pre, table.drop(columns="label"), target.encode(table["label"]))
     values = hyperparameters.parse({**FAST, "n_epochs": "1", "batch_size": "32"})
-    config = TabTransformerConfig([], len(pre.numeric), 2, dim=8, n_blocks=1, ensemble_size=4,
-                                  numeric_embedding="periodic")  # fmt: skip
-    model = TabTransformer(config)
-    seen: dict[bool, set[torch.dtype]] = {True: set(), False: set()}
-
-    def record(module, inputs, output):
-        seen[module.training].add(output.dtype)
-
-    model.mlp[0].register_forward_hook(record)
-    model.blocks[0].register_forward_hook(record)
     settings = training.FitSettings.from_hyperparameters(values, "binary")
-    with caplog.at_level(logging.INFO, logger="tabtransformer.training"):
-        history, _ = training.fit(model, training.FitData(data, data, target), settings, CPU)
-    assert "the prediction head trains in bf16" in caplog.text
-    assert seen[True] == {torch.bfloat16, torch.float32}  # the head, the block
-    assert seen[False] == {torch.float32}  # the per-epoch validation
-    assert math.isfinite(history[0]["train_loss"])
-    assert all(p.dtype == torch.float32 for p in model.parameters())
-    assert predict_raw(model, data, CPU).dtype == torch.float32
+    return training.FitData(data, data, target), settings
 
 
 def wide_table(n: int, columns: int, seed: int = 0) -> pd.DataFrame:
