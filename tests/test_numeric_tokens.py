@@ -16,7 +16,7 @@ from safetensors.torch import load_file
 from tabm import LinearBatchEnsemble, LinearEnsemble
 
 from tabtransformer import hyperparameters, load_model, training
-from tabtransformer.artifacts import read_artifact
+from tabtransformer.artifacts import read_artifact, validate_artifact
 from tabtransformer.checkpoints import Checkpointer, StopFlag, Stopped
 from tabtransformer.errors import UserError
 from tabtransformer.inference import Encoded, to_prediction
@@ -474,6 +474,30 @@ def test_numeric_tokens_and_ensembles_round_trip_through_train_and_serve(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("attention", "blocks"), [(False, 0), (True, -1)])
+def test_an_artifact_that_says_numeric_attention_loads_as_its_numeric_blocks(
+    tmp_path: Path, attention: bool, blocks: int
+):
+    """Artifacts written before numeric tokens could leave after some blocks say
+    numeric_attention (true or false) where newer ones say numeric_blocks (-1 or 0)."""
+    table = make_table("regression", n=160)
+    job = Job(tmp_path / "opt_ml")
+    job.channel("training", table)
+    layout = "all" if attention else "none"
+    job.hyperparameters({**FAST, "input_dim": "8", "numeric_attention": layout})
+    result = job.train()
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = table.drop(columns="label").head(20)
+    expected = load_model(job.model).outputs(rows)
+    path = job.model / "model_config.json"
+    config = json.loads(path.read_text())
+    assert config.pop("numeric_blocks") == blocks
+    path.write_text(json.dumps({**config, "numeric_attention": attention}))
+    validate_artifact(job.model)  # what the serving master checks before forking
+    assert read_artifact(job.model).model.config.numeric_blocks == blocks
+    assert np.array_equal(load_model(job.model).outputs(rows), expected)
+
+
 def test_pretraining_with_numeric_tokens_runs(job: Job):
     """Numeric tokens are not corrupted yet (the next issue), but pretraining must work."""
     job.channel("training", TABLE.iloc[:120])

@@ -252,7 +252,7 @@ def check_model_files(folder: Path) -> None:
 def _read_folder(folder: Path) -> Artifact:
     check_model_files(folder)
     try:
-        config = TabTransformerConfig(**json.loads((folder / CONFIG).read_text()))
+        config = network_config(json.loads((folder / CONFIG).read_text()))
         model = build_network(config)
         model.load_state_dict(load_file(folder / WEIGHTS))
         prep = json.loads((folder / PREPROCESSING).read_text())
@@ -336,6 +336,8 @@ CONFIG_RULES = {
     "folds": _integer(1, 64),
     "numeric_blocks": _integer(-1, 64),
 }
+# Keys an older model_config.json holds where a newer one has another (`network_config`).
+LEGACY_CONFIG_RULES = {"numeric_attention": Rule(lambda v: isinstance(v, bool), "true or false")}
 FEATURES_RULES = {
     "feature_names": _list_of(TEXT, MAX_COLUMNS, min_length=1),
     "categorical": Rule(lambda v: isinstance(v, list), "a list"),
@@ -346,6 +348,18 @@ FEATURES_RULES = {
 # Keys that older artifacts lack (before numeric tokens, the decision threshold, or
 # numeric embeddings that skip the Transformer).
 OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges", "threshold", "numeric_blocks"})
+
+
+def network_config(data: dict[str, Any]) -> TabTransformerConfig:
+    """The network config that model_config.json holds. Artifacts written before numeric
+    tokens could leave after some blocks say numeric_attention (true: every block, false:
+    none) where newer ones say numeric_blocks."""
+    data = dict(data)
+    if "numeric_attention" in data:
+        data.setdefault("numeric_blocks", -1 if data.pop("numeric_attention") else 0)
+    return TabTransformerConfig(**data)
+
+
 CATEGORICAL_RULES = {"name": TEXT, "categories": _list_of(TEXT, 10**8)}
 NUMERIC_RULES = {
     "name": TEXT,
@@ -383,7 +397,7 @@ def _validate_folder(folder: Path, shown_as: Path) -> None:
     prep = _json_object(folder / PREPROCESSING, shown_as)
     if (folder / METRICS).is_file():
         _json_object(folder / METRICS, shown_as)
-    _apply(CONFIG_RULES, config, f"{CONFIG} ", required=False)
+    _apply(CONFIG_RULES | LEGACY_CONFIG_RULES, config, f"{CONFIG} ", required=False)
     if config.get("dim", 32) % config.get("n_heads", 8):
         raise _damaged(shown_as, f"{CONFIG}: 'n_heads' must divide 'dim'")
     if not isinstance(prep.get("header"), bool):
@@ -405,8 +419,9 @@ def _validate_folder(folder: Path, shown_as: Path) -> None:
     try:
         preprocessor = TablePreprocessor.from_dict(features)
         target = TargetEncoder.from_dict(prep["target"])
-        _check_consistent(TabTransformerConfig(**config), preprocessor, target)
-        _check_weights(folder / WEIGHTS, TabTransformerConfig(**config))
+        network = network_config(config)
+        _check_consistent(network, preprocessor, target)
+        _check_weights(folder / WEIGHTS, network)
     except (UserError, ValueError, TypeError, SafetensorError, OSError) as e:
         raise _damaged(shown_as, str(e)) from None
 
