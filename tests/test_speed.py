@@ -28,6 +28,7 @@ from tabtransformer.model import (
     TinyHeadAttention,
     batched_attention,
     dropout,
+    dropout_scale,
 )
 from tabtransformer.preprocessing import TablePreprocessor, TargetEncoder
 
@@ -98,6 +99,21 @@ def test_dropout_zeroes_a_share_p_and_keeps_the_mean():
     y.sum().backward()
     assert torch.equal(x.grad, y.detach())  # the gradient flows through kept cells only
     assert dropout(x, 0.3, training=False) is x
+
+
+@pytest.mark.parametrize("p", [1 / 65536, 0.1, 0.3, 0.5, 0.9, 65535 / 65536])
+def test_the_dropout_mask_keeps_a_lane_exactly_when_it_reaches_ps_threshold(p):
+    """The float arithmetic of `dropout_scale` is the comparison lane >= threshold."""
+    shape = (7, 33, 5)  # not a multiple of 4 lanes
+    torch.manual_seed(1)
+    scale = dropout_scale(torch.Size(shape), torch.device("cpu"), p)
+    torch.manual_seed(1)
+    n = math.prod(shape)
+    bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
+    lanes = bits.view(torch.int16)[:n].view(shape)
+    kept = lanes >= round(p * 65536) - 32768
+    assert scale.dtype == torch.float32
+    assert torch.equal(scale, kept.float() / (1.0 - p))
 
 
 def tiny_fit_inputs(n: int = 400):

