@@ -225,7 +225,7 @@ def dropout_scale(shape: torch.Size, device: torch.device, p: float) -> torch.Te
     when its lane is at or above p's share of the 65536 values (p rounded to 1/65536). The
     comparison is float arithmetic: lane - (threshold - 1) clamped to [0, 1] is exactly 1
     (kept) or 0 for an integer lane, and it runs vectorised where a bool tensor's
-    comparison and conversion do not (the same mask, 1.5-2x faster)."""
+    comparison and conversion do not (the same mask, 1.3-2x faster)."""
     if device.type == "cpu":
         n = math.prod(shape)
         bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-(2**63), 2**63 - 1)
