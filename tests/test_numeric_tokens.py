@@ -498,6 +498,7 @@ def test_an_artifact_that_says_numeric_attention_loads_as_its_numeric_blocks(
     assert np.array_equal(load_model(job.model).outputs(rows), expected)
 
 
+@pytest.mark.slow
 def test_pretraining_with_numeric_tokens_runs(job: Job):
     """Numeric tokens are not corrupted yet (the next issue), but pretraining must work."""
     job.channel("training", TABLE.iloc[:120])

@@ -350,16 +350,6 @@ FEATURES_RULES = {
 OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges", "threshold", "numeric_blocks"})
 
 
-def network_config(data: dict[str, Any]) -> TabTransformerConfig:
-    """The network config that model_config.json holds. Artifacts written before numeric
-    tokens could leave after some blocks say numeric_attention (true: every block, false:
-    none) where newer ones say numeric_blocks."""
-    data = dict(data)
-    if "numeric_attention" in data:
-        data.setdefault("numeric_blocks", -1 if data.pop("numeric_attention") else 0)
-    return TabTransformerConfig(**data)
-
-
 CATEGORICAL_RULES = {"name": TEXT, "categories": _list_of(TEXT, 10**8)}
 NUMERIC_RULES = {
     "name": TEXT,
@@ -377,6 +367,16 @@ TARGET_RULES = {
     "std": _number(1e-300, math.inf),
     "threshold": Rule(lambda v: v is None or _number(0.0, 1.0).test(v), "null or in [0, 1]"),
 }
+
+
+def network_config(data: dict[str, Any]) -> TabTransformerConfig:
+    """The network config that model_config.json holds. Artifacts written before numeric
+    tokens could leave after some blocks say numeric_attention (true: every block, false:
+    none) where newer ones say numeric_blocks."""
+    data = dict(data)
+    if "numeric_attention" in data:
+        data.setdefault("numeric_blocks", -1 if data.pop("numeric_attention") else 0)
+    return TabTransformerConfig(**data)
 
 
 def validate_artifact(path: Path) -> None:
