@@ -17,7 +17,7 @@ import torch
 from conftest import FAST, TRAIN_ENTRY, Job, Server, free_port, make_table
 from safetensors.torch import load_file
 
-from tabtransformer import load_model
+from tabtransformer import hyperparameters, load_model
 from tabtransformer.crossfit import assign_folds
 from tabtransformer.errors import UserError
 from tabtransformer.inference import (
@@ -35,6 +35,7 @@ from tabtransformer.plan import (
     resolve_fold_starts,
     resolve_folds,
 )
+from tabtransformer.training import FEW_LABEL_PATIENCE, PATIENCE, FitSettings
 
 # The report is off where it is not what a test looks at (it costs up to 20 s a job).
 QUIET = {**FAST, "report": "false"}
@@ -232,6 +233,17 @@ def test_cv_folds_auto_follows_the_number_of_labelled_rows():
         resolve_folds(2, 500, sharded=True)
 
 
+@pytest.mark.parametrize(
+    ("patience", "few_labels", "resolved"),
+    [("0", True, FEW_LABEL_PATIENCE), ("0", False, PATIENCE), ("7", True, 7), ("7", False, 7)],
+)
+def test_patience_auto_waits_longer_with_few_labels(patience, few_labels, resolved):
+    hp = hyperparameters.parse({"patience": patience})
+    fit = FitSettings.from_hyperparameters(hp, "binary", few_labels=few_labels)
+    assert fit.phase.patience == resolved
+    assert (FEW_LABEL_PATIENCE, PATIENCE) == (15, 10)
+
+
 def test_folds_are_a_stratified_partition():
     labels = np.array([0] * 30 + [1] * 9)
     folds = assign_folds(labels, 3, seed=1, classify=True)
@@ -250,6 +262,7 @@ def test_a_default_job_with_few_labels_is_cross_fitted(tmp_path):
     log = metrics["log"]
     assert "cv_folds=auto: 5 for 120 labelled training rows" in log
     assert "eval_metric=auto: log_loss for a binary task with 120 labelled rows" in log
+    assert "patience=auto: 15 for 120 labelled training rows" in log
     assert "batches of 16 rows (batch_size=256)" in log
     assert metrics["folds"] == 5 and load_model(job.model).folds == 5
 

@@ -15,6 +15,7 @@ one). Each `auto` is resolved in one of those two places and logged once:
   pretrains or the table has no categorical column, none for a regression table, the
   first otherwise),
 - `eval_metric` (the task's default metric; log_loss for a binary task with few labels),
+- `patience` (10; 15 with at most FEW_LABELS labelled training rows),
 - `cv_folds` (once the labelled rows are counted: FEW_LABEL_FOLDS cross-fitted models with
   at most FEW_LABELS labelled training rows, else one),
 - `fold_starts` (then: cross-fitted models from a pretrained encoder are joined by as many
@@ -245,6 +246,10 @@ class JobPlan:
                 fit.eval_metric,
                 task,
                 f" with {labelled_rows} labelled rows" if few else "",
+            )
+        if self.hyperparameters["patience"] == 0:
+            log.info(
+                "patience=auto: %d for %d labelled training rows", fit.phase.patience, labelled_rows
             )
         folds = resolve_folds(self.hyperparameters["cv_folds"], labelled_rows, facts.sharded)
         pretrained = pretraining.objective != "none" or facts.base_pretrained

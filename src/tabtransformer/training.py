@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -48,6 +48,11 @@ from tabtransformer.settings import PhaseSettings
 log = logging.getLogger(__name__)
 MIN_STEPS_PER_EPOCH = 8
 MIN_BATCH_ROWS = 16
+# patience=auto: PATIENCE epochs without improvement end fine-tuning; with few labelled rows
+# (the few-label recipe, whose folds stop on 40-200 held-out rows) FEW_LABEL_PATIENCE, the
+# paper's value, at which that recipe was measured (docs/benchmarks.md).
+PATIENCE = 10
+FEW_LABEL_PATIENCE = 15
 THRESHOLD = "decision_threshold"  # binary: a validation score beside the metrics
 
 
@@ -82,7 +87,8 @@ class FitSettings:
     ) -> FitSettings:
         """Resolve eval_metric=auto for `task` (`few_labels`: log_loss for a binary task,
         whose AUC on a few held-out positives is mostly noise), or check that the metric
-        applies to it; check that semi_supervised has what it needs (a classifier,
+        applies to it; resolve patience=auto (0: PATIENCE, FEW_LABEL_PATIENCE with
+        `few_labels`); check that semi_supervised has what it needs (a classifier,
         unlabeled rows)."""
         check_semi_supervised(hp["semi_supervised"], task, has_unlabeled)
         name = hp["eval_metric"]
@@ -94,9 +100,12 @@ class FitSettings:
                 f"eval_metric={name} does not apply to task {task}; use one of "
                 f"{[m.name for m in metrics.for_task(task)]} or auto."
             )
+        phase = PhaseSettings.fine_tuning(hp)
+        if phase.patience == 0:
+            phase = replace(phase, patience=FEW_LABEL_PATIENCE if few_labels else PATIENCE)
         return cls(
             name,
-            PhaseSettings.fine_tuning(hp),
+            phase,
             hp["lr_schedule"],
             hp["warmup_epochs"],
             hp["grad_clip"],
