@@ -48,7 +48,8 @@ BUDGET_SHARE = 0.1  # of the training time
 PREDICTION_ROWS = 20_000  # validation rows for the task plots
 IMPORTANCE_ROWS = 2_000  # validation rows shuffled for permutation importance
 # Categorical cells (row x column) in the t-SNE figure: its cost grows faster than the
-# points (2,000 took 2.5 s of a 4 s report on a 4,000-row table; 1,000 about 1 s).
+# points (on a 4,000-row table 2,000 took 2.5 s of a 4 s report; with 1,000 the whole
+# report took 2.8 s).
 TSNE_POINTS = 1_000
 TSNE_ITERATIONS = 500
 HISTORIES = ("training_history", "pretraining_history")
