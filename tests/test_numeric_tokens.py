@@ -154,6 +154,86 @@ def test_numeric_attention_first_the_numeric_tokens_leave_after_the_first_block(
     assert all(p.grad is not None for p in alone.blocks.parameters())
 
 
+def test_numeric_skip_the_flag_tokens_wait_from_the_start_and_keep_their_places():
+    """numeric_skip lists numeric columns whose tokens skip every block: they keep their
+    layer-0 embedding until the final LayerNorm and their place among the tokens, while the
+    other tokens go through the blocks as if the skipped ones were not there."""
+    torch.manual_seed(0)
+    config = tiny_config(
+        n_continuous=3,
+        numeric_embedding="periodic",
+        n_blocks=2,
+        numeric_blocks=1,
+        numeric_skip=[0, 2],
+    )
+    model = TabTransformer(config).eval()
+    codes = torch.tensor([[2, 3], [2, 3]])
+    numbers = torch.tensor([[1.0, 0.3, 0.0], [0.0, 1.5, 1.0]])
+    numeric = model.embed_numbers(numbers).transpose(0, 1)  # (3, B, d)
+    x = model.blocks[0](torch.cat([model.embed(codes).transpose(0, 1), numeric[1:2]]))
+    categorical, attended = model.blocks[1](x[:2]), x[2:]
+    order = [categorical, numeric[0:1], attended, numeric[2:3]]  # columns in their places
+    expected = model.ln_f(torch.cat(order)).transpose(0, 1)
+    assert torch.allclose(model.contextual(codes, numbers), expected, atol=1e-6)
+    layer_1 = model.contextual(codes, numbers, layer=1)
+    assert torch.allclose(layer_1[:, [2, 4]], numeric[[0, 2]].transpose(0, 1))  # unchanged
+    # the same parameters as without skipping: artifacts and encoders move between them
+    plain = TabTransformer(replace(config, numeric_skip=[]))
+    assert model.state_dict().keys() == plain.state_dict().keys()
+    assert model.mlp[0].in_features == plain.mlp[0].in_features == 5 * 8
+    model(codes, numbers).sum().backward()  # every parameter still trains
+    assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"numeric_skip": [1, 0]}, "ascending"),
+        ({"numeric_skip": [2]}, "0 to 1"),
+        ({"numeric_skip": [0], "numeric_blocks": 0}, "numeric tokens"),
+        ({"numeric_skip": [0, 1], "cardinalities": []}, "no token"),
+    ],
+)
+def test_numeric_skip_must_name_numeric_tokens_and_leave_one_for_the_blocks(settings, message):
+    config = tiny_config(numeric_embedding="periodic", **settings)
+    with pytest.raises(ValueError, match=message):
+        TabTransformer(config)
+
+
+def test_a_numeric_column_with_at_most_two_values_is_a_flag():
+    table = pd.DataFrame(
+        {
+            "yes_no": [0, 1, 1, 0, np.nan, 1] * 10,
+            "constant": [3.5] * 60,
+            "three": [0, 1, 2] * 20,
+            "size": np.linspace(0, 1, 60),
+        }
+    )
+    pre = TablePreprocessor.fit(table, categorical=None, numeric_bins=8)
+    assert {c.name: c.flag for c in pre.numeric} == {
+        "yes_no": True,
+        "constant": True,
+        "three": False,
+        "size": False,
+    }
+    again = TablePreprocessor.from_dict(json.loads(json.dumps(pre.to_dict())))
+    assert [c.flag for c in again.numeric] == [c.flag for c in pre.numeric]
+
+
+@pytest.mark.parametrize(
+    ("attention", "flags"), [("first", "skip"), ("all", "attend"), ("none", "attend")]
+)
+def test_numeric_flags_auto_skips_where_numeric_tokens_take_the_first_block(attention, flags):
+    shape = NetworkSettings.from_hyperparameters(hyperparameters.defaults()).for_task("binary")
+    assert shape.numeric_flags == "auto"
+    facts = TableFacts(task="binary", code_columns=2, numeric_columns=3)
+    resolved = replace(shape, numeric_attention=attention).for_table(facts, pretrains=False)
+    assert resolved.numeric_flags == flags
+    assert resolved.config().numeric_skip == []  # the columns are known when it is built
+    chosen = replace(shape, numeric_attention=attention, numeric_flags="attend")
+    assert chosen.for_table(facts, pretrains=False).numeric_flags == "attend"
+
+
 def test_missing_number_takes_the_columns_learned_missing_embedding_not_the_median():
     torch.manual_seed(0)
     model = TabTransformer(tiny_config(numeric_embedding="ple", numeric_bin_edges=EDGES)).eval()
@@ -373,7 +453,7 @@ def test_numeric_attention_auto_follows_the_task_and_the_table(
     assert resolved.numeric_attention == attention
     assert resolved.config().numeric_blocks == blocks
     chosen = replace(shape, numeric_attention="all")
-    assert chosen.for_table(facts, pretrains) == chosen  # a choice is kept
+    assert chosen.for_table(facts, pretrains).numeric_attention == "all"  # a choice is kept
 
 
 def test_continuous_bins_is_retired_for_numeric_embedding():
@@ -446,6 +526,7 @@ def test_numeric_tokens_and_ensembles_round_trip_through_train_and_serve(
 ):
     table = make_table(task, n=240)
     table["empty"] = np.nan  # an all-missing numeric column
+    table["flag"] = np.arange(len(table)) % 2  # a yes/no column
     job = Job(tmp_path / "opt_ml")
     job.channel("training", table)
     job.hyperparameters({**FAST, "input_dim": "8", "warmup_epochs": "1", **settings})
@@ -459,6 +540,10 @@ def test_numeric_tokens_and_ensembles_round_trip_through_train_and_serve(
     attention = settings.get("numeric_attention", auto)
     assert config["numeric_blocks"] == NUMERIC_ATTENTION[attention]
     features = json.loads((job.model / "preprocessing.json").read_text())["features"]
+    flags = [i for i, c in enumerate(features["numeric"]) if c["flag"]]
+    n = len(features["numeric"])
+    assert flags == [n - 2, n - 1]  # "empty" and "flag", the table's last columns
+    assert config["numeric_skip"] == (flags if attention == "first" else [])  # auto
     assert features["numeric_bins"] == 32 and all(c["bin_edges"] for c in features["numeric"])
     rows = table.drop(columns="label").head(20)
     expected = load_model(job.model).outputs(rows)

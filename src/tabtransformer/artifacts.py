@@ -335,6 +335,7 @@ CONFIG_RULES = {
     "mlp_hidden_cap": _integer(0, 10**6),
     "folds": _integer(1, 64),
     "numeric_blocks": _integer(-1, 64),
+    "numeric_skip": _list_of(_integer(0, MAX_COLUMNS), MAX_COLUMNS),
 }
 # Keys an older model_config.json holds where a newer one has another (`network_config`).
 LEGACY_CONFIG_RULES = {"numeric_attention": Rule(lambda v: isinstance(v, bool), "true or false")}
@@ -345,9 +346,11 @@ FEATURES_RULES = {
     "continuous_bins": _integer(0, 10**6),
     "numeric_bins": _integer(0, 10**4),
 }
-# Keys that older artifacts lack (before numeric tokens, the decision threshold, or
-# numeric embeddings that skip the Transformer).
-OPTIONAL_KEYS = frozenset({"numeric_bins", "bin_edges", "threshold", "numeric_blocks"})
+# Keys that older artifacts lack (before numeric tokens, the decision threshold, numeric
+# embeddings that skip the Transformer, or flag columns whose tokens skip it).
+OPTIONAL_KEYS = frozenset(
+    {"numeric_bins", "bin_edges", "threshold", "numeric_blocks", "numeric_skip", "flag"}
+)
 
 
 CATEGORICAL_RULES = {"name": TEXT, "categories": _list_of(TEXT, 10**8)}
@@ -359,6 +362,7 @@ NUMERIC_RULES = {
         lambda v: v is None or _list_of(FINITE, 10**4, min_length=2).test(v),
         "null or a list of finite edges",
     ),
+    "flag": Rule(lambda v: isinstance(v, bool), "true or false"),
 }
 TARGET_RULES = {
     "task": Rule(lambda v: v in TASKS, f"one of {list(TASKS)}"),

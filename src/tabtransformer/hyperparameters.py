@@ -18,6 +18,7 @@ from tabtransformer.options import (
     ENSEMBLE_HEADS,
     NUMERIC_ATTENTION,
     NUMERIC_EMBEDDINGS,
+    NUMERIC_FLAGS,
     PRETRAINING_OBJECTIVES,
 )
 
@@ -523,6 +524,18 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "categorical columns, as measured in the accuracy benchmark (the same accuracy in "
         "0.3-0.6x the fit time).",
         choices=("auto", *NUMERIC_ATTENTION),
+    ),
+    Hyperparameter(
+        "numeric_flags",
+        str,
+        "auto",
+        "With numeric tokens through the Transformer, what the numeric columns with at most "
+        "two values in training (flags: yes/no, 0/1) do: 'attend' like every other numeric "
+        "token, or 'skip' every block (their embeddings wait, unchanged, and rejoin the other "
+        "tokens for the MLP), which saves what a token costs in attention. 'auto': 'skip' "
+        "where numeric_attention is 'first', 'attend' otherwise, as measured in the accuracy "
+        "benchmark.",
+        choices=("auto", *NUMERIC_FLAGS),
     ),
     Hyperparameter(
         "ensemble_size",

@@ -257,7 +257,13 @@ def build_model(
             "n_continuous": len(pre.numeric),
             "numeric_bin_edges": [c.bin_edges for c in pre.numeric] if edges else [],
         }
-        return TabTransformer(replace(config, **columns, n_outputs=n_outputs))
+        config = replace(config, **columns, n_outputs=n_outputs)
+        if network.numeric_flags == "skip" and config.numeric_tokens:
+            flags = [i for i, column in enumerate(pre.numeric) if column.flag]
+            if flags and len(flags) < config.n_tokens:  # some token must take the blocks
+                log.info("%d flag column(s) skip the Transformer's blocks", len(flags))
+                config = replace(config, numeric_skip=flags)
+        return TabTransformer(config)
     head = {
         "n_outputs": n_outputs,
         "ensemble_size": network.ensemble_size,

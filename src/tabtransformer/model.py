@@ -24,6 +24,12 @@ nothing to go on: the numeric tokens take every block, so every parameter trains
                                     numeric (B, c, d) as it left block j]
                     --concat--> contextual (B, m+c, d)
 
+`numeric_skip` lists numeric columns (by index) whose tokens skip every block, as if
+they had waited from the start: the two-valued columns (flags) of a table whose numeric
+tokens take the first block only (one bit of information per token; a token's cost there
+is the same as any other's). They rejoin the others, in column order, before the final
+LayerNorm, so the MLP and every layer's contextual embeddings keep the columns' order.
+
 `numeric_blocks` = 0: the numeric embeddings skip the Transformer, as the paper's scalars do:
 
     codes (B, m) --ColumnEmbedding--> (B, m, d) --N x Block--> contextual (B, m, d)
@@ -99,6 +105,7 @@ class TabTransformerConfig:
     mlp_hidden_cap: int = 0  # > 0: the MLP's first hidden width is at most this
     folds: int = 1  # > 1: that many cross-fitted networks of this shape (CrossFitted)
     numeric_blocks: int = -1  # blocks numeric tokens go through: -1 all, 0 none, k the first k
+    numeric_skip: list[int] = field(default_factory=list)  # numeric tokens that skip every block
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -245,6 +252,7 @@ def dropout_scale(shape: torch.Size, device: torch.device, p: float) -> torch.Te
 # tokens: its dropout draws one bernoulli per weight, `dropout` a 16-bit lane). For a
 # handful of rows (single-row requests) and on a GPU, PyTorch's kernel runs.
 TINY_ATTENTION_MAX_TOKENS = 13
+TRANSPOSED_INFERENCE_MAX_TOKENS = 24
 CPU_ATTENTION_MIN_ROWS = 16
 
 
@@ -295,12 +303,22 @@ class TinyHeadAttention(torch.autograd.Function):
 
 def batched_attention(qkv: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Attention for `qkv` laid out (3, heads, e, m, B) as batched matmuls over the B * heads
-    (m, e) matrices, the weights' dropout by `dropout`; out (heads, e, queries, B)."""
+    matrices, the weights' dropout by `dropout`; out (heads, e, queries, B).
+
+    In training, and in inference up to TRANSPOSED_INFERENCE_MAX_TOKENS tokens, the matrices
+    are laid out transposed, (e, m), with scores (keys, queries) and the softmax over keys:
+    with e = 4 a product whose output is m wide runs faster than one whose output is e wide,
+    and the result is already in the output's order. Past that many tokens an inference
+    runs the plain layout, (m, e), whose softmax over a contiguous last dimension wins."""
     _, h, e, m, b = qkv.shape
-    q, k, v = qkv.permute(0, 4, 1, 3, 2).reshape(3, b * h, m, e).unbind(0)
-    weights = torch.bmm(q * e**-0.5, k.transpose(1, 2)).softmax(-1)  # (B * heads, m, m)
-    y = torch.bmm(dropout(weights, p, training), v)  # (B * heads, queries, e)
-    return y.view(b, h, m, e).permute(1, 3, 2, 0)
+    if training or m <= TRANSPOSED_INFERENCE_MAX_TOKENS:
+        q, k, v = qkv.permute(0, 4, 1, 2, 3).reshape(3, b * h, e, m).unbind(0)  # (B*heads, e, m)
+        weights = torch.bmm(k.transpose(1, 2), q * e**-0.5).softmax(1)  # (B*heads, keys, queries)
+        y = torch.bmm(v, dropout(weights, p, training))  # (B * heads, e, queries)
+        return y.view(b, h, e, m).permute(1, 2, 3, 0)
+    q, k, v = qkv.permute(0, 4, 1, 3, 2).reshape(3, b * h, m, e).unbind(0)  # (B*heads, m, e)
+    weights = torch.bmm(q * e**-0.5, k.transpose(1, 2)).softmax(-1)  # (B*heads, queries, keys)
+    return torch.bmm(weights, v).view(b, h, m, e).permute(1, 3, 2, 0)
 
 
 class SelfAttention(nn.Module):
@@ -389,6 +407,18 @@ class TabTransformer(nn.Module):
                 c.frac_shared_embed,
                 c.numeric_bin_edges,
             )
+        if c.numeric_skip:
+            if not c.numeric_tokens or sorted(set(c.numeric_skip)) != c.numeric_skip:
+                raise ValueError("numeric_skip lists numeric tokens' columns, ascending")
+            if c.numeric_skip[0] < 0 or c.numeric_skip[-1] >= c.n_continuous:
+                raise ValueError(f"numeric_skip holds columns of 0 to {c.n_continuous - 1}")
+            if c.n_tokens == len(c.numeric_skip):
+                raise ValueError("numeric_skip leaves no token for the Transformer")
+            skipping = set(c.numeric_skip)
+            attending = [i for i in range(c.n_continuous) if i not in skipping]
+            order = torch.tensor(attending + c.numeric_skip)  # attending first, then skipping
+            self.register_buffer("numeric_order", order, persistent=False)
+            self.register_buffer("numeric_unorder", order.argsort(), persistent=False)
         if c.n_tokens:
             self.blocks = nn.ModuleList(
                 Block(c.dim, c.n_heads, c.attn_dropout, c.mlp_dropout) for _ in range(c.n_blocks)
@@ -423,7 +453,8 @@ class TabTransformer(nn.Module):
         `numeric_mask` (B, c, bool) gives chosen numeric cells the column's missing vector
         (an MLM mask); replacing a row's numbers by another row's is an RTD corruption.
         Without `numbers`, every numeric cell counts as missing. With `numeric_blocks` = j,
-        a numeric token's embedding at a layer past j is the one it left block j with.
+        a numeric token's embedding at a layer past j is the one it left block j with; a
+        token in `numeric_skip` keeps its embedding from layer 0 until the final LayerNorm.
         """
         n_layers = self.config.n_blocks + 1
         if not -n_layers <= layer < n_layers:
@@ -441,12 +472,19 @@ class TabTransformer(nn.Module):
         x = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
         x = x.transpose(0, 1).contiguous()  # token-major (n_tokens, B, d) for the blocks
         m, held = len(self.config.cardinalities), None
+        skipped = len(self.config.numeric_skip)
+        if skipped:  # the attending tokens first, the skipping ones wait from the start
+            numeric = x[m:].index_select(0, self.numeric_order)
+            x, skipping = torch.cat([x[:m], numeric[:-skipped]]), numeric[-skipped:]
         for i, block in enumerate(self.blocks[:depth]):
             if i == self.config.numeric_blocks and self.config.numeric_tokens and m:
                 x, held = x[:m], x[m:]  # the numeric tokens wait; the categorical go on
             x = block(x)
         if held is not None:
             x = torch.cat([x, held])
+        if skipped:  # every numeric token back in its column's place
+            numeric = torch.cat([x[m:], skipping]).index_select(0, self.numeric_unorder)
+            x = torch.cat([x[:m], numeric])
         x = self.ln_f(x) if depth == self.config.n_blocks else x
         return x.transpose(0, 1)
 

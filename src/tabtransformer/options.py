@@ -32,5 +32,8 @@ NUMERIC_EMBEDDINGS: dict[str, NumericEmbeddingOption] = {
 # pass, as model.TabTransformerConfig.numeric_blocks (-1: every block; 0: none, the
 # embeddings reach the MLP directly).
 NUMERIC_ATTENTION: dict[str, int] = {"all": -1, "first": 1, "none": 0}
+# What numeric columns with at most two values (flags) do when numeric tokens take the
+# Transformer (numeric_flags): go through it like the others, or skip every block.
+NUMERIC_FLAGS = ("attend", "skip")
 PRETRAINING_OBJECTIVES = ("mlm", "rtd")  # masked language modelling, replaced token detection
 ENSEMBLE_HEADS = ("plain", "batchensemble")

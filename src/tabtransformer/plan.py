@@ -13,7 +13,8 @@ one). Each `auto` is resolved in one of those two places and logged once:
   otherwise, as the accuracy benchmark measured — docs/benchmarks.md) and
   `numeric_attention` (once the objective is known too: all blocks when the job
   pretrains or the table has no categorical column, none for a regression table, the
-  first otherwise),
+  first otherwise) and `numeric_flags` (then: numeric columns with at most two values
+  skip every block where numeric tokens take the first only),
 - `eval_metric` (the task's default metric; log_loss for a binary task with few labels),
 - `patience` (10; 15 with at most FEW_LABELS labelled training rows),
 - `cv_folds` (once the labelled rows are counted: FEW_LABEL_FOLDS cross-fitted models with
@@ -88,6 +89,7 @@ class NetworkSettings:
     numeric_embedding: str
     numeric_bins: int
     numeric_attention: str  # "auto" or one of options.NUMERIC_ATTENTION
+    numeric_flags: str  # "auto" or one of options.NUMERIC_FLAGS
     ensemble_size: int
     ensemble_head: str
     mlp_hidden_cap: int
@@ -132,7 +134,7 @@ class NetworkSettings:
         tokens have nothing to wait for), 'none' for a regression table with categorical
         columns, 'first' otherwise. A chosen value is kept."""
         if self.numeric_attention != "auto":
-            return self
+            return self.with_flags()
         if pretrains:
             attention, why = "all", "a job that pretrains"
         elif not facts.code_columns:
@@ -142,14 +144,27 @@ class NetworkSettings:
         else:
             attention, why = "first", f"a {facts.task} table"
         log.info("numeric_attention=auto: %s (numeric tokens) for %s", attention, why)
-        return replace(self, numeric_attention=attention)
+        return replace(self, numeric_attention=attention).with_flags()
+
+    def with_flags(self) -> NetworkSettings:
+        """numeric_flags=auto made concrete once numeric_attention is: 'skip' where numeric
+        tokens take the first block only, as the accuracy benchmark measured
+        (docs/benchmarks.md), 'attend' otherwise. A chosen value is kept."""
+        if self.numeric_flags != "auto":
+            return self
+        flags = "skip" if self.numeric_tokens and self.numeric_attention == "first" else "attend"
+        if self.numeric_tokens:
+            log.info("numeric_flags=auto: %s (numeric_attention=%s)", flags, self.numeric_attention)
+        return replace(self, numeric_flags=flags)
 
     def config(self) -> TabTransformerConfig:
         """The network config of this shape (no columns yet)."""
         from tabtransformer.model import TabTransformerConfig  # torch: only when building
 
-        if "auto" in (self.numeric_embedding, self.numeric_attention):
-            raise ValueError("numeric_embedding and numeric_attention are resolved by completed")
+        if "auto" in (self.numeric_embedding, self.numeric_attention, self.numeric_flags):
+            raise ValueError(
+                "numeric_embedding, numeric_attention and numeric_flags are resolved by completed"
+            )
         return TabTransformerConfig(
             dim=self.input_dim,
             n_blocks=self.n_blocks,

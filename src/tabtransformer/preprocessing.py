@@ -168,12 +168,14 @@ class CategoricalColumn:
 @dataclass
 class NumericColumn:
     """A numeric column's quantile map onto N(0, 1); `median` is the raw imputed value;
-    `bin_edges` (numeric tokens only) are sorted edges on the N(0, 1) scale."""
+    `bin_edges` (numeric tokens only) are sorted edges on the N(0, 1) scale; `flag`: at
+    most two distinct values were present in training (a yes/no column)."""
 
     name: str
     quantiles: list[float]
     median: float
     bin_edges: list[float] | None = None
+    flag: bool = False
 
     def normal(self, values: pd.Series) -> np.ndarray:
         """The N(0, 1) score of each value; NaN where the value is missing."""
@@ -338,7 +340,8 @@ class ColumnStatistics:
             )
         n_q = min(MAX_QUANTILES, len(present))
         quantiles = np.quantile(present, np.linspace(0, 1, n_q)) if n_q else []
-        column = NumericColumn(self.name, [float(v) for v in quantiles], median)
+        flag = len(np.unique(present)) <= 2
+        column = NumericColumn(self.name, [float(v) for v in quantiles], median, flag=flag)
         if numeric_bins:
             column.bin_edges = fit_bin_edges(column.normal(pd.Series(present)), numeric_bins)
         return column
