@@ -126,6 +126,10 @@ VARIANTS: dict[str, Variant] = {
     "rtd (categorical only) + fresh folds": Variant(
         {**RTD, "pretrain_columns": "categorical"}, {"fold_starts": "auto"}
     ),
+    "rtd (categorical only, periodic tokens) + fresh folds": Variant(
+        {**RTD, "pretrain_columns": "categorical", "numeric_embedding": "periodic"},
+        {"fold_starts": "auto"},
+    ),
     "rtd (every column)": Variant({**RTD, "pretrain_columns": "all"}),
     "mlm (categorical only)": Variant({**MLM, "pretrain_columns": "categorical"}),
     "rtd (categorical only) + fresh folds, one head": Variant(

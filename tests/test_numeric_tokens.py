@@ -108,6 +108,16 @@ def test_numeric_tokens_enter_the_transformer_beside_the_categorical_ones(kind: 
     assert model.mlp[0].in_features == 4 * 8  # flatten of all tokens, no scalar bypass
 
 
+@pytest.mark.parametrize("scale", [0.01, 0.1, 1.0])
+def test_frequency_init_scale_is_the_spread_of_plrs_starting_frequencies(scale: float):
+    torch.manual_seed(0)
+    config = tiny_config(numeric_embedding="periodic", n_continuous=40, frequency_init_scale=scale)
+    frequencies = TabTransformer(config).embed_numbers.values.periodic.weight  # (columns, 48)
+    assert frequencies.shape == (40, 48)
+    assert 0.9 * scale < frequencies.std().item() < 1.05 * scale  # truncated at 3 sigma
+    assert frequencies.abs().max().item() <= 3 * scale
+
+
 @pytest.mark.parametrize("kind", ["ple", "periodic"])
 def test_numeric_attention_none_the_embedded_numbers_skip_the_transformer(kind: str):
     torch.manual_seed(0)
@@ -513,7 +523,12 @@ def test_a_bin_token_artifact_serves_and_fine_tunes_through_the_real_entry_point
         ),
         (
             "regression",
-            {"numeric_embedding": "periodic", "ensemble_size": "2", "lr_schedule": "cosine"},
+            {
+                "numeric_embedding": "periodic",
+                "ensemble_size": "2",
+                "lr_schedule": "cosine",
+                "frequency_init_scale": "0.3",
+            },
         ),
         (
             "binary",
@@ -536,6 +551,7 @@ def test_numeric_tokens_and_ensembles_round_trip_through_train_and_serve(
     assert config["numeric_embedding"] == settings["numeric_embedding"]
     assert config["ensemble_size"] == int(settings["ensemble_size"])
     assert config["ensemble_head"] == settings.get("ensemble_head", "plain")
+    assert config["frequency_init_scale"] == float(settings.get("frequency_init_scale", 0.1))
     auto = "none" if task == "regression" else "first"  # the table has categorical columns
     attention = settings.get("numeric_attention", auto)
     assert config["numeric_blocks"] == NUMERIC_ATTENTION[attention]

@@ -400,6 +400,11 @@ def set_key(*keys, value):
         ("model_config.json", set_key("dim", value=64), ["does not match", "shape"]),
         ("model_config.json", set_key("n_outputs", value=3), ["'n_outputs'"]),
         (
+            "model_config.json",
+            set_key("frequency_init_scale", value=0),
+            ["'frequency_init_scale'", "positive"],
+        ),
+        (
             "preprocessing.json",
             set_key("features", "numeric", 0, "quantiles", value="abc"),
             ["'quantiles'", "'abc'"],

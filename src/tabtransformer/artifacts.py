@@ -330,6 +330,9 @@ CONFIG_RULES = {
         lambda v: v in NUMERIC_EMBEDDINGS, f"one of {tuple(NUMERIC_EMBEDDINGS)}"
     ),
     "numeric_bin_edges": _list_of(_list_of(FINITE, 10**4, min_length=2), MAX_COLUMNS),
+    "frequency_init_scale": Rule(
+        lambda v: _number(0.0, 10**6).test(v) and v > 0, "a positive number up to 1e+06"
+    ),
     "ensemble_size": _integer(1, 1024),
     "ensemble_head": Rule(lambda v: v in ENSEMBLE_HEADS, f"one of {ENSEMBLE_HEADS}"),
     "mlp_hidden_cap": _integer(0, 10**6),
@@ -347,9 +350,18 @@ FEATURES_RULES = {
     "numeric_bins": _integer(0, 10**4),
 }
 # Keys that older artifacts lack (before numeric tokens, the decision threshold, numeric
-# embeddings that skip the Transformer, or flag columns whose tokens skip it).
+# embeddings that skip the Transformer, flag columns whose tokens skip it, or a chosen scale
+# of PLR's initial frequencies).
 OPTIONAL_KEYS = frozenset(
-    {"numeric_bins", "bin_edges", "threshold", "numeric_blocks", "numeric_skip", "flag"}
+    {
+        "numeric_bins",
+        "bin_edges",
+        "threshold",
+        "numeric_blocks",
+        "numeric_skip",
+        "flag",
+        "frequency_init_scale",
+    }
 )
 
 

@@ -100,6 +100,7 @@ class TabTransformerConfig:
     continuous_norm: str = "none"  # "layer" (paper) or "none"
     numeric_embedding: str = "none"  # "none" (paper: scalars into the MLP), "ple", "periodic"
     numeric_bin_edges: list[list[float]] = field(default_factory=list)  # "ple": per column
+    frequency_init_scale: float = 0.01  # "periodic": σ of the initial frequencies
     ensemble_size: int = 1  # k MLP heads over the one Transformer
     ensemble_head: str = "plain"  # k > 1: "plain" (k independent MLPs) or "batchensemble"
     mlp_hidden_cap: int = 0  # > 0: the MLP's first hidden width is at most this
@@ -151,24 +152,26 @@ class ColumnEmbedding(nn.Module):
         return torch.cat([shared, values], dim=-1)
 
 
-def piecewise_linear(n_columns: int, width: int, bin_edges: list[list[float]]) -> nn.Module:
+def piecewise_linear(c: TabTransformerConfig, width: int) -> nn.Module:
     """PLE, version B (a linear part plus piecewise-linear over the column's bins)."""
     # PLE reads its bins' values while it is built: on the CPU even when the rest of the
     # network is built on the meta device (artifact validation builds it there).
     with warnings.catch_warnings(), torch.device("cpu"):
         warnings.simplefilter("ignore")  # a column with a single bin is fine here
-        edges = [torch.tensor(e, dtype=torch.float32) for e in bin_edges]
+        edges = [torch.tensor(e, dtype=torch.float32) for e in c.numeric_bin_edges]
         return PiecewiseLinearEmbeddings(edges, width, activation=False, version="B")
 
 
-def periodic(n_columns: int, width: int, bin_edges: list[list[float]]) -> nn.Module:
-    """PLR: periodic features, then a per-column linear layer and ReLU."""
-    return PeriodicEmbeddings(n_columns, width, lite=False)
+def periodic(c: TabTransformerConfig, width: int) -> nn.Module:
+    """PLR: periodic features (frequencies drawn with std c.frequency_init_scale), then a
+    per-column linear layer and ReLU."""
+    scale = c.frequency_init_scale
+    return PeriodicEmbeddings(c.n_continuous, width, lite=False, frequency_init_scale=scale)
 
 
 # The value part of each numeric embedding that makes tokens (options.NUMERIC_EMBEDDINGS):
-# (n_columns, width, bin_edges) -> a module (B, c) -> (B, c, width).
-NUMERIC_VALUE_EMBEDDINGS: dict[str, Callable[[int, int, list[list[float]]], nn.Module]] = {
+# (config, width) -> a module (B, c) -> (B, c, width).
+NUMERIC_VALUE_EMBEDDINGS: dict[str, Callable[[TabTransformerConfig, int], nn.Module]] = {
     "ple": piecewise_linear,
     "periodic": periodic,
 }
@@ -182,15 +185,14 @@ class NumericEmbedding(nn.Module):
     a cell set in `mask` (an MLM mask), takes the column's learned *missing* vector instead.
     """
 
-    def __init__(
-        self, kind: str, n_columns: int, dim: int, frac_shared: float, bin_edges: list[list[float]]
-    ):
+    def __init__(self, c: TabTransformerConfig):
         super().__init__()
-        n_shared = round(dim * frac_shared)
+        n_columns, dim, n_shared = c.n_continuous, c.dim, round(c.dim * c.frac_shared_embed)
+        kind = c.numeric_embedding
         if kind not in NUMERIC_VALUE_EMBEDDINGS:
             known = sorted(NUMERIC_VALUE_EMBEDDINGS)
             raise ValueError(f"unknown numeric_embedding {kind!r}; use one of {known}")
-        self.values = NUMERIC_VALUE_EMBEDDINGS[kind](n_columns, dim - n_shared, bin_edges)
+        self.values = NUMERIC_VALUE_EMBEDDINGS[kind](c, dim - n_shared)
         bound = dim**-0.5  # the scale of the value embeddings at initialisation
         self.missing = nn.Parameter(torch.empty(n_columns, dim - n_shared).uniform_(-bound, bound))
         self.shared = nn.Parameter(torch.empty(n_columns, n_shared).uniform_(-bound, bound))
@@ -400,13 +402,7 @@ class TabTransformer(nn.Module):
         if n_cat:
             self.embed = ColumnEmbedding(c.cardinalities, c.dim, c.frac_shared_embed)
         if c.numeric_embedded:
-            self.embed_numbers = NumericEmbedding(
-                c.numeric_embedding,
-                c.n_continuous,
-                c.dim,
-                c.frac_shared_embed,
-                c.numeric_bin_edges,
-            )
+            self.embed_numbers = NumericEmbedding(c)
         if c.numeric_skip:
             if not c.numeric_tokens or sorted(set(c.numeric_skip)) != c.numeric_skip:
                 raise ValueError("numeric_skip lists numeric tokens' columns, ascending")

@@ -88,6 +88,7 @@ class NetworkSettings:
     continuous_norm: str
     numeric_embedding: str
     numeric_bins: int
+    frequency_init_scale: float
     numeric_attention: str  # "auto" or one of options.NUMERIC_ATTENTION
     numeric_flags: str  # "auto" or one of options.NUMERIC_FLAGS
     ensemble_size: int
@@ -174,6 +175,7 @@ class NetworkSettings:
             mlp_dropout=self.mlp_dropout,
             continuous_norm=self.continuous_norm,
             numeric_embedding=self.numeric_embedding,
+            frequency_init_scale=self.frequency_init_scale,
             numeric_blocks=NUMERIC_ATTENTION[self.numeric_attention],
             ensemble_size=self.ensemble_size,
             ensemble_head=self.ensemble_head,
