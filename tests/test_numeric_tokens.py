@@ -430,13 +430,21 @@ def test_fit_follows_the_schedule_and_a_restart_continues_it(tmp_path: Path, mon
 
 
 @pytest.mark.parametrize(
-    ("task", "kind"),
-    [("binary", "periodic"), ("multiclass", "ple"), ("regression", "ple"), (None, "ple")],
+    ("task", "pretrains", "kind"),
+    [
+        ("binary", False, "periodic"),
+        ("binary", True, "ple"),  # as a pretraining-only artifact would give it
+        ("multiclass", False, "ple"),
+        ("regression", False, "ple"),
+        (None, True, "ple"),
+    ],
 )
-def test_numeric_embedding_auto_is_periodic_for_binary_tasks_and_ple_otherwise(task, kind):
+def test_numeric_embedding_auto_is_periodic_for_binary_tasks_and_ple_otherwise(
+    task, pretrains, kind
+):
     shape = NetworkSettings.from_hyperparameters(hyperparameters.defaults())
     assert shape.numeric_embedding == "auto"
-    assert shape.for_task(task).numeric_embedding == kind
+    assert shape.for_task(task, pretrains).numeric_embedding == kind
     chosen = replace(shape, numeric_embedding="ple")
     assert chosen.for_task("binary") == chosen  # a choice is kept
 

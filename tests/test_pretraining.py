@@ -151,6 +151,10 @@ def test_with_few_labels_an_unlabeled_channel_is_pretrained_on_by_default(job: J
     out = semi_supervised_job(job, None, labels=FEW_LABELS_TO_PRETRAIN)
     assert f"pretrain_objective=auto: rtd ({FEW_LABELS_TO_PRETRAIN} labelled rows" in out["log"]
     assert "pretrain rtd epoch 1/2" in out["log"] and out["report"]["pretrained"] == "rtd"
+    # PLE tokens, as a pretraining-only artifact has them (the few-label evidence's)
+    assert "numeric_embedding=auto: ple numeric tokens for a job that pretrains" in out["log"]
+    config = json.loads((job.model / "model_config.json").read_text())
+    assert config["numeric_embedding"] == "ple"
 
 
 @pytest.mark.slow
@@ -158,6 +162,7 @@ def test_with_more_labels_an_unlabeled_channel_is_not_pretrained_on_by_default(j
     out = semi_supervised_job(job, None, labels=FEW_LABELS_TO_PRETRAIN + 1)
     assert f"pretrain_objective=auto: none ({FEW_LABELS_TO_PRETRAIN + 1} labelled" in out["log"]
     assert "pretrain rtd epoch" not in out["log"] and out["report"]["pretrained"] is None
+    assert "numeric_embedding=auto: periodic numeric tokens for a binary task" in out["log"]
 
 
 @pytest.mark.slow

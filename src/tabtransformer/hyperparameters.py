@@ -497,8 +497,9 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "column becomes a d-dimensional token beside the categorical ones, so attention mixes "
         "them; a missing number gets a learned per-column missing embedding instead of the "
         "median (Gorishniy et al. 2022, rtdl_num_embeddings). 'auto': 'periodic' for binary "
-        "classification, 'ple' otherwise (regression, multiclass, pretraining without labels), "
-        "as measured in the accuracy benchmark.",
+        "classification, 'ple' otherwise (regression, multiclass, and a job that pretrains, "
+        "with labels or without), as measured in the accuracy and semi-supervised "
+        "benchmarks.",
         choices=("auto", *NUMERIC_EMBEDDINGS),
     ),
     Hyperparameter(

@@ -116,16 +116,16 @@ class NetworkSettings:
         """The most quantile bins a numeric column's edges hold (0: none are made)."""
         return self.numeric_bins if self.numeric_embedded else 0
 
-    def for_task(self, task: str | None) -> NetworkSettings:
+    def for_task(self, task: str | None, pretrains: bool = False) -> NetworkSettings:
         """numeric_embedding=auto made concrete: 'periodic' for binary classification,
-        'ple' otherwise (regression, multiclass, pretraining without labels), as the
-        accuracy benchmark measured (docs/benchmarks.md); a chosen embedding is kept."""
+        'ple' otherwise (regression, multiclass) and in a job that pretrains (with labels
+        or without: the few-label evidence fine-tuned PLE encoders), as the benchmarks
+        measured (docs/benchmarks.md); a chosen embedding is kept."""
         if self.numeric_embedding != "auto":
             return self
-        kind = "periodic" if task == "binary" else "ple"
-        log.info(
-            "numeric_embedding=auto: %s numeric tokens for a %s task", kind, task or "unlabeled"
-        )
+        kind = "periodic" if task == "binary" and not pretrains else "ple"
+        why = "a job that pretrains" if pretrains else f"a {task or 'unlabeled'} task"
+        log.info("numeric_embedding=auto: %s numeric tokens for %s", kind, why)
         return replace(self, numeric_embedding=kind)
 
     def for_table(self, facts: TableFacts, pretrains: bool) -> NetworkSettings:
@@ -249,7 +249,8 @@ class JobPlan:
         if pretraining.objective == "auto":
             objective = resolve_objective(facts, self.from_base, network, pretraining.columns)
             pretraining = replace(pretraining, objective=objective)
-        network = network.for_task(facts.task).for_table(facts, pretraining.objective != "none")
+        pretrains = pretraining.objective != "none"
+        network = network.for_task(facts.task, pretrains).for_table(facts, pretrains)
         task, labelled_rows = facts.task, facts.labelled_rows
         if task is None:
             return replace(self, network=network, pretraining=pretraining)
