@@ -126,7 +126,7 @@ class TabTransformerEstimator(TransformerMixin, BaseEstimator):
     ) -> TabTransformerEstimator:
         """Train on (X, y) through the training job: `X_unlabeled` (features only) is its
         `unlabeled` channel (the preprocessing sees it; by default the job pretrains on
-        it with at most 200 labelled rows; semi_supervised uses it), `eval_set` = (X, y) its
+        it with at most 100 labelled rows; semi_supervised uses it), `eval_set` = (X, y) its
         `validation` channel (else the job holds rows out or cross-fits, as `cv_folds`
         says)."""
         frame = self._features(X, fitting=True)

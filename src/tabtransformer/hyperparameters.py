@@ -361,7 +361,7 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         "Pretraining on unlabeled rows before fine-tuning: 'mlm' (masked language "
         "modelling), 'rtd' (replaced token detection) or 'none'. auto: rtd for a job that "
         "only pretrains (pretrain_only, or no 'training' channel); with labels and an "
-        "'unlabeled' channel, rtd when the job has at most 200 labelled rows, no 'model' "
+        "'unlabeled' channel, rtd when the job has at most 100 labelled rows, no 'model' "
         "channel, a column to pretrain on and every row on every host, else none (the "
         "unlabeled rows then inform the preprocessing only); its cross-fitted models then "
         "start from the pretrained encoder and fresh (fold_starts).",
