@@ -176,7 +176,8 @@ def test_fine_tuning_a_model_channel_does_not_pretrain_again_by_default(tmp_path
 def test_few_labels_without_a_token_column_fine_tune_without_pretraining(job: Job):
     """auto never asks for what the table cannot give: with no categorical column and
     numeric columns outside the Transformer, it does not pretrain (and does not fail)."""
-    out = semi_supervised_job(job, None, numeric_only="1", numeric_embedding="none")
+    labels = FEW_LABELS_TO_PRETRAIN  # few enough to pretrain, were there a token column
+    out = semi_supervised_job(job, None, labels, numeric_only="1", numeric_embedding="none")
     assert "pretrain_objective=auto: none (no token column to pretrain on" in out["log"]
     assert "pretrain rtd epoch" not in out["log"] and out["report"]["pretrained"] is None
 
