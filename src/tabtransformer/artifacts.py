@@ -350,18 +350,11 @@ FEATURES_RULES = {
     "numeric_bins": _integer(0, 10**4),
 }
 # Keys that older artifacts lack (before numeric tokens, the decision threshold, numeric
-# embeddings that skip the Transformer, flag columns whose tokens skip it, or a chosen scale
-# of PLR's initial frequencies).
+# embeddings that skip the Transformer, or flag columns whose tokens skip it). Every
+# model_config.json key is optional already (a missing one takes the config's default:
+# frequency_init_scale 0.01, what older artifacts were initialised with).
 OPTIONAL_KEYS = frozenset(
-    {
-        "numeric_bins",
-        "bin_edges",
-        "threshold",
-        "numeric_blocks",
-        "numeric_skip",
-        "flag",
-        "frequency_init_scale",
-    }
+    {"numeric_bins", "bin_edges", "threshold", "numeric_blocks", "numeric_skip", "flag"}
 )
 
 

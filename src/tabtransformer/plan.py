@@ -9,8 +9,9 @@ one). Each `auto` is resolved in one of those two places and logged once:
   FEW_LABELS_TO_PRETRAIN of them, no base model, a token column to predict and a row for
   every process, else none),
 - `task` (by the target encoder, from the labels: `completed` takes its answer),
-- `numeric_embedding` (once the task is known: periodic for binary classification, PLE
-  otherwise, as the accuracy benchmark measured — docs/benchmarks.md) and
+- `numeric_embedding` (once the task and the objective are known: periodic for a binary
+  task that does not pretrain, PLE otherwise and in any job that pretrains, as the
+  benchmarks measured — docs/benchmarks.md) and
   `numeric_attention` (once the objective is known too: all blocks when the job
   pretrains or the table has no categorical column, none for a regression table, the
   first otherwise) and `numeric_flags` (then: numeric columns with at most two values
