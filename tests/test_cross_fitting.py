@@ -244,6 +244,22 @@ def test_patience_auto_waits_longer_with_few_labels(patience, few_labels, resolv
     assert (FEW_LABEL_PATIENCE, PATIENCE) == (15, 10)
 
 
+@pytest.mark.parametrize(
+    ("task", "few_labels", "watched"),
+    [
+        ("binary", False, "log_loss"),
+        ("binary", True, "log_loss"),
+        ("multiclass", False, "log_loss"),
+        ("regression", False, "rmse"),
+    ],
+)
+def test_eval_metric_auto_watches_the_log_loss_of_a_classifier(task, few_labels, watched):
+    fit = FitSettings.from_hyperparameters(hyperparameters.parse({}), task, few_labels=few_labels)
+    assert fit.eval_metric == watched
+    chosen = hyperparameters.parse({"eval_metric": "auc"})
+    assert FitSettings.from_hyperparameters(chosen, "binary").eval_metric == "auc"
+
+
 def test_folds_are_a_stratified_partition():
     labels = np.array([0] * 30 + [1] * 9)
     folds = assign_folds(labels, 3, seed=1, classify=True)
@@ -261,7 +277,7 @@ def test_a_default_job_with_few_labels_is_cross_fitted(tmp_path):
     metrics = trained(job)
     log = metrics["log"]
     assert "cv_folds=auto: 5 for 120 labelled training rows" in log
-    assert "eval_metric=auto: log_loss for a binary task with 120 labelled rows" in log
+    assert "eval_metric=auto: log_loss for a binary task" in log
     assert "patience=auto: 15 for 120 labelled training rows" in log
     assert "batches of 16 rows (batch_size=256)" in log
     assert metrics["folds"] == 5 and load_model(job.model).folds == 5

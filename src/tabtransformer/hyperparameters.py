@@ -324,9 +324,9 @@ SCHEMA: tuple[Hyperparameter, ...] = (
         str,
         "auto",
         "Validation metric for early stopping and "
-        "model selection. auto: auc (binary; log_loss with at most 1000 labelled training "
-        "rows, where a held-out fold has a handful of each class), log_loss (multiclass), "
-        "rmse (regression).",
+        "model selection. auto: log_loss (binary and multiclass: smoother than AUC or "
+        "accuracy on a held-out set, so the epoch kept depends less on chance), rmse "
+        "(regression). Every metric of the task is reported either way.",
         choices=("auto", "auc", "log_loss", "accuracy", "f1", "rmse", "mae", "r2"),
     ),
     Hyperparameter(

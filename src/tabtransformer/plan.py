@@ -16,7 +16,7 @@ one). Each `auto` is resolved in one of those two places and logged once:
   pretrains or the table has no categorical column, none for a regression table, the
   first otherwise) and `numeric_flags` (then: numeric columns with at most two values
   skip every block where numeric tokens take the first only),
-- `eval_metric` (the task's default metric; log_loss for a binary task with few labels),
+- `eval_metric` (the task's default metric: log_loss for classification, rmse otherwise),
 - `patience` (10; 15 with at most FEW_LABELS labelled training rows),
 - `cv_folds` (once the labelled rows are counted: FEW_LABEL_FOLDS cross-fitted models with
   at most FEW_LABELS labelled training rows, else one),
@@ -48,8 +48,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 # The few-label recipe (docs/semi-supervised.md): with at most FEW_LABELS labelled training
-# rows, cv_folds=auto trains FEW_LABEL_FOLDS cross-fitted models and eval_metric=auto
-# watches the log loss of a binary task.
+# rows, cv_folds=auto trains FEW_LABEL_FOLDS cross-fitted models and patience=auto waits
+# longer (training.FEW_LABEL_PATIENCE).
 FEW_LABELS = 1000
 FEW_LABEL_FOLDS = 5
 # With at most this many labelled rows and an `unlabeled` channel, pretrain_objective=auto
@@ -262,12 +262,7 @@ class JobPlan:
             self.hyperparameters, task, "unlabeled" in self.channels, few
         )
         if self.hyperparameters["eval_metric"] == "auto":
-            log.info(
-                "eval_metric=auto: %s for a %s task%s",
-                fit.eval_metric,
-                task,
-                f" with {labelled_rows} labelled rows" if few else "",
-            )
+            log.info("eval_metric=auto: %s for a %s task", fit.eval_metric, task)
         if self.hyperparameters["patience"] == 0:
             log.info(
                 "patience=auto: %d for %d labelled training rows", fit.phase.patience, labelled_rows

@@ -85,16 +85,14 @@ class FitSettings:
     def from_hyperparameters(
         cls, hp: Mapping[str, Any], task: str, has_unlabeled: bool = False, few_labels: bool = False
     ) -> FitSettings:
-        """Resolve eval_metric=auto for `task` (`few_labels`: log_loss for a binary task,
-        whose AUC on a few held-out positives is mostly noise), or check that the metric
-        applies to it; resolve patience=auto (0: PATIENCE, FEW_LABEL_PATIENCE with
-        `few_labels`); check that semi_supervised has what it needs (a classifier,
-        unlabeled rows)."""
+        """Resolve eval_metric=auto for `task` (metrics.DEFAULT_EVAL_METRIC), or check
+        that the metric applies to it; resolve patience=auto (0: PATIENCE,
+        FEW_LABEL_PATIENCE with `few_labels`); check that semi_supervised has what it
+        needs (a classifier, unlabeled rows)."""
         check_semi_supervised(hp["semi_supervised"], task, has_unlabeled)
         name = hp["eval_metric"]
         if name == "auto":
-            few = few_labels and task == "binary"
-            name = "log_loss" if few else metrics.DEFAULT_EVAL_METRIC[task]
+            name = metrics.DEFAULT_EVAL_METRIC[task]
         elif task not in metrics.BY_NAME[name].tasks:
             raise UserError(
                 f"eval_metric={name} does not apply to task {task}; use one of "
