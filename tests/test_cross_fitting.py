@@ -260,6 +260,22 @@ def test_eval_metric_auto_watches_the_log_loss_of_a_classifier(task, few_labels,
     assert FitSettings.from_hyperparameters(chosen, "binary").eval_metric == "auc"
 
 
+@pytest.mark.parametrize(
+    ("task", "given", "rate"),
+    [
+        ("binary", "0", 3e-4),
+        ("multiclass", "0", 1e-3),
+        ("regression", "0", 1e-3),
+        ("regression", "0.02", 0.02),
+    ],
+)
+def test_learning_rate_auto_follows_the_task(task, given, rate):
+    fit = FitSettings.from_hyperparameters(hyperparameters.parse({"learning_rate": given}), task)
+    assert fit.phase.learning_rate == rate
+    assert fit.learning_rate(1.0) == pytest.approx(rate)  # the end of the warm-up epoch
+    assert hyperparameters.PAPER_RECIPE["learning_rate"] == 3e-4  # as the paper network ran
+
+
 def test_folds_are_a_stratified_partition():
     labels = np.array([0] * 30 + [1] * 9)
     folds = assign_folds(labels, 3, seed=1, classify=True)

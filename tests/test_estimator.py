@@ -85,7 +85,7 @@ def fitted() -> TabTransformerClassifier:
 def test_constructor_arguments_are_the_schema_with_a_readable_repr():
     estimator = TabTransformerClassifier(n_epochs=5, numeric_embedding="ple")
     params = estimator.get_params()
-    assert params["n_epochs"] == 5 and params["learning_rate"] == 3e-4  # the schema's
+    assert params["n_epochs"] == 5 and params["learning_rate"] == 0.0  # the schema's: auto
     assert "task" not in params and "target_column" not in params
     assert repr(estimator) == "TabTransformerClassifier(n_epochs=5, numeric_embedding='ple')"
     with pytest.raises(TypeError, match="unknown argument"):

@@ -46,6 +46,7 @@ def test_binary_headerless_with_text_labels(job: Job):
     assert report["task"] == "binary"
     assert model_config(job)["numeric_embedding"] == "periodic"  # the default, auto
     log = report["log"]
+    assert "learning_rate=auto: 0.0003 for a binary task" in log
     assert "metrics={'f1': " in log and "metrics={'auc': " in log
     assert "epoch 1/4 train_loss=" in log and "rows/s=" in log and "time_left<=" in log
     predictor = load_model(job.model)
@@ -83,6 +84,7 @@ def test_regression_predicts_in_target_units(job: Job):
     report = trained(job)
     assert report["task"] == "regression"
     assert model_config(job)["numeric_embedding"] == "ple"  # the default, auto
+    assert "learning_rate=auto: 0.001 for a regression task" in report["log"]
     predictions = load_model(job.model).outputs(table.drop(columns="label"))
     assert predictions.shape == (300,)
     assert abs(predictions.mean() - table["label"].mean()) < 0.5 * table["label"].std()

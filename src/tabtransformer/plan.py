@@ -18,6 +18,7 @@ one). Each `auto` is resolved in one of those two places and logged once:
   skip every block where numeric tokens take the first only),
 - `eval_metric` (the task's default metric: log_loss for classification, rmse otherwise),
 - `patience` (10; 15 with at most FEW_LABELS labelled training rows),
+- `learning_rate` (by task: training.LEARNING_RATE),
 - `cv_folds` (once the labelled rows are counted: FEW_LABEL_FOLDS cross-fitted models with
   at most FEW_LABELS labelled training rows, else one),
 - `fold_starts` (then: cross-fitted models from a pretrained encoder are joined by as many
@@ -263,6 +264,8 @@ class JobPlan:
         )
         if self.hyperparameters["eval_metric"] == "auto":
             log.info("eval_metric=auto: %s for a %s task", fit.eval_metric, task)
+        if self.hyperparameters["learning_rate"] == 0:
+            log.info("learning_rate=auto: %g for a %s task", fit.phase.learning_rate, task)
         if self.hyperparameters["patience"] == 0:
             log.info(
                 "patience=auto: %d for %d labelled training rows", fit.phase.patience, labelled_rows
