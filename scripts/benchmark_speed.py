@@ -225,7 +225,8 @@ def benchmark_peer(
     hp = job_hyperparameters(args)
     model.to(device).train()
     forward = torch.compile(model) if args.compile else model
-    optimizer = torch.optim.Adam(model.parameters(), lr=hp["learning_rate"])
+    rate = FitSettings.from_hyperparameters(hp, "binary").phase.learning_rate  # auto resolved
+    optimizer = torch.optim.Adam(model.parameters(), lr=rate)
     criterion = loss_fn("binary")
     dataset = TensorDataset(train.codes, train.numbers, train.target)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=True)

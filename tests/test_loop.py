@@ -61,8 +61,15 @@ def test_log_line_format(caplog):
 
 
 def test_a_non_finite_loss_is_a_user_error_naming_the_learning_rate(tmp_path):
-    with pytest.raises(UserError, match=r"became nan in epoch 2.*lower pretrain_learning_rate"):
-        run([0.6, 0.7], [1.0, float("nan")], tmp_path, learning_rate_name="pretrain_learning_rate")
+    named = r"became nan in epoch 2.*lower pretrain_learning_rate \(this run used 0\.002\)\."
+    with pytest.raises(UserError, match=named):
+        run(
+            [0.6, 0.7],
+            [1.0, float("nan")],
+            tmp_path,
+            learning_rate_name="pretrain_learning_rate",
+            learning_rate=0.002,
+        )
     # The diverged epoch is not saved: a restart resumes after epoch 1.
     loop, _ = run([0.6, 0.7], tmp_path=tmp_path, n_epochs=1)
     assert loop.epoch == 1 and len(loop.history) == 1

@@ -46,7 +46,7 @@ class LoopSettings:
 
     `watch` is the validation score early stopping follows; `loss_name` names the training
     loss in the log and history; `learning_rate_name` is the hyperparameter to lower when
-    the loss stops being finite."""
+    the loss stops being finite, and `learning_rate` the rate it resolved to (0: unknown)."""
 
     n_epochs: int
     patience: int
@@ -54,6 +54,7 @@ class LoopSettings:
     higher_is_better: bool
     loss_name: str = "train_loss"
     learning_rate_name: str = "learning_rate"
+    learning_rate: float = 0.0
     log_prefix: str = ""
     label: str = "fine-tune"  # what a progress bar calls the phase
 
@@ -147,7 +148,8 @@ def run_epochs(
             raise UserError(
                 f"The {s.loss_name.replace('_', ' ')} became {train_loss} in "
                 f"{s.log_prefix}epoch {epoch}: training diverged. Try a lower "
-                f"{s.learning_rate_name}."
+                f"{s.learning_rate_name}"
+                + (f" (this run used {s.learning_rate:g})." if s.learning_rate else ".")
             )
         loop.epoch, loop.finished = epoch, stop
         loop.history.append(

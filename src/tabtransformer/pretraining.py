@@ -526,6 +526,7 @@ def pretrain(
         higher_is_better=False,
         loss_name="pretrain_loss",
         learning_rate_name="pretrain_learning_rate",
+        learning_rate=phase.learning_rate,
         log_prefix=f"pretrain {objective} ",
         label=f"pretrain {objective}",
     )

@@ -285,7 +285,10 @@ def _permutation_importance(folder: Path, inputs: ReportInputs, deadline: float)
     shown = importance.tail(30)
     figure, ax = plt.subplots(figsize=(8, 0.3 * len(shown) + 1.5))
     ax.barh(shown.index, shown.to_numpy())
-    ax.set(xlabel=f"drop in validation {metric.name} when shuffled", title="permutation importance")
+    worse = "drop" if metric.higher_is_better else "rise"
+    ax.set(
+        xlabel=f"{worse} in validation {metric.name} when shuffled", title="permutation importance"
+    )
     _save(figure, folder / "permutation_importance.png")
     caption = (
         f"{len(data):,} validation rows, one shuffle per column; {metric.name} "
